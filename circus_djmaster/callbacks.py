@@ -1,0 +1,68 @@
+"""Callbacks named in the settings (``module:attr``): loaded once, called safely.
+
+An exception raised by a callback is logged with its traceback and never stops the
+caller (SPEC §5: a callback must not kill polling, monitoring or the worker loop).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .exceptions import HandlerError, PreloadError
+from .handler import resolve
+
+log = logging.getLogger(__name__)
+
+
+class Callbacks:
+    def __init__(self, functions: Mapping[str, Callable[..., Any]]) -> None:
+        self._functions = dict(functions)
+
+    @classmethod
+    def load(cls, paths: Mapping[str, str], names: tuple[str, ...]) -> Callbacks:
+        """Import the callbacks in ``names`` that ``paths`` sets; PreloadError if one fails."""
+        functions: dict[str, Callable[..., Any]] = {}
+        for name in names:
+            path = paths.get(name)
+            if path is None:
+                continue
+            try:
+                functions[name] = resolve(path)
+            except HandlerError as exc:
+                raise PreloadError(f"callbacks.{name}: {exc}") from exc
+        return cls(functions)
+
+    def call(self, name: str, *args: Any) -> None:
+        function = self._functions.get(name)
+        if function is None:
+            return
+        try:
+            function(*args)
+        except Exception:
+            log.exception("callback %s raised; going on", name)
+
+    def around(self, name: str, block: Callable[[], Any], *args: Any) -> None:
+        """Run ``block`` through the ``around_*`` callback ``name`` (or directly).
+
+        If the callback raises before it ran the block, the block runs anyway: a broken
+        callback must not silently stop the work it wraps.
+        """
+        function = self._functions.get(name)
+        if function is None:
+            block()
+            return
+        ran = False
+
+        def wrapped() -> None:
+            nonlocal ran
+            ran = True
+            block()
+
+        try:
+            function(*args, wrapped)
+        except Exception:
+            log.exception("callback %s raised; going on", name)
+        if not ran:
+            block()

@@ -1,0 +1,148 @@
+"""Running one reserved job and recording its outcome: the rules of SPEC §3.
+
+* success deletes the row;
+* an exception charges an attempt and retries at ``attempts**4 + 5`` s (database clock),
+  or at the job's ``reschedule_at``, until ``max_attempts``; then ``failed_at`` is set (or
+  the row is deleted with ``destroy_failed_jobs``);
+* a handler that cannot be decoded or imported fails the job for good at once;
+* a job that runs past its ``max_run_time`` is charged an attempt (the worker's
+  watchdog interrupts it, see worker.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from . import handler as handler_format
+from .exceptions import HandlerError
+from .jobs import DEFAULT_OPTIONS, JobOptions, JobRecord, options_of
+from .settings import WorkerGroup
+from .store import ReservedJob
+
+# last_error is for people: keep it readable and bounded.
+MAX_ERROR_LENGTH = 64 * 1024
+
+
+class JobTimeout(BaseException):
+    """Raised inside a job's thread by the watchdog when max_run_time is exceeded.
+
+    A BaseException, so that a job's own ``except Exception`` does not swallow it.
+    """
+
+
+class Outcome(enum.Enum):
+    SUCCEEDED = "succeeded"
+    RETRY = "retry"
+    FAILED = "failed"  # failed_at set
+    DESTROYED = "destroyed"  # failed and deleted (destroy_failed_jobs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """A job ready to run: its callable, arguments and effective limits."""
+
+    function: Callable[..., Any]
+    record: JobRecord
+    options: JobOptions
+    max_attempts: int
+    max_run_time: float
+    destroy_failed_jobs: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """What to write for a failed run."""
+
+    outcome: Outcome
+    attempts: int
+    last_error: str
+    run_at: dt.datetime | None = None
+
+
+def resolve_job(job: ReservedJob, group: WorkerGroup) -> Resolved:
+    """Decode and import a job's handler; HandlerError if that is impossible."""
+    decoded = handler_format.decode(job.handler)
+    target = handler_format.resolve(decoded.callable)
+    options = options_of(target)
+    record = JobRecord(job.id, job.queue, job.priority, job.attempts, decoded)
+    return Resolved(
+        function=target,
+        record=record,
+        options=options,
+        max_attempts=options.max_attempts or group.max_attempts,
+        # A job may ask for less time than its group gives, never more.
+        max_run_time=min(options.max_run_time or group.max_run_time, group.max_run_time),
+        destroy_failed_jobs=(
+            group.destroy_failed_jobs
+            if options.destroy_failed_jobs is None
+            else options.destroy_failed_jobs
+        ),
+    )
+
+
+def format_error(exc: BaseException, *, with_traceback: bool = True) -> str:
+    if isinstance(exc, SystemExit):
+        text = f"job called sys.exit({exc.code!r})"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    if with_traceback and exc.__traceback__ is not None:
+        text += "\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if len(text) > MAX_ERROR_LENGTH:
+        text = text[: MAX_ERROR_LENGTH - 20] + "\n... (truncated)"
+    return text
+
+
+def unresolvable_failure(job: ReservedJob, error: HandlerError, group: WorkerGroup) -> Failure:
+    """A handler that can't be decoded or imported fails for good, whatever attempts remain."""
+    outcome = Outcome.DESTROYED if group.destroy_failed_jobs else Outcome.FAILED
+    return Failure(outcome, job.attempts + 1, f"HandlerError: {error}")
+
+
+def failure_after_error(
+    resolved: Resolved, last_error: str, database_now: Callable[[], dt.datetime]
+) -> Failure:
+    """Retry or fail a job whose run raised (or timed out)."""
+    attempts = resolved.record.attempts + 1
+    if attempts >= resolved.max_attempts:
+        outcome = Outcome.DESTROYED if resolved.destroy_failed_jobs else Outcome.FAILED
+        return Failure(outcome, attempts, last_error)
+    run_at = None
+    if resolved.options.reschedule_at is not None:
+        run_at = _reschedule(resolved.options, database_now(), attempts)
+    return Failure(Outcome.RETRY, attempts, last_error, run_at)
+
+
+def _reschedule(options: JobOptions, now: dt.datetime, attempts: int) -> dt.datetime:
+    assert options.reschedule_at is not None
+    value = options.reschedule_at(now, attempts)
+    if isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, dt.timedelta):
+        return now + value
+    return now + dt.timedelta(seconds=float(value))
+
+
+def call_hook(options: JobOptions, name: str, *args: Any) -> None:
+    """Run a job hook; hooks are part of the job, so their exceptions are the job's."""
+    hook = getattr(options, name)
+    if hook is not None:
+        hook(*args)
+
+
+__all__ = [
+    "DEFAULT_OPTIONS",
+    "Failure",
+    "JobTimeout",
+    "Outcome",
+    "Resolved",
+    "call_hook",
+    "failure_after_error",
+    "format_error",
+    "resolve_job",
+    "unresolvable_failure",
+]

@@ -1,0 +1,343 @@
+"""A worker thread: reserve jobs, run them, record outcomes, on its own connection.
+
+The process (worker.py) owns the threads' life: it says when to stop taking jobs, and its
+watchdog may interrupt a job past its max_run_time (see :meth:`JobSlot.interrupt`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from . import store
+from .exceptions import HandlerError
+from .execution import (
+    Failure,
+    JobTimeout,
+    Outcome,
+    Resolved,
+    call_hook,
+    failure_after_error,
+    format_error,
+    resolve_job,
+    unresolvable_failure,
+)
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+log = logging.getLogger("circus_djmaster.worker")
+
+# Reconnect backoff after a database error: from 0.5 s doubling up to 30 s.
+RECONNECT_MIN = 0.5
+RECONNECT_MAX = 30.0
+
+
+def _set_async_exc(thread_id: int, exc: type[BaseException] | None) -> int:
+    return ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else None
+    )
+
+
+class JobSlot:
+    """The job a thread is running, shared with the watchdog under one lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.job_id: int | None = None
+        self.started: float = 0.0
+        self.deadline: float = 0.0
+        self.max_run_time: float = 0.0
+        self.in_user_code = False
+        self.interrupt_sent = False
+        self.outcome_claimed = False  # by the thread (it finished) or the watchdog (stuck)
+
+    def begin(self, job_id: int, max_run_time: float) -> None:
+        with self.lock:
+            self.job_id = job_id
+            self.started = time.monotonic()
+            self.max_run_time = max_run_time
+            self.deadline = self.started + max_run_time
+            self.in_user_code = True
+            self.interrupt_sent = False
+            self.outcome_claimed = False
+
+    def leave_user_code(self) -> None:
+        """Called by the job's own thread when the job's code is done.
+
+        If the watchdog sent an interrupt that has not fired yet, cancel it, so that it
+        can never fire inside the worker's own bookkeeping.
+        """
+        with self.lock:
+            self.in_user_code = False
+            if self.interrupt_sent:
+                _set_async_exc(threading.get_ident(), None)
+
+    def claim_outcome(self) -> bool:
+        """Whoever claims first records the job's outcome: its thread or the watchdog."""
+        with self.lock:
+            if self.outcome_claimed:
+                return False
+            self.outcome_claimed = True
+            return True
+
+    def end(self) -> None:
+        with self.lock:
+            self.job_id = None
+            self.in_user_code = False
+
+    def interrupt(self, thread_id: int) -> bool:
+        """Raise JobTimeout in the job's thread, once, if it still runs the job's code."""
+        with self.lock:
+            if not self.in_user_code or self.interrupt_sent:
+                return False
+            self.interrupt_sent = True
+            return _set_async_exc(thread_id, JobTimeout) == 1
+
+
+class JobThread(threading.Thread):
+    def __init__(self, worker: Worker, number: int) -> None:
+        super().__init__(name=f"job-{number}", daemon=True)
+        self.worker = worker
+        self.slot = JobSlot()
+        self.wake = threading.Event()
+        self.resolved: Resolved | None = None  # the job running now, for the watchdog
+        self._conn: psycopg.Connection[Any] | None = None
+        self._backoff = RECONNECT_MIN
+
+    # --- the loop ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            while self.worker.accepting_jobs():
+                self.worker.pass_started()
+                jobs: list[store.ReservedJob] | None = None
+                try:
+                    jobs = self._reserve()
+                    if jobs:
+                        self._run_batch(jobs)
+                finally:
+                    # A database error (None) is not an empty pass: it says nothing
+                    # about the queue, so it must not make the worker retire.
+                    self.worker.pass_ended(found=jobs is None or bool(jobs))
+                if jobs is None:  # database trouble: back off, then try again
+                    self._pause(self._backoff)
+                    self._backoff = min(self._backoff * 2, RECONNECT_MAX)
+                elif not jobs:
+                    self._pause(self.worker.group.sleep_delay)
+                else:
+                    self._backoff = RECONNECT_MIN
+        except Exception:
+            log.exception("job thread %s crashed", self.name)
+            self.worker.thread_crashed()
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+            self.worker.thread_exited()
+
+    def _pause(self, seconds: float) -> None:
+        self.wake.wait(seconds)
+        self.wake.clear()
+
+    def _run_batch(self, jobs: list[store.ReservedJob]) -> None:
+        for index, job in enumerate(jobs):
+            pending = [j.id for j in jobs[index + 1 :]]
+            if not self.worker.accepting_jobs():
+                # Stopping: hand back the jobs reserved ahead and not started.
+                self._hand_back([j.id for j in jobs[index:]])
+                return
+            self._run_one(job, pending)
+
+    # --- one job ----------------------------------------------------------------------
+
+    def _run_one(self, job: store.ReservedJob, pending: list[int]) -> None:
+        group = self.worker.group
+        try:
+            resolved = resolve_job(job, group)
+        except HandlerError as exc:
+            failure = unresolvable_failure(job, exc, group)
+            log.error("job %s cannot run: %s", job.id, exc)
+            self._record_failure(job.id, failure, pending)
+            return
+        self.resolved = resolved
+        self.slot.begin(job.id, resolved.max_run_time)
+        self.worker.show_busy()
+        log.info("job %s (%s) started", job.id, resolved.record.handler.callable)
+        error: BaseException | None = None
+        try:
+            try:
+                call_hook(resolved.options, "before", resolved.record)
+                resolved.function(*resolved.record.handler.args, **resolved.record.handler.kwargs)
+                call_hook(resolved.options, "success", resolved.record)
+            finally:
+                self.slot.leave_user_code()
+        except JobTimeout as exc:
+            error = exc
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            error = exc
+        finally:
+            self._after_hook(resolved)
+        elapsed = time.monotonic() - self.slot.started
+        if not self.slot.claim_outcome():
+            # The watchdog gave up on this job, recorded its failure, and the process is
+            # retiring; nothing more to do here.
+            return
+        self.slot.end()
+        self.resolved = None
+        self.worker.show_busy()
+        if error is None:
+            log.info("job %s succeeded in %.3fs", job.id, elapsed)
+            self._with_connection(
+                lambda conn: store.complete_job(
+                    conn, job.id, locked_by=self.worker.locked_by, pending=pending
+                )
+            )
+        else:
+            self._job_failed(resolved, error, elapsed, pending)
+        self.worker.after_job()
+
+    def _after_hook(self, resolved: Resolved) -> None:
+        try:
+            call_hook(resolved.options, "after", resolved.record)
+        except Exception:
+            log.exception("after hook of job %s raised", resolved.record.id)
+
+    def _job_failed(
+        self, resolved: Resolved, error: BaseException, elapsed: float, pending: list[int]
+    ) -> None:
+        if isinstance(error, JobTimeout):
+            last_error = timeout_message(resolved.max_run_time, stopped=True)
+        else:
+            last_error = format_error(error)
+        try:
+            call_hook(resolved.options, "error", resolved.record, error)
+        except Exception:
+            log.exception("error hook of job %s raised", resolved.record.id)
+        try:
+            failure = failure_after_error(resolved, last_error, self._database_now)
+        except Exception as exc:  # a broken reschedule_at: fall back to the default backoff
+            log.exception("reschedule_at of job %s raised", resolved.record.id)
+            plain = dataclasses.replace(
+                resolved, options=dataclasses.replace(resolved.options, reschedule_at=None)
+            )
+            failure = failure_after_error(
+                plain, f"{last_error}\n(reschedule_at raised {exc!r})", self._database_now
+            )
+        if failure.outcome is not Outcome.RETRY:
+            try:
+                call_hook(resolved.options, "failure", resolved.record)
+            except Exception:
+                log.exception("failure hook of job %s raised", resolved.record.id)
+        log.warning(
+            "job %s failed after %.3fs (attempt %d of %d, %s): %s",
+            resolved.record.id,
+            elapsed,
+            failure.attempts,
+            resolved.max_attempts,
+            failure.outcome.value,
+            last_error.splitlines()[0] if last_error else "",
+        )
+        self._record_failure(resolved.record.id, failure, pending)
+
+    def _database_now(self) -> Any:
+        now = self._with_connection(store.database_now)
+        if now is None:
+            raise RuntimeError("the database clock could not be read")
+        return now
+
+    def _record_failure(self, job_id: int, failure: Failure, pending: list[int]) -> None:
+        def write(conn: psycopg.Connection[Any]) -> None:
+            record_failure(conn, job_id, failure)
+            store.touch_jobs(conn, pending, locked_by=self.worker.locked_by)
+
+        self._with_connection(write)
+
+    def _hand_back(self, job_ids: list[int]) -> None:
+        self._with_connection(
+            lambda conn: store.unlock_job_ids(conn, job_ids, locked_by=self.worker.locked_by)
+        )
+
+    # --- database ---------------------------------------------------------------------
+
+    def _reserve(self) -> list[store.ReservedJob] | None:
+        group = self.worker.group
+        try:
+            conn = self._connection()
+            return store.reserve_jobs(
+                conn,
+                self.worker.job_filter,
+                locked_by=self.worker.locked_by,
+                limit=group.read_ahead,
+                lock_timeout=self.worker.settings.lock_timeout,
+            )
+        except psycopg.Error as exc:
+            self._drop_connection(exc)
+            return None
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = store.connect(self.worker.database_url, application_name=self.name)
+        return self._conn
+
+    def _drop_connection(self, exc: BaseException) -> None:
+        log.warning(
+            "database %s: %s (retrying in %.1fs)",
+            self.worker.database.name,
+            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+            self._backoff,
+        )
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
+
+    def _with_connection(self, action: Callable[[psycopg.Connection[Any]], Any]) -> Any:
+        """Run a write, reconnecting a few times: a job's outcome is worth a retry.
+
+        If the database stays away, give up: the job stays locked by this worker, and
+        the master (or the lock timeout) releases it once this worker is gone.
+        """
+        delay = RECONNECT_MIN
+        for attempt in range(5):
+            try:
+                return action(self._connection())
+            except psycopg.Error as exc:
+                self._drop_connection(exc)
+                if attempt == 4:
+                    log.error("giving up writing a job outcome: %s", exc)
+                    return None
+                time.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX)
+        return None
+
+
+def record_failure(conn: psycopg.Connection[Any], job_id: int, failure: Failure) -> None:
+    if failure.outcome is Outcome.RETRY:
+        store.retry_job(
+            conn,
+            job_id,
+            attempts=failure.attempts,
+            last_error=failure.last_error,
+            run_at=failure.run_at,
+        )
+    elif failure.outcome is Outcome.DESTROYED:
+        store.delete_job(conn, job_id)
+    else:
+        store.fail_job(conn, job_id, attempts=failure.attempts, last_error=failure.last_error)
+
+
+def timeout_message(max_run_time: float, *, stopped: bool) -> str:
+    if stopped:
+        return f"JobTimeout: job ran past its max_run_time of {max_run_time:g}s and was stopped"
+    return (
+        f"JobTimeout: job ran past its max_run_time of {max_run_time:g}s and could not be "
+        "stopped; its worker retired to end it"
+    )

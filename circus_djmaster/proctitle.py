@@ -1,0 +1,46 @@
+"""Process titles, as the seed shows them in ``ps``.
+
+``delayed_job: worker[0] (queue1, queue2) @primary [BUSY] [OLD]``; the master reads them
+back (psutil) to tell busy, idle and old workers apart.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import setproctitle
+
+WORKER_PREFIX = "delayed_job: worker["
+BUSY_MARK = " [BUSY]"
+OLD_MARK = " [OLD]"
+
+
+class WorkerState(enum.Enum):
+    IDLE = "idle"
+    BUSY = "busy"
+    OLD = "old"
+
+
+def worker_title(
+    index: int, queues: tuple[str, ...], database: str, *, busy: bool = False, old: bool = False
+) -> str:
+    names = ", ".join(queues) if queues else "*"
+    title = f"delayed_job: worker[{index}] ({names}) @{database}"
+    if busy:
+        title += BUSY_MARK
+    if old:
+        title += OLD_MARK
+    return title
+
+
+def state_from_title(title: str) -> WorkerState | None:
+    """The state a worker title shows; None when it is not (yet) a worker title."""
+    if not title.startswith(WORKER_PREFIX):
+        return None
+    if title.endswith(OLD_MARK):
+        return WorkerState.OLD
+    return WorkerState.BUSY if title.endswith(BUSY_MARK) else WorkerState.IDLE
+
+
+def set_title(title: str) -> None:
+    setproctitle.setproctitle(title)

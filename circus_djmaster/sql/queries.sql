@@ -1,0 +1,158 @@
+-- circus-djmaster named queries. Each query starts with a "-- name: NAME" line; the
+-- comment lines under it say what it does. Parameters use psycopg's %(name)s style.
+--
+-- A job is ready when it is due, not failed, and not locked (or its lock is older than
+-- the settings' lock timeout, i.e. its worker's host died). Groups that name queues use
+-- the *_in_queues variants (index range scans per queue); groups serving every queue use
+-- the *_any_queue variants. Unset min/max priority are passed as the int4 bounds, so the
+-- conditions stay plain ranges that a prepared (generic) plan handles well.
+
+-- name: reserve_jobs_in_queues
+-- Lock up to %(limit)s ready jobs of the given queues for one worker, highest priority
+-- (lowest number) first, then oldest run_at. SKIP LOCKED: racing workers never wait.
+UPDATE delayed_jobs AS j
+   SET locked_at = now(), locked_by = %(locked_by)s
+  FROM (SELECT id FROM delayed_jobs
+         WHERE queue = ANY(%(queues)s::varchar[])
+           AND failed_at IS NULL
+           AND run_at <= now()
+           AND (locked_at IS NULL OR locked_at < now() - make_interval(secs => %(lock_timeout)s))
+           AND priority BETWEEN %(min_priority)s AND %(max_priority)s
+         ORDER BY priority, run_at
+         LIMIT %(limit)s
+           FOR UPDATE SKIP LOCKED) AS picked
+ WHERE j.id = picked.id
+RETURNING j.id, j.priority, j.attempts, j.handler, j.queue, j.run_at;
+
+-- name: reserve_jobs_any_queue
+-- As reserve_jobs_in_queues, for a group that serves every queue.
+UPDATE delayed_jobs AS j
+   SET locked_at = now(), locked_by = %(locked_by)s
+  FROM (SELECT id FROM delayed_jobs
+         WHERE failed_at IS NULL
+           AND run_at <= now()
+           AND (locked_at IS NULL OR locked_at < now() - make_interval(secs => %(lock_timeout)s))
+           AND priority BETWEEN %(min_priority)s AND %(max_priority)s
+         ORDER BY priority, run_at
+         LIMIT %(limit)s
+           FOR UPDATE SKIP LOCKED) AS picked
+ WHERE j.id = picked.id
+RETURNING j.id, j.priority, j.attempts, j.handler, j.queue, j.run_at;
+
+-- name: complete_job
+-- A job succeeded: delete it. In the same round trip, refresh the locks of the jobs this
+-- worker reserved ahead (read_ahead) and has not started yet, so their locks never look
+-- stale to other workers while they wait their turn.
+WITH done AS (DELETE FROM delayed_jobs WHERE id = %(id)s)
+UPDATE delayed_jobs SET locked_at = now()
+ WHERE id = ANY(%(pending)s::bigint[]) AND locked_by = %(locked_by)s;
+
+-- name: touch_jobs
+-- Refresh the locks of jobs this worker holds (reserved ahead, or a timed-out job whose
+-- thread is still running: the lock must hold until the process is gone).
+UPDATE delayed_jobs SET locked_at = now()
+ WHERE id = ANY(%(ids)s::bigint[]) AND locked_by = %(locked_by)s;
+
+-- name: retry_job
+-- A job failed and has attempts left: unlock it and schedule it again, at %(run_at)s
+-- when the job defines reschedule_at, else at now() + attempts**4 + 5 seconds.
+UPDATE delayed_jobs
+   SET attempts = %(attempts)s,
+       last_error = %(last_error)s,
+       run_at = coalesce(%(run_at)s::timestamptz,
+                         now() + make_interval(secs => power(%(attempts)s, 4) + 5)),
+       locked_at = NULL, locked_by = NULL, updated_at = now()
+ WHERE id = %(id)s;
+
+-- name: fail_job
+-- A job failed for good (attempts exhausted, or its handler cannot be decoded): keep it
+-- for inspection with failed_at set.
+UPDATE delayed_jobs
+   SET attempts = %(attempts)s, last_error = %(last_error)s, failed_at = now(),
+       locked_at = NULL, locked_by = NULL, updated_at = now()
+ WHERE id = %(id)s;
+
+-- name: delete_job
+-- A failed job of a group (or job) with destroy_failed_jobs.
+DELETE FROM delayed_jobs WHERE id = %(id)s;
+
+-- name: unlock_jobs
+-- A worker stops at once (QUIT): hand back the jobs it holds, as they were. No attempt is
+-- charged: the worker chose to stop, the jobs did nothing wrong.
+UPDATE delayed_jobs SET locked_at = NULL, locked_by = NULL
+ WHERE locked_by = %(locked_by)s AND failed_at IS NULL
+RETURNING id;
+
+-- name: unlock_job_ids
+-- A stopping worker hands back jobs it reserved ahead and never started.
+UPDATE delayed_jobs SET locked_at = NULL, locked_by = NULL
+ WHERE id = ANY(%(ids)s::bigint[]) AND locked_by = %(locked_by)s;
+
+-- name: release_dead_workers_jobs
+-- Workers of this host died (kill -9, OOM, a job calling os._exit): release their jobs for
+-- an immediate retry, charging an attempt so a job that kills its worker every time ends
+-- failed after max_attempts instead of looping.
+UPDATE delayed_jobs
+   SET attempts = attempts + 1,
+       last_error = %(last_error)s,
+       failed_at = CASE WHEN attempts + 1 >= %(max_attempts)s THEN now() END,
+       run_at = now(),
+       locked_at = NULL, locked_by = NULL, updated_at = now()
+ WHERE locked_by = ANY(%(locked_by)s::varchar[]) AND failed_at IS NULL
+RETURNING id, attempts, failed_at IS NOT NULL AS failed;
+
+-- name: count_ready_in_queues
+-- Ready jobs of the given queues, counted up to %(limit)s (the master never needs more
+-- than the free worker slots, and a capped count stays cheap at millions of rows).
+SELECT count(*) AS ready FROM (
+    SELECT 1 FROM delayed_jobs
+     WHERE queue = ANY(%(queues)s::varchar[])
+       AND failed_at IS NULL
+       AND run_at <= now()
+       AND (locked_at IS NULL OR locked_at < now() - make_interval(secs => %(lock_timeout)s))
+       AND priority BETWEEN %(min_priority)s AND %(max_priority)s
+     LIMIT %(limit)s) AS ready;
+
+-- name: count_ready_any_queue
+SELECT count(*) AS ready FROM (
+    SELECT 1 FROM delayed_jobs
+     WHERE failed_at IS NULL
+       AND run_at <= now()
+       AND (locked_at IS NULL OR locked_at < now() - make_interval(secs => %(lock_timeout)s))
+       AND priority BETWEEN %(min_priority)s AND %(max_priority)s
+     LIMIT %(limit)s) AS ready;
+
+-- name: seconds_to_next_in_queues
+-- Seconds (database clock) until the next scheduled job of the given queues is due; NULL
+-- when none is scheduled.
+SELECT extract(epoch FROM min(run_at) - now())::float8 AS seconds FROM delayed_jobs
+ WHERE queue = ANY(%(queues)s::varchar[])
+   AND failed_at IS NULL AND locked_at IS NULL AND run_at > now()
+   AND priority BETWEEN %(min_priority)s AND %(max_priority)s;
+
+-- name: seconds_to_next_any_queue
+SELECT extract(epoch FROM min(run_at) - now())::float8 AS seconds FROM delayed_jobs
+ WHERE failed_at IS NULL AND locked_at IS NULL AND run_at > now()
+   AND priority BETWEEN %(min_priority)s AND %(max_priority)s;
+
+-- name: insert_job
+-- Enqueue one job. run_at defaults to now() + %(delay)s seconds on the database clock.
+INSERT INTO delayed_jobs (handler, queue, priority, run_at)
+VALUES (%(handler)s, %(queue)s, %(priority)s,
+        coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay)s)))
+RETURNING id;
+
+-- name: insert_jobs
+-- Enqueue many jobs in one statement (one round trip, one NOTIFY), from parallel arrays.
+INSERT INTO delayed_jobs (handler, queue, priority, run_at)
+SELECT handler, queue, priority, coalesce(run_at, now() + make_interval(secs => delay))
+  FROM unnest(%(handlers)s::text[], %(queues)s::varchar[], %(priorities)s::int[],
+              %(run_ats)s::timestamptz[], %(delays)s::float8[])
+       AS j(handler, queue, priority, run_at, delay)
+RETURNING id;
+
+-- name: database_now
+SELECT now() AS now;
+
+-- name: listen
+LISTEN delayed_jobs;

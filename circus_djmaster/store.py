@@ -1,0 +1,183 @@
+"""The job store: thin functions over the named queries, one per operation.
+
+Workers and the master call these with their own psycopg connections (autocommit, so
+each statement is its own short transaction); enqueue can also run them on a caller's
+connection inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from .queries import query, schema_sql
+
+# Unset priority bounds become the int4 range, so the SQL is always a plain range.
+INT4_MIN = -(2**31)
+INT4_MAX = 2**31 - 1
+
+# Serialises concurrent migrations (an arbitrary constant: "djmaster" in ASCII).
+_MIGRATION_LOCK_KEY = 0x646A6D6173746572
+
+
+@dataclasses.dataclass(frozen=True)
+class ReservedJob:
+    id: int
+    priority: int
+    attempts: int
+    handler: str
+    queue: str | None
+    run_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class JobFilter:
+    """Which jobs a worker group takes: its queues (empty: all) and priority range."""
+
+    queues: tuple[str, ...] = ()
+    min_priority: int | None = None
+    max_priority: int | None = None
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "queues": list(self.queues),
+            "min_priority": INT4_MIN if self.min_priority is None else self.min_priority,
+            "max_priority": INT4_MAX if self.max_priority is None else self.max_priority,
+        }
+
+    def query(self, stem: str) -> str:
+        return query(f"{stem}_in_queues" if self.queues else f"{stem}_any_queue")
+
+
+def locked_by_for(pid: int, host: str | None = None) -> str:
+    """delayed_job's ``locked_by`` form: ``host:HOST pid:PID``."""
+    return f"host:{host or socket.gethostname()} pid:{pid}"
+
+
+def connect(url: str, *, application_name: str = "djmaster") -> psycopg.Connection[Any]:
+    """An autocommit connection; the URL is never logged or put in an error message."""
+    return psycopg.connect(url, autocommit=True, application_name=application_name)
+
+
+def migrate(conn: psycopg.Connection[Any]) -> None:
+    """Create or update the schema. Idempotent; safe to run from several hosts at once."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
+        conn.execute(schema_sql())  # type: ignore[arg-type]
+
+
+def reserve_jobs(
+    conn: psycopg.Connection[Any],
+    job_filter: JobFilter,
+    *,
+    locked_by: str,
+    limit: int,
+    lock_timeout: float,
+) -> list[ReservedJob]:
+    params = job_filter.params() | {
+        "locked_by": locked_by,
+        "limit": limit,
+        "lock_timeout": lock_timeout,
+    }
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(job_filter.query("reserve_jobs"), params).fetchall()
+    jobs = [ReservedJob(**row) for row in rows]
+    # UPDATE ... RETURNING does not keep the subquery's order.
+    jobs.sort(key=lambda job: (job.priority, job.run_at))
+    return jobs
+
+
+def complete_job(
+    conn: psycopg.Connection[Any], job_id: int, *, locked_by: str, pending: Sequence[int] = ()
+) -> None:
+    conn.execute(
+        query("complete_job"), {"id": job_id, "pending": list(pending), "locked_by": locked_by}
+    )
+
+
+def touch_jobs(conn: psycopg.Connection[Any], job_ids: Sequence[int], *, locked_by: str) -> None:
+    if job_ids:
+        conn.execute(query("touch_jobs"), {"ids": list(job_ids), "locked_by": locked_by})
+
+
+def retry_job(
+    conn: psycopg.Connection[Any],
+    job_id: int,
+    *,
+    attempts: int,
+    last_error: str,
+    run_at: dt.datetime | None = None,
+) -> None:
+    conn.execute(
+        query("retry_job"),
+        {"id": job_id, "attempts": attempts, "last_error": last_error, "run_at": run_at},
+    )
+
+
+def fail_job(conn: psycopg.Connection[Any], job_id: int, *, attempts: int, last_error: str) -> None:
+    conn.execute(query("fail_job"), {"id": job_id, "attempts": attempts, "last_error": last_error})
+
+
+def delete_job(conn: psycopg.Connection[Any], job_id: int) -> None:
+    conn.execute(query("delete_job"), {"id": job_id})
+
+
+def unlock_jobs(conn: psycopg.Connection[Any], *, locked_by: str) -> list[int]:
+    rows = conn.execute(query("unlock_jobs"), {"locked_by": locked_by}).fetchall()
+    return [row[0] for row in rows]
+
+
+def unlock_job_ids(
+    conn: psycopg.Connection[Any], job_ids: Sequence[int], *, locked_by: str
+) -> None:
+    if job_ids:
+        conn.execute(query("unlock_job_ids"), {"ids": list(job_ids), "locked_by": locked_by})
+
+
+@dataclasses.dataclass(frozen=True)
+class ReleasedJob:
+    id: int
+    attempts: int
+    failed: bool
+
+
+def release_dead_workers_jobs(
+    conn: psycopg.Connection[Any],
+    locked_by: Sequence[str],
+    *,
+    max_attempts: int,
+    last_error: str,
+) -> list[ReleasedJob]:
+    if not locked_by:
+        return []
+    rows = conn.execute(
+        query("release_dead_workers_jobs"),
+        {"locked_by": list(locked_by), "max_attempts": max_attempts, "last_error": last_error},
+    ).fetchall()
+    return [ReleasedJob(*row) for row in rows]
+
+
+def count_ready(
+    conn: psycopg.Connection[Any], job_filter: JobFilter, *, lock_timeout: float, limit: int
+) -> int:
+    params = job_filter.params() | {"lock_timeout": lock_timeout, "limit": limit}
+    row = conn.execute(job_filter.query("count_ready"), params).fetchone()
+    return int(row[0]) if row else 0
+
+
+def seconds_to_next(conn: psycopg.Connection[Any], job_filter: JobFilter) -> float | None:
+    """Seconds until the next scheduled job of the filter is due (database clock)."""
+    row = conn.execute(job_filter.query("seconds_to_next"), job_filter.params()).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+def database_now(conn: psycopg.Connection[Any]) -> dt.datetime:
+    row = conn.execute(query("database_now")).fetchone()
+    assert row is not None
+    return row[0]

