@@ -35,6 +35,8 @@ def worker_title(
 
 def state_from_title(title: str) -> WorkerState | None:
     """The state a worker title shows; None when it is not (yet) a worker title."""
+    # setproctitle pads the argv area with spaces (and NULs) when the title is shorter.
+    title = title.replace("\0", " ").strip()
     if not title.startswith(WORKER_PREFIX):
         return None
     if title.endswith(OLD_MARK):

@@ -390,10 +390,18 @@ class Settings:
 
     @property
     def lock_timeout(self) -> float:
-        """A lock older than the longest max_run_time of any group is stale: no
-        worker of this installation may still legitimately run that job."""
-        return max(group.max_run_time for group in self.workers)
+        """A lock older than this is stale: its worker's host must have died.
 
+        The longest max_run_time of any group (so a group with a short limit never takes
+        a job that a group with a long limit still runs), plus LOCK_MARGIN: a job past
+        its max_run_time keeps its lock (refreshed by its worker) while the worker tries
+        to stop it or retires, and must not look stale meanwhile.
+        """
+        return max(group.max_run_time for group in self.workers) + LOCK_MARGIN
+
+
+# Seconds a lock outlives the longest max_run_time before another worker may take it.
+LOCK_MARGIN = 30.0
 
 # ---------------------------------------------------------------------- loading
 

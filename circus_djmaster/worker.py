@@ -49,6 +49,8 @@ HANDLED_SIGNALS = (
 )
 # How long an interrupted job gets to unwind before the worker gives up on its thread.
 STOP_GRACE = 2.0
+# How often the locks of stuck jobs are refreshed (well within settings.LOCK_MARGIN).
+LOCK_REFRESH = 10.0
 # The main loop wakes at least this often (parent check, deadlines).
 TICK = 0.5
 
@@ -302,7 +304,7 @@ class Worker:
                 self.retire("a job ran past max_run_time and could not be stopped")
         # Keep the stuck jobs' locks fresh while the other jobs finish.
         for stuck in self._stuck:
-            if now - stuck.last_touch > min(60.0, self.settings.lock_timeout / 3):
+            if now - stuck.last_touch > LOCK_REFRESH:
                 self._control(
                     lambda c, s=stuck: store.touch_jobs(
                         c, [s.thread.slot.job_id], locked_by=self.locked_by

@@ -16,6 +16,7 @@ else:  # pragma: no cover - Python 3.10 only
     import tomli as tomllib
 
 from circus_djmaster.settings import (
+    LOCK_MARGIN,
     OPTIONS,
     SECTIONS,
     CircusSettings,
@@ -148,7 +149,8 @@ def test_full_file_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     )
     assert settings.group("mail") is mail
     assert settings.database("secondary").url() == "postgresql://localhost/other"
-    assert settings.lock_timeout == 4 * 3600.0  # the default group's max_run_time wins
+    # the default group's max_run_time wins, plus the margin
+    assert settings.lock_timeout == 4 * 3600.0 + LOCK_MARGIN
 
 
 def test_defaults(tmp_path: Path) -> None:
@@ -189,7 +191,7 @@ def test_defaults(tmp_path: Path) -> None:
         check_delay=5.0,
         logoutput="-",
     )
-    assert settings.lock_timeout == 4 * 3600.0
+    assert settings.lock_timeout == 4 * 3600.0 + LOCK_MARGIN
 
 
 def test_group_names_default_by_position(tmp_path: Path) -> None:
@@ -199,9 +201,9 @@ def test_group_names_default_by_position(tmp_path: Path) -> None:
     assert [group.index for group in settings.workers] == [0, 1, 2]
 
 
-def test_lock_timeout_is_the_longest_max_run_time(tmp_path: Path) -> None:
+def test_lock_timeout_is_the_longest_max_run_time_plus_the_margin(tmp_path: Path) -> None:
     text = '[[workers]]\nmax_run_time = "10m"\n[[workers]]\nmax_run_time = "2h"\n'
-    assert load_settings(write(tmp_path, text)).lock_timeout == 7200.0
+    assert load_settings(write(tmp_path, text)).lock_timeout == 7200.0 + LOCK_MARGIN
 
 
 def test_relative_paths_resolve_against_the_files_folder(
