@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     enq.add_argument("--json-lines", metavar="FILE", help="read jobs from FILE (- for stdin)")
     _add_database_options(enq, all_by_default=False)
     enq.set_defaults(func=cmd_enqueue)
+
+    from . import cli_admin
+
+    cli_admin.add_commands(sub)
     return parser
 
 

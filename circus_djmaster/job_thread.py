@@ -169,7 +169,7 @@ class JobThread(threading.Thread):
         self.resolved = resolved
         self.slot.begin(job.id, resolved.max_run_time)
         self.worker.show_busy()
-        log.info("job %s (%s) started", job.id, resolved.record.handler.callable)
+        log.debug("job %s (%s) started", job.id, resolved.record.handler.callable)
         error: BaseException | None = None
         try:
             try:
@@ -195,7 +195,7 @@ class JobThread(threading.Thread):
         self.resolved = None
         self.worker.show_busy()
         if error is None:
-            log.info("job %s succeeded in %.3fs", job.id, elapsed)
+            log.debug("job %s succeeded in %.3fs", job.id, elapsed)
             self._with_connection(
                 lambda conn: store.complete_job(
                     conn, job.id, locked_by=self.worker.locked_by, pending=pending

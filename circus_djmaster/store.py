@@ -181,3 +181,45 @@ def database_now(conn: psycopg.Connection[Any]) -> dt.datetime:
     row = conn.execute(query("database_now")).fetchone()
     assert row is not None
     return row[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupStats:
+    ready: int
+    running: int
+    scheduled: int
+    failed: int
+    oldest_ready_age: float | None
+
+
+def group_stats(
+    conn: psycopg.Connection[Any], job_filter: JobFilter, *, lock_timeout: float
+) -> GroupStats:
+    params = job_filter.params() | {"lock_timeout": lock_timeout}
+    row = conn.execute(job_filter.query("stats"), params).fetchone()
+    assert row is not None
+    return GroupStats(*row)
+
+
+def list_jobs(
+    conn: psycopg.Connection[Any], *, failed: bool, queue: str | None, limit: int
+) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            query("list_jobs"), {"failed": failed, "queue": queue, "limit": limit}
+        ).fetchall()
+
+
+def retry_failed_jobs(conn: psycopg.Connection[Any], ids: Sequence[int] | None) -> list[int]:
+    """Make failed jobs due again (all of them when ``ids`` is None)."""
+    rows = conn.execute(
+        query("retry_failed_jobs"), {"ids": None if ids is None else list(ids)}
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def delete_failed_jobs(conn: psycopg.Connection[Any], ids: Sequence[int] | None) -> list[int]:
+    rows = conn.execute(
+        query("delete_failed_jobs"), {"ids": None if ids is None else list(ids)}
+    ).fetchall()
+    return [row[0] for row in rows]

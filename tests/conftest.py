@@ -50,6 +50,12 @@ def template_database(pg_server_url: str) -> str:
     url = pgserver.create_database(pg_server_url, TEMPLATE_DB)
     with store.connect(url) as conn:
         store.migrate(conn)
+        # The side table where tests/support/jobs.py records what jobs did.
+        conn.execute(
+            "CREATE TABLE job_events (id bigserial PRIMARY KEY, job_key text NOT NULL, "
+            "event text NOT NULL, pid int NOT NULL, at timestamptz NOT NULL DEFAULT "
+            "clock_timestamp())"
+        )
     return TEMPLATE_DB
 
 

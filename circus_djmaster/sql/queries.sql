@@ -156,3 +156,71 @@ SELECT now() AS now;
 
 -- name: listen
 LISTEN delayed_jobs;
+
+-- name: stats_in_queues
+-- Counts for `djmaster status`: ready, running (locked and fresh), scheduled, failed, and
+-- the age in seconds of the oldest ready job. A full pass over the group's jobs: for
+-- people, not for the master's hot path.
+SELECT count(*) FILTER (WHERE failed_at IS NULL AND run_at <= now()
+                          AND (locked_at IS NULL
+                               OR locked_at < now() - make_interval(secs => %(lock_timeout)s)))
+           AS ready,
+       count(*) FILTER (WHERE failed_at IS NULL
+                          AND locked_at >= now() - make_interval(secs => %(lock_timeout)s))
+           AS running,
+       count(*) FILTER (WHERE failed_at IS NULL AND run_at > now() AND locked_at IS NULL)
+           AS scheduled,
+       count(*) FILTER (WHERE failed_at IS NOT NULL) AS failed,
+       extract(epoch FROM now() - min(run_at) FILTER (
+           WHERE failed_at IS NULL AND run_at <= now()
+             AND (locked_at IS NULL
+                  OR locked_at < now() - make_interval(secs => %(lock_timeout)s))))::float8
+           AS oldest_ready_age
+  FROM delayed_jobs
+ WHERE queue = ANY(%(queues)s::varchar[])
+   AND priority BETWEEN %(min_priority)s AND %(max_priority)s;
+
+-- name: stats_any_queue
+SELECT count(*) FILTER (WHERE failed_at IS NULL AND run_at <= now()
+                          AND (locked_at IS NULL
+                               OR locked_at < now() - make_interval(secs => %(lock_timeout)s)))
+           AS ready,
+       count(*) FILTER (WHERE failed_at IS NULL
+                          AND locked_at >= now() - make_interval(secs => %(lock_timeout)s))
+           AS running,
+       count(*) FILTER (WHERE failed_at IS NULL AND run_at > now() AND locked_at IS NULL)
+           AS scheduled,
+       count(*) FILTER (WHERE failed_at IS NOT NULL) AS failed,
+       extract(epoch FROM now() - min(run_at) FILTER (
+           WHERE failed_at IS NULL AND run_at <= now()
+             AND (locked_at IS NULL
+                  OR locked_at < now() - make_interval(secs => %(lock_timeout)s))))::float8
+           AS oldest_ready_age
+  FROM delayed_jobs
+ WHERE priority BETWEEN %(min_priority)s AND %(max_priority)s;
+
+-- name: list_jobs
+-- Jobs for `djmaster jobs list`, newest first; %(failed)s picks failed or live jobs and
+-- %(queue)s (NULL: any) one queue.
+SELECT id, queue, priority, attempts, run_at, locked_by, failed_at, handler, last_error
+  FROM delayed_jobs
+ WHERE (failed_at IS NOT NULL) = %(failed)s
+   AND (%(queue)s::varchar IS NULL OR queue = %(queue)s::varchar)
+ ORDER BY id DESC
+ LIMIT %(limit)s;
+
+-- name: retry_failed_jobs
+-- Give failed jobs a fresh start: due now, attempts reset, last_error kept for reference.
+-- %(ids)s NULL means every failed job.
+UPDATE delayed_jobs
+   SET failed_at = NULL, attempts = 0, run_at = now(), updated_at = now()
+ WHERE failed_at IS NOT NULL
+   AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+RETURNING id;
+
+-- name: delete_failed_jobs
+-- %(ids)s NULL means every failed job.
+DELETE FROM delayed_jobs
+ WHERE failed_at IS NOT NULL
+   AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+RETURNING id;
