@@ -106,7 +106,10 @@ _DATABASES_NOTE = """\
 #: A second database, shown commented out (the seed's `databases [:primary, :secondary]`).
 _SECOND_DATABASE = ("secondary", "${DJMASTER_SECONDARY_DATABASE_URL}")
 
-_QUEUE_NOTE = "# (a job enqueued without a queue runs only in a group without `queues`)"
+_QUEUE_NOTE = (
+    '# (jobs enqueued without a queue go to "default"; a NULL queue from plain SQL\n'
+    "# runs only in a group without `queues`)"
+)
 
 
 def _comment(text: str, width: int = WIDTH) -> list[str]:

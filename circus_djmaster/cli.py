@@ -15,7 +15,7 @@ import psycopg
 from . import store
 from .exceptions import DjmasterError
 from .exit_codes import ExitCode
-from .jobs import DATABASE_URL_ENV, JobCall, enqueue, enqueue_many
+from .jobs import DATABASE_URL_ENV, DEFAULT_QUEUE, JobCall, enqueue, enqueue_many
 from .settings import SettingsError, load_settings, parse_duration
 
 
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     enq.add_argument("callable", nargs="?", help="module.path:function")
     enq.add_argument("--args", default="[]", help="JSON list of positional arguments")
     enq.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments")
-    enq.add_argument("--queue", help="queue name")
+    enq.add_argument("--queue", help='queue name (default: "default")')
     enq.add_argument("--priority", type=int, help="priority (lower runs first)")
     when = enq.add_mutually_exclusive_group()
     when.add_argument("--run-at", help="ISO 8601 time with a UTC offset")
@@ -219,15 +219,25 @@ def _read_json_lines(stream: TextIO) -> Iterator[JobCall]:
         unknown = sorted(set(data) - _LINE_KEYS)
         if unknown:
             raise DjmasterError(f"line {number}: unknown keys {', '.join(unknown)}")
-        delay = data.get("delay")
-        yield JobCall(
-            data["callable"],
-            data.get("args", []),
-            data.get("kwargs", {}),
-            queue=data.get("queue"),
-            priority=int(data.get("priority", 0)),
-            delay=parse_duration(delay) if delay is not None else None,
+        args, kwargs = data.get("args", []), data.get("kwargs", {})
+        queue, priority, delay = (
+            data.get("queue", DEFAULT_QUEUE),
+            data.get("priority", 0),
+            data.get("delay"),
         )
+        if not isinstance(args, list):
+            raise DjmasterError(f'line {number}: "args" must be a list')
+        if not isinstance(kwargs, dict):
+            raise DjmasterError(f'line {number}: "kwargs" must be an object')
+        if not isinstance(queue, str):
+            raise DjmasterError(f'line {number}: "queue" must be a string')
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise DjmasterError(f'line {number}: "priority" must be an integer')
+        try:
+            seconds = parse_duration(delay) if delay is not None else None
+        except ValueError as exc:
+            raise DjmasterError(f'line {number}: "delay": {exc}') from None
+        yield JobCall(data["callable"], args, kwargs, queue=queue, priority=priority, delay=seconds)
 
 
 def _first_line(exc: BaseException | str) -> str:

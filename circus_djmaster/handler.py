@@ -78,7 +78,8 @@ def resolve(path: str) -> Callable[..., Any]:
     try:
         target: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
+        # The module itself (or a package on its path) is missing, not one of its imports.
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
             raise HandlerError(f"cannot import module {module_name!r} of {path}") from None
         raise HandlerError(f"importing {module_name!r} failed: {exc!r}") from exc
     except Exception as exc:

@@ -29,6 +29,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 DATABASE_URL_ENV = "DJMASTER_DATABASE_URL"
+# The queue of jobs enqueued without one (delayed_job's usual default_queue_name): a
+# worker group must name its queues or serve them all, and a NULL queue matches no name.
+DEFAULT_QUEUE = "default"
 
 Delay = float | dt.timedelta
 
@@ -48,7 +51,7 @@ class JobRecord:
 class JobOptions:
     """Per-job settings; ``None`` means "the worker group's setting"."""
 
-    queue: str | None = None
+    queue: str = DEFAULT_QUEUE
     priority: int = 0
     max_attempts: int | None = None
     max_run_time: float | None = None
@@ -78,7 +81,7 @@ class JobCall:
     path: str
     args: Sequence[Any] = ()
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    queue: str | None = None
+    queue: str = DEFAULT_QUEUE
     priority: int = 0
     run_at: dt.datetime | None = None
     delay: Delay | None = None
@@ -132,7 +135,7 @@ class Job(Generic[P, R]):
 def job(
     func: Callable[P, R] | None = None,
     *,
-    queue: str | None = None,
+    queue: str = DEFAULT_QUEUE,
     priority: int = 0,
     max_attempts: int | None = None,
     max_run_time: float | None = None,
