@@ -63,9 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_database_options(enq, all_by_default=False)
     enq.set_defaults(func=cmd_enqueue)
 
-    from . import cli_admin
+    from . import cli_admin, cli_devdb, demo
 
     cli_admin.add_commands(sub)
+    cli_devdb.add_commands(sub)
+    demo.add_command(sub)
     return parser
 
 

@@ -27,6 +27,14 @@ def add_commands(sub: Any) -> None:
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(func=cmd_status)
 
+    wait = sub.add_parser(
+        "wait", help="wait until no job is ready or running (for scripts and deploys)"
+    )
+    wait.add_argument("--settings", required=True, help="the djmaster.toml file")
+    wait.add_argument("--timeout", type=float, default=300.0, help="give up after (300 s)")
+    wait.add_argument("--scheduled", action="store_true", help="also wait for jobs scheduled later")
+    wait.set_defaults(func=cmd_wait)
+
     jobs = sub.add_parser("jobs", help="list, retry or delete jobs")
     jobs.add_argument("--settings", required=True, help="the djmaster.toml file")
     jobs.add_argument("--database", help="a database of the settings (default: the first)")
@@ -198,6 +206,43 @@ def _duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds / 60:.1f}m"
     return f"{seconds / 3600:.1f}h"
+
+
+# --- wait ----------------------------------------------------------------------------
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.settings)
+        urls = [(db.name, db.url()) for db in settings.databases]
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    deadline = time.monotonic() + args.timeout
+    while True:
+        left = 0
+        for name, url in urls:
+            try:
+                with store.connect(url, application_name="djmaster wait") as conn:
+                    for group in settings.workers:
+                        job_filter = store.JobFilter(
+                            group.queues, group.min_priority, group.max_priority
+                        )
+                        stats = store.group_stats(
+                            conn, job_filter, lock_timeout=settings.lock_timeout
+                        )
+                        left += stats.ready + stats.running
+                        left += stats.scheduled if args.scheduled else 0
+            except psycopg.Error as exc:
+                print(f"database {name}: {_first_line(exc)}", file=sys.stderr)
+                left += 1
+        if left == 0:
+            print("no job left")
+            return 0
+        if time.monotonic() > deadline:
+            print(f"{left} job(s) still to do after {args.timeout:g}s", file=sys.stderr)
+            return 1
+        time.sleep(0.2)
 
 
 # --- jobs ----------------------------------------------------------------------------

@@ -1,0 +1,89 @@
+"""Async twins of the store functions the master needs, for its asyncio loop.
+
+Same named queries (``sql/queries.sql``) and parameters as :mod:`circus_djmaster.store`,
+run on a psycopg ``AsyncConnection``; the master never blocks its loop on a database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from .queries import NOTIFY_CHANNEL, query
+from .store import JobFilter, ReleasedJob
+
+__all__ = [
+    "connect",
+    "count_ready",
+    "listen",
+    "probe",
+    "release_dead_workers_jobs",
+    "seconds_to_next",
+]
+
+AsyncConnection = psycopg.AsyncConnection[Any]
+
+
+async def connect(
+    url: str,
+    *,
+    application_name: str = "djmaster-master",
+    connect_timeout: float = 5.0,
+    statement_timeout: float = 10.0,
+) -> AsyncConnection:
+    """An autocommit connection with connect and statement timeouts, so a slow or
+    unreachable database costs a bounded wait. The URL is never logged."""
+    return await psycopg.AsyncConnection.connect(
+        url,
+        autocommit=True,
+        application_name=application_name,
+        connect_timeout=max(1, round(connect_timeout)),
+        options=f"-c statement_timeout={int(statement_timeout * 1000)}",
+    )
+
+
+async def count_ready(
+    conn: AsyncConnection, job_filter: JobFilter, *, lock_timeout: float, limit: int
+) -> int:
+    params = job_filter.params() | {"lock_timeout": lock_timeout, "limit": limit}
+    cursor = await conn.execute(job_filter.query("count_ready"), params)
+    row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def seconds_to_next(conn: AsyncConnection, job_filter: JobFilter) -> float | None:
+    """Seconds until the next scheduled job of the filter is due (database clock)."""
+    cursor = await conn.execute(job_filter.query("seconds_to_next"), job_filter.params())
+    row = await cursor.fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+async def release_dead_workers_jobs(
+    conn: AsyncConnection,
+    locked_by: Sequence[str],
+    *,
+    max_attempts: int,
+    last_error: str,
+) -> list[ReleasedJob]:
+    if not locked_by:
+        return []
+    cursor = await conn.execute(
+        query("release_dead_workers_jobs"),
+        {"locked_by": list(locked_by), "max_attempts": max_attempts, "last_error": last_error},
+    )
+    return [ReleasedJob(*row) for row in await cursor.fetchall()]
+
+
+async def listen(conn: AsyncConnection) -> None:
+    await conn.execute(query("listen"))
+
+
+async def probe(conn: AsyncConnection) -> None:
+    """A round trip: fails if the connection died silently."""
+    await conn.execute("SELECT 1")
+
+
+def channel() -> str:
+    return NOTIFY_CHANNEL

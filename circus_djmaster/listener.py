@@ -1,0 +1,148 @@
+"""LISTEN for new jobs on one database, on its own autocommit connection.
+
+The trigger of ``delayed_jobs`` sends, on channel ``delayed_jobs``, a JSON array of the
+queue names of inserted (or again available) jobs, ``""`` for the NULL queue, or the
+string ``"*"`` meaning every queue. The listener hands each payload to a callback that
+only records it and wakes the database's poller: a burst of notifications costs one
+check (coalescing happens in the poller, which drains everything recorded at once).
+
+The connection is probed (``SELECT 1``) whenever ``probe_interval`` passes without a
+notification, so a connection that died silently (a dropped network path, a restarted
+server behind a proxy) is noticed and replaced. Reconnects back off exponentially, and
+after every (re)connect the poller is woken once: notifications sent while the listener
+was away are lost, a count is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+
+from . import astore
+
+log = logging.getLogger(__name__)
+
+#: The payload meaning "any queue may have new jobs".
+ALL_QUEUES = "*"
+
+
+class Backoff:
+    """Exponential delays: ``first``, doubled each time, capped at ``cap``."""
+
+    def __init__(self, first: float = 0.5, cap: float = 30.0) -> None:
+        self.first = first
+        self.cap = cap
+        self._next = first
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self._next * 2, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.first
+
+
+def queues_from_payload(payload: str) -> frozenset[str] | None:
+    """The queues a notification names; None means "every queue" (``"*"`` or a payload
+    this version does not understand: waking up too often is cheap, missing a job not)."""
+    try:
+        value: Any = json.loads(payload)
+    except ValueError:
+        return None
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return frozenset(value)
+    return None
+
+
+def describe_error(error: BaseException) -> str:
+    """One line about a database error, without the connection URL (psycopg never puts
+    the password in its messages, but keep only the first line)."""
+    text = str(error).strip().splitlines()
+    first = text[0] if text else ""
+    name = type(error).__name__
+    return f"{name}: {first}" if first else name
+
+
+Connect = Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]
+
+
+class Listener:
+    def __init__(
+        self,
+        database: str,
+        connect: Connect,
+        on_notify: Callable[[frozenset[str] | None], None],
+        *,
+        probe_interval: float = 10.0,
+        probe_timeout: float = 5.0,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.database = database
+        self._connect = connect
+        self._on_notify = on_notify
+        self.probe_interval = probe_interval
+        self.probe_timeout = probe_timeout
+        self._backoff = backoff or Backoff()
+        self.connected = asyncio.Event()  # set while LISTEN is in place (tests, status)
+
+    async def run(self) -> None:
+        """Listen until cancelled; never raises anything but CancelledError."""
+        failures = 0
+        while True:
+            conn: psycopg.AsyncConnection[Any] | None = None
+            try:
+                conn = await asyncio.wait_for(self._connect(), self.probe_timeout * 2)
+                await asyncio.wait_for(astore.listen(conn), self.probe_timeout)
+                if failures:
+                    log.info(
+                        "database %s: listening again after %d failure(s)", self.database, failures
+                    )
+                else:
+                    log.info("database %s: listening for new jobs", self.database)
+                failures = 0
+                self._backoff.reset()
+                self.connected.set()
+                self._on_notify(None)  # what was sent while away is lost: look at everything
+                await self._listen(conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                self.connected.clear()
+                failures += 1
+                delay = self._backoff.next()
+                log.warning(
+                    "database %s: LISTEN connection failed (%s); reconnecting in %.1fs "
+                    "(attempt %d)",
+                    self.database,
+                    describe_error(error),
+                    delay,
+                    failures,
+                )
+                await _close(conn)
+                conn = None
+                await asyncio.sleep(delay)
+            finally:
+                self.connected.clear()
+                await _close(conn)
+
+    async def _listen(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        while True:
+            async for notify in conn.notifies(timeout=self.probe_interval):
+                self._on_notify(queues_from_payload(notify.payload))
+            # probe_interval without a notification: make sure the connection lives.
+            await asyncio.wait_for(astore.probe(conn), self.probe_timeout)
+
+
+async def _close(conn: psycopg.AsyncConnection[Any] | None) -> None:
+    if conn is None or conn.closed:
+        return
+    # Closing a broken connection may fail too; it is gone either way.
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(conn.close(), 2.0)

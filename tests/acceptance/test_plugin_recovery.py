@@ -1,0 +1,179 @@
+"""Dead workers, memory limits and broken workers under the master (SPEC §5)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.acceptance.plugin_helpers import (
+    DEADLINE,
+    WATCHER,
+    done,
+    enqueue,
+    master_log,
+    running,
+    settings_file,
+    wait_until,
+)
+from tests.support.circus_run import CIRCUSD
+from tests.support.worker_run import events, job_row
+
+pytestmark = pytest.mark.skipif(not CIRCUSD.exists(), reason="no circusd next to python")
+MB = 2**20
+
+
+def started_pid(conn: psycopg.Connection[Any], key: str) -> int | None:
+    for _, event, pid in events(conn, key):
+        if event == "start":
+            return pid
+    return None
+
+
+def test_kill_9_mid_job_releases_the_job_for_another_worker(
+    tmp_path: Path, database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    settings = settings_file(tmp_path, monitor_interval=1.0)
+    with running(settings, {"DJMASTER_DATABASE_URL": database_url}) as run:
+        job_id = enqueue(conn, "sleep_then_record", "k1", 1.0)
+        victim = wait_until(lambda: started_pid(conn, "k1"), DEADLINE, "job k1 to start")
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
+
+        def released() -> bool:
+            row = job_row(conn, job_id)
+            return row is None or (row["attempts"] == 1 and row["locked_by"] != _locked(victim))
+
+        wait_until(released, 1.0 + 2.0, "the job of the killed worker to be released")
+        assert time.monotonic() - killed_at <= 1.0 + 2.0
+        wait_until(lambda: done(conn, "k1"), DEADLINE, "job k1 done by another worker")
+        finisher = [pid for _, event, pid in events(conn, "k1") if event == "done"]
+        assert finisher and finisher[0] != victim
+        assert f"pid {victim}" in master_log(run)
+
+
+def _locked(pid: int) -> str:
+    import socket
+
+    return f"host:{socket.gethostname()} pid:{pid}"
+
+
+def test_job_killing_its_worker_every_time_fails_after_max_attempts(
+    tmp_path: Path, database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    workers = [{"queues": ["q1"], "max_processes": 1, "sleep_delay": 0.2, "max_attempts": 2}]
+    settings = settings_file(tmp_path, workers=workers)
+    with running(settings, {"DJMASTER_DATABASE_URL": database_url}):
+        job_id = enqueue(conn, "exit_process", 9)
+
+        def failed() -> dict[str, Any] | None:
+            row = job_row(conn, job_id)
+            return row if row is not None and row["failed_at"] is not None else None
+
+        row = wait_until(failed, DEADLINE, "the poison job to fail for good")
+        assert row["attempts"] == 2
+        assert "exited with code 9" in (row["last_error"] or "") or "died" in (
+            row["last_error"] or ""
+        )
+
+
+def test_job_over_max_memory_completes_and_its_worker_retires(
+    tmp_path: Path, database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    workers = [{"queues": ["q1"], "max_processes": 1, "sleep_delay": 0.2, "max_memory": "100MB"}]
+    settings = settings_file(tmp_path, workers=workers, monitor_interval=0.5)
+    with running(settings, {"DJMASTER_DATABASE_URL": database_url}) as run:
+        # Idle workers retire at once; keep one busy: the allocation, then a 2 s job.
+        enqueue(conn, "allocate_then_sleep", "m1", 150, 1.5, module="plugin_jobs")
+        worker = wait_until(lambda: started_pid(conn, "m1"), DEADLINE, "job m1 to start")
+        wait_until(lambda: "RSS over max_memory" in master_log(run), DEADLINE, "the retire")
+        wait_until(lambda: done(conn, "m1"), DEADLINE, "job m1 to complete")
+        wait_until(lambda: worker not in run.pids(WATCHER), DEADLINE, "its worker to retire")
+        assert f"retiring worker pid {worker} after its current job" in master_log(run)
+
+
+def test_hard_max_memory_kills_and_charges_an_attempt(
+    tmp_path: Path, database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    workers = [
+        {
+            "queues": ["q1"],
+            "max_processes": 1,
+            "sleep_delay": 0.2,
+            "max_memory": "100MB",
+            "hard_max_memory": "150MB",
+            "max_attempts": 2,
+        }
+    ]
+    settings = settings_file(tmp_path, workers=workers, monitor_interval=0.5)
+    with running(settings, {"DJMASTER_DATABASE_URL": database_url}) as run:
+        job_id = enqueue(conn, "allocate_then_sleep", "h1", 250, 30, module="plugin_jobs")
+
+        def failed() -> dict[str, Any] | None:
+            row = job_row(conn, job_id)
+            return row if row is not None and row["failed_at"] is not None else None
+
+        row = wait_until(failed, DEADLINE, "the job to fail after 2 hard kills")
+        assert row["attempts"] == 2
+        assert "killed by the master: RSS over hard_max_memory" in (row["last_error"] or "")
+        assert master_log(run).count("RSS over hard_max_memory); its jobs are released") == 2
+
+
+def test_preload_failure_is_logged_once_without_a_crash_loop(
+    tmp_path: Path, database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    settings = settings_file(tmp_path, polling_interval=0.5, app="no_such_module_for_djmaster")
+    with running(settings, {"DJMASTER_DATABASE_URL": database_url}) as run:
+        enqueue(conn, "record", "c1")
+        blocked = "a worker exited with code 78"
+        wait_until(lambda: blocked in master_log(run), DEADLINE, "the config error line")
+        wait_until(lambda: run.status(WATCHER) == "stopped", DEADLINE, "the watcher parked")
+        # Several polling intervals and check_delays: nothing starts again.
+        watch_until = time.monotonic() + 3.0
+        while time.monotonic() < watch_until:
+            assert run.pids(WATCHER) == []
+            time.sleep(0.1)
+        text = master_log(run)
+        assert text.count(blocked) == 1
+        assert text.count("preload failed") == 1
+        assert not done(conn, "c1")
+
+        # An operator acts: `circusctl start` runs one worker again (it fails again).
+        assert run.ctl("start", WATCHER).returncode == 0
+        wait_until(lambda: master_log(run).count(blocked) == 2, DEADLINE, "a second try")
+
+        # The settings change: the master tries again.
+        os.utime(settings, None)
+        wait_until(lambda: master_log(run).count(blocked) == 3, DEADLINE, "a third try")
+
+
+def test_callbacks_run_and_their_errors_do_not_stop_the_master(
+    tmp_path: Path, database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    notes = tmp_path / "callbacks.log"
+    module = "tests.support.master_callbacks"
+    callbacks = {
+        name: f"{module}:{name}"
+        for name in ("before_fork", "before_polling", "around_polling", "after_monitor")
+    }
+    settings = settings_file(tmp_path)
+    with settings.open("a", encoding="utf-8") as file:
+        file.write("[callbacks]\n")
+        file.writelines(f'{name} = "{path}"\n' for name, path in callbacks.items())
+    urls = {"DJMASTER_DATABASE_URL": database_url, "DJMASTER_TEST_CALLBACK_LOG": str(notes)}
+    with running(settings, urls) as run:
+        enqueue(conn, "record", "cb1")
+        wait_until(lambda: done(conn, "cb1"), DEADLINE, "job cb1 despite broken callbacks")
+        lines = notes.read_text(encoding="utf-8").splitlines()
+        assert f"before_fork {WATCHER} 1 worker0 primary" in lines
+        assert "before_polling primary" in lines and "around_polling primary" in lines
+        text = master_log(run)
+        assert "callback around_polling raised; going on" in text
+        assert "callback after_monitor raised; going on" in text
+        enqueue(conn, "record", "cb2")
+        wait_until(lambda: done(conn, "cb2"), DEADLINE, "polling goes on")
