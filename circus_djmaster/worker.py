@@ -36,6 +36,7 @@ from .execution import failure_after_error
 from .exit_codes import ExitCode
 from .job_thread import JobThread, record_failure, timeout_message
 from .settings import Database, Settings, SettingsError, WorkerGroup, load_settings
+from .worker_wakeup import NotifyWakeup
 
 log = logging.getLogger("circus_djmaster.worker")
 
@@ -105,6 +106,12 @@ class Worker:
         self._threads: list[JobThread] = []
         self._stuck: list[StuckJob] = []
         self._conn: psycopg.Connection[Any] | None = None
+        # A worker that waits for work (idle_timeout > 0) listens, so it wakes at once.
+        self._wakeup = (
+            NotifyWakeup(self.database_url, group.queues, database.name)
+            if settings.listen and group.idle_timeout > 0
+            else None
+        )
         self.set_title()
 
     # --- signals: handlers only record ------------------------------------------------
@@ -168,7 +175,8 @@ class Worker:
             else:
                 self._empty_pass_at = now
         self.show_busy()
-        self._poke()
+        if not found:  # only an empty pass can make the worker idle: tell the main loop
+            self._poke()
 
     def after_job(self) -> None:
         """Check the process limits after a job (SPEC §4: retire after the current job)."""
@@ -267,8 +275,15 @@ class Worker:
         return timeout
 
     def _sleep(self, timeout: float) -> None:
+        readers = [self._wake_r]
+        listen_fd = self._wakeup.fileno() if self._wakeup is not None else None
+        if listen_fd is not None:
+            readers.append(listen_fd)
+        ready: list[int] = []
         with contextlib.suppress(InterruptedError):
-            select.select([self._wake_r], [], [], timeout)
+            ready, _, _ = select.select(readers, [], [], timeout)
+        if listen_fd in ready and self._wakeup is not None and self._wakeup.drain():
+            self._wake_threads()
         try:
             while os.read(self._wake_r, 4096):
                 pass
@@ -358,6 +373,8 @@ class Worker:
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
+        if self._wakeup is not None:
+            self._wakeup.close()
 
 
 def process_rss() -> int:

@@ -238,3 +238,25 @@ def test_runs_max_threads_jobs_at_once(
     kinds = [event for _k, event, _p in events(conn)]
     # All three started before the first finished: they ran side by side.
     assert kinds[:3] == ["start"] * 3, kinds
+
+
+def test_a_waiting_worker_wakes_on_notify_instead_of_its_sleep_delay(
+    tmp_path: Path, database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    settings = write_settings(
+        tmp_path, workers=[{"queues": ["q1"], "idle_timeout": 60, "sleep_delay": 30}]
+    )
+    proc = start_worker(settings, database_url)
+    try:
+        enqueue(f"{J}:record", ["first"], queue="q1", database_url=database_url)
+        wait_until(lambda: events(conn, "first"), 10, "first job done")
+        # The worker now waits (sleep_delay 30 s): only NOTIFY can wake it this fast.
+        enqueue(f"{J}:record", ["second"], queue="q1", database_url=database_url)
+        wait_until(lambda: events(conn, "second"), 3, "second job done within 3 s")
+        # A job for another queue does not concern it.
+        enqueue(f"{J}:record", ["other"], queue="q2", database_url=database_url)
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code, err = finish(proc)
+    assert code == 0, err
