@@ -25,6 +25,14 @@ __all__ = [
 
 AsyncConnection = psycopg.AsyncConnection[Any]
 
+# The master's counts run as prepared statements with generic plans. Failed jobs keep
+# their (old) run_at, so the planner, which takes run_at <= now() and failed_at IS NULL
+# for independent, overestimates the ready rows by orders of magnitude; with a LIMIT a
+# custom plan then prefers a sequential scan that reads through every failed row. The
+# generic plan walks the partial (queue, run_at) index: a fraction of a millisecond at
+# millions of rows (benchmarks/ B4).
+MASTER_SESSION_OPTIONS = "-c plan_cache_mode=force_generic_plan"
+
 
 async def connect(
     url: str,
@@ -40,7 +48,7 @@ async def connect(
         autocommit=True,
         application_name=application_name,
         connect_timeout=max(1, round(connect_timeout)),
-        options=f"-c statement_timeout={int(statement_timeout * 1000)}",
+        options=f"-c statement_timeout={int(statement_timeout * 1000)} {MASTER_SESSION_OPTIONS}",
     )
 
 
@@ -48,14 +56,16 @@ async def count_ready(
     conn: AsyncConnection, job_filter: JobFilter, *, lock_timeout: float, limit: int
 ) -> int:
     params = job_filter.params() | {"lock_timeout": lock_timeout, "limit": limit}
-    cursor = await conn.execute(job_filter.query("count_ready"), params)
+    cursor = await conn.execute(job_filter.query("count_ready"), params, prepare=True)
     row = await cursor.fetchone()
     return int(row[0]) if row else 0
 
 
 async def seconds_to_next(conn: AsyncConnection, job_filter: JobFilter) -> float | None:
     """Seconds until the next scheduled job of the filter is due (database clock)."""
-    cursor = await conn.execute(job_filter.query("seconds_to_next"), job_filter.params())
+    cursor = await conn.execute(
+        job_filter.query("seconds_to_next"), job_filter.params(), prepare=True
+    )
     row = await cursor.fetchone()
     return None if row is None or row[0] is None else float(row[0])
 
@@ -74,6 +84,12 @@ async def release_dead_workers_jobs(
         {"locked_by": list(locked_by), "max_attempts": max_attempts, "last_error": last_error},
     )
     return [ReleasedJob(*row) for row in await cursor.fetchall()]
+
+
+async def locked_by_on_host(conn: AsyncConnection, host: str) -> list[str]:
+    """Distinct ``locked_by`` values of live locked jobs of ``host``'s workers."""
+    cursor = await conn.execute(query("locked_by_on_host"), {"prefix": f"host:{host} pid:"})
+    return [row[0] for row in await cursor.fetchall()]
 
 
 async def listen(conn: AsyncConnection) -> None:

@@ -209,9 +209,12 @@ class Master:
         if now >= self._next_monitor:
             self._next_monitor = now + self.settings.monitor_interval
             await self._monitor(snapshots)
-            # Reconcile scaling too: a decision may have waited (a worker still starting
-            # cannot be retired yet), and events are only hints.
-            self._scale_due = True
+            # Reconcile scaling too while workers live or are due: a decision may have
+            # waited (a worker still starting cannot be retired yet), and events are only
+            # hints. With nothing running, the polling timer and NOTIFY suffice: counting
+            # every database every tick would be most of an idle master's CPU.
+            if any(s.workers or s.numprocesses for s in snapshots):
+                self._scale_due = True
         if self.mode is Mode.DRAINING:
             return await self._drain(snapshots)
         if self._scale_due:
@@ -263,6 +266,7 @@ class Master:
                 self.request_scaling,
                 callbacks=self.callbacks,
                 master=self,
+                host=self.host,
             )
             self.pollers[database.name] = poller
             self._tasks.append(asyncio.create_task(poller.run(), name=f"poll-{database.name}"))

@@ -26,11 +26,13 @@ import asyncio
 import contextlib
 import enum
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
 import psycopg
 
 from . import astore
@@ -66,6 +68,12 @@ class Release:
     last_error: str
 
 
+def pid_of(locked_by: str) -> int | None:
+    """The pid in ``host:HOST pid:PID`` (delayed_job's locked_by form), if any."""
+    _, sep, pid = locked_by.rpartition(" pid:")
+    return int(pid) if sep and pid.isdigit() else None
+
+
 def groups_for_queues(queues: frozenset[str] | None, groups: Iterable[WorkerGroup]) -> set[str]:
     """Names of the groups that serve any of ``queues`` (None: every group). A group with
     no queues serves every queue; ``""`` stands for jobs without a queue, which only such
@@ -94,6 +102,7 @@ class DatabasePoller:
         callbacks: MasterCallbacks | None = None,
         master: object = None,
         backoff: Backoff | None = None,
+        host: str | None = None,
     ) -> None:
         self.settings = settings
         self.database = database
@@ -102,6 +111,11 @@ class DatabasePoller:
         self._callbacks = callbacks or MasterCallbacks()
         self._master = master
         self._backoff = backoff or Backoff()
+        self.host = host or socket.gethostname()
+        # Orphans' jobs are charged against the most lenient max_attempts: the master
+        # does not know which group ran them.
+        self._lenient_group = max(settings.workers, key=lambda g: g.max_attempts).name
+        self._fresh = False
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._wake = asyncio.Event()
         self._requests: list[asyncio.Future[Counts | None]] = []
@@ -146,6 +160,9 @@ class DatabasePoller:
         while True:
             try:
                 conn = await self._connection()
+                if self._fresh:
+                    await self._release_orphans(conn)
+                    self._fresh = False
                 await self._release_pending(conn)
                 if self._requests:
                     await self._answer(conn)
@@ -205,7 +222,37 @@ class DatabasePoller:
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:
             self._conn = await asyncio.wait_for(self._connect(), QUERY_TIMEOUT)
+            self._fresh = True
         return self._conn
+
+    async def _release_orphans(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Release the jobs of this host's workers that no longer exist.
+
+        The master releases the jobs of a worker it saw die; one that died while no
+        master was running (or while this database was unreachable) is found here, on
+        every (re)connect. A pid that still exists is left alone: it is a live worker,
+        or a reused pid whose lock will expire by itself.
+        """
+        owners = await _timed(astore.locked_by_on_host(conn, self.host))
+        releases = []
+        for owner in owners:
+            pid = pid_of(owner)
+            if pid is not None and not psutil.pid_exists(pid):
+                releases.append(
+                    Release(
+                        owner,
+                        self._lenient_group,
+                        f"worker pid {pid} on {self.host} was gone while it held this job "
+                        "(found when the master connected)",
+                    )
+                )
+        if releases:
+            log.warning(
+                "database %s: releasing the jobs of %d vanished worker(s) of this host",
+                self.database,
+                len(releases),
+            )
+            self.release(releases)
 
     async def _answer(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Count every group for the waiting requests; set the next timed trigger."""

