@@ -51,7 +51,7 @@ def encode(path: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None
 def decode(text: str) -> Handler:
     try:
         data = json.loads(text)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: absurd nesting
         raise HandlerError(f"handler is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise HandlerError(f"handler must be a JSON object, got {type(data).__name__}")
@@ -82,7 +82,9 @@ def resolve(path: str) -> Callable[..., Any]:
         if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
             raise HandlerError(f"cannot import module {module_name!r} of {path}") from None
         raise HandlerError(f"importing {module_name!r} failed: {exc!r}") from exc
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
+        # A module may even call sys.exit() when imported: that is its job's failure,
+        # never the worker's (SystemExit would end the job thread silently).
         raise HandlerError(f"importing {module_name!r} failed: {exc!r}") from exc
     for part in attr_path.split("."):
         try:

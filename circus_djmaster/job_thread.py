@@ -141,7 +141,7 @@ class JobThread(threading.Thread):
                 else:
                     self._backoff = RECONNECT_MIN
             self._flush_completed()
-        except Exception:
+        except BaseException:  # even SystemExit: a dead thread must not go unnoticed
             log.exception("job thread %s crashed", self.name)
             self.worker.thread_crashed()
         finally:
@@ -238,7 +238,7 @@ class JobThread(threading.Thread):
     def _after_hook(self, resolved: Resolved) -> None:
         try:
             call_hook(resolved.options, "after", resolved.record)
-        except Exception:
+        except (Exception, SystemExit):  # hooks are job code: never the worker's end
             log.exception("after hook of job %s raised", resolved.record.id)
 
     def _job_failed(self, resolved: Resolved, error: BaseException, elapsed: float) -> None:
@@ -248,7 +248,7 @@ class JobThread(threading.Thread):
             last_error = format_error(error)
         try:
             call_hook(resolved.options, "error", resolved.record, error)
-        except Exception:
+        except (Exception, SystemExit):  # hooks are job code: never the worker's end
             log.exception("error hook of job %s raised", resolved.record.id)
         try:
             failure = failure_after_error(resolved, last_error, self._database_now)
@@ -263,7 +263,7 @@ class JobThread(threading.Thread):
         if failure.outcome is not Outcome.RETRY:
             try:
                 call_hook(resolved.options, "failure", resolved.record)
-            except Exception:
+            except (Exception, SystemExit):
                 log.exception("failure hook of job %s raised", resolved.record.id)
         log.warning(
             "job %s failed after %.3fs (attempt %d of %d, %s): %s",

@@ -300,3 +300,16 @@ def test_callable_path_refuses_an_object_without_a_qualname() -> None:
 
     with pytest.raises(HandlerError, match="is not a module-level function"):
         callable_path(functools.partial(module_level_function))
+
+
+def test_resolve_of_a_module_that_calls_sys_exit_on_import_is_a_handler_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _module_in(tmp_path, monkeypatch, "djm_exits_on_import", "import sys\nsys.exit(4)\n")
+    with pytest.raises(HandlerError, match=r"importing 'djm_exits_on_import' failed: SystemExit"):
+        resolve("djm_exits_on_import:f")
+
+
+def test_decode_of_absurdly_nested_json_is_a_handler_error() -> None:
+    with pytest.raises(HandlerError, match="handler is not valid JSON"):
+        decode("[" * 100_000)
