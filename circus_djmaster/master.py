@@ -61,8 +61,10 @@ log = logging.getLogger(__name__)
 
 #: How long a scaling pass waits for each database's count.
 COUNT_WAIT = 2.0
-#: Events come in bursts (spawn, start, reap…): gather them into one turn.
-COALESCE = 0.02
+#: Turns start at most this often: the first event after a quiet spell is handled at
+#: once (a NOTIFY must start a worker fast), the following ones of a burst (spawn,
+#: start, reap, a flood of NOTIFYs…) are gathered into the next turn.
+MIN_TURN_INTERVAL = 0.05
 #: Released pids are remembered this long, so a reap event and the vanished pid do
 #: not release the same worker's jobs twice.
 RELEASED_MEMORY = 120.0
@@ -122,6 +124,7 @@ class Master:
         self._wake = asyncio.Event()
         self._scale_due = True
         self._next_monitor = 0.0
+        self._last_turn = 0.0
         self._rotation = 0
         self._circus_failures = 0
         self.pollers: dict[str, DatabasePoller] = {}
@@ -201,6 +204,7 @@ class Master:
             await self._stop_tasks()
 
     async def _turn(self) -> Outcome | None:
+        self._last_turn = time.monotonic()
         self._check_blocks()  # before observing: the snapshots carry the blocks
         snapshots = await self.observe()
         self._check_blocks(snapshots)  # parked watchers need a fresh status
@@ -224,7 +228,7 @@ class Master:
 
     async def _wait(self, at_least: float = 0.0) -> None:
         """Until something happened (or the next monitor tick); signals cut it short."""
-        timeout = max(COALESCE, at_least, self._next_monitor - time.monotonic())
+        timeout = max(0.0, at_least, self._next_monitor - time.monotonic())
         if at_least:
             self._wake.clear()  # old wake-ups must not end a pause after a circus failure
             if self._signals:
@@ -234,7 +238,9 @@ class Master:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except asyncio.TimeoutError:
                 return
-        await asyncio.sleep(COALESCE)
+        throttle = self._last_turn + MIN_TURN_INTERVAL - time.monotonic()
+        if throttle > 0:
+            await asyncio.sleep(throttle)
         self._wake.clear()
 
     def _circus_failed(self, error: Exception) -> float:
