@@ -16,22 +16,33 @@ from .handler import resolve
 log = logging.getLogger(__name__)
 
 
+def resolve_callbacks(
+    paths: Mapping[str, str], names: tuple[str, ...]
+) -> tuple[dict[str, Callable[..., Any]], dict[str, HandlerError]]:
+    """Import the callbacks among ``names`` that ``paths`` sets: (loaded, failures)."""
+    functions: dict[str, Callable[..., Any]] = {}
+    failures: dict[str, HandlerError] = {}
+    for name in names:
+        path = paths.get(name)
+        if path is None:
+            continue
+        try:
+            functions[name] = resolve(path)
+        except HandlerError as exc:
+            failures[name] = exc
+    return functions, failures
+
+
 class Callbacks:
     def __init__(self, functions: Mapping[str, Callable[..., Any]]) -> None:
         self._functions = dict(functions)
 
     @classmethod
     def load(cls, paths: Mapping[str, str], names: tuple[str, ...]) -> Callbacks:
-        """Import the callbacks in ``names`` that ``paths`` sets; PreloadError if one fails."""
-        functions: dict[str, Callable[..., Any]] = {}
-        for name in names:
-            path = paths.get(name)
-            if path is None:
-                continue
-            try:
-                functions[name] = resolve(path)
-            except HandlerError as exc:
-                raise PreloadError(f"callbacks.{name}: {exc}") from exc
+        """The worker's callbacks; PreloadError if one cannot be imported (exit 78)."""
+        functions, failures = resolve_callbacks(paths, names)
+        for name, exc in failures.items():
+            raise PreloadError(f"callbacks.{name}: {exc}") from exc
         return cls(functions)
 
     def call(self, name: str, *args: Any) -> None:

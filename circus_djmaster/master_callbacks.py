@@ -22,8 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .exceptions import HandlerError
-from .handler import resolve
+from .callbacks import resolve_callbacks
 from .settings import WorkerGroup
 
 log = logging.getLogger(__name__)
@@ -55,15 +54,12 @@ class MasterCallbacks:
 
     @classmethod
     def load(cls, paths: Mapping[str, str]) -> MasterCallbacks:
-        functions: dict[str, Callable[..., Any]] = {}
-        for name in MASTER_CALLBACKS:
-            path = paths.get(name)
-            if path is None:
-                continue
-            try:
-                functions[name] = resolve(path)
-            except HandlerError as error:
-                log.error("callbacks.%s = %r cannot be loaded, skipping it: %s", name, path, error)
+        """The master's callbacks; one that cannot be imported is logged and skipped."""
+        functions, failures = resolve_callbacks(paths, MASTER_CALLBACKS)
+        for name, error in failures.items():
+            log.error(
+                "callbacks.%s = %r cannot be loaded, skipping it: %s", name, paths[name], error
+            )
         return cls(functions)
 
     def __contains__(self, name: str) -> bool:
