@@ -6,7 +6,7 @@ run on a psycopg ``AsyncConnection``; the master never blocks its loop on a data
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import psycopg
@@ -76,12 +76,19 @@ async def release_dead_workers_jobs(
     *,
     max_attempts: int,
     last_error: str,
+    charged: Collection[int] | None = None,
 ) -> list[ReleasedJob]:
+    """Release dead workers' jobs; charge an attempt to ``charged`` (None: all of them)."""
     if not locked_by:
         return []
     cursor = await conn.execute(
         query("release_dead_workers_jobs"),
-        {"locked_by": list(locked_by), "max_attempts": max_attempts, "last_error": last_error},
+        {
+            "locked_by": list(locked_by),
+            "max_attempts": max_attempts,
+            "last_error": last_error,
+            "charged": None if charged is None else sorted(charged),
+        },
     )
     return [ReleasedJob(*row) for row in await cursor.fetchall()]
 

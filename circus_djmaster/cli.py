@@ -13,6 +13,7 @@ from typing import Any, TextIO
 import psycopg
 
 from . import store
+from .dberrors import describe_error
 from .exceptions import DjmasterError
 from .exit_codes import ExitCode
 from .jobs import DATABASE_URL_ENV, DEFAULT_QUEUE, JobCall, enqueue, enqueue_many
@@ -130,7 +131,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             print(f"{name}: delayed_jobs is up to date")
         except psycopg.Error as exc:
             failed += 1
-            print(f"{name}: migration failed: {_first_line(exc)}", file=sys.stderr)
+            print(f"{name}: migration failed: {describe_error(exc)}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -166,7 +167,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     except (SettingsError, DjmasterError, ValueError) as exc:
         return _fail(exc, 2)
     except psycopg.Error as exc:
-        return _fail(_first_line(exc), 1)
+        return _fail(describe_error(exc), 1)
 
 
 def _json_arg(option: str, text: str, kind: type) -> Any:
@@ -243,11 +244,6 @@ def _read_json_lines(stream: TextIO) -> Iterator[JobCall]:
         except ValueError as exc:
             raise DjmasterError(f'line {number}: "delay": {exc}') from None
         yield JobCall(data["callable"], args, kwargs, queue=queue, priority=priority, delay=seconds)
-
-
-def _first_line(exc: BaseException | str) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _fail(exc: BaseException | str, code: int) -> int:

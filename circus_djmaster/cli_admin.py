@@ -13,6 +13,7 @@ import psutil
 import psycopg
 
 from . import store
+from .dberrors import describe_error
 from .proctitle import state_from_title
 from .settings import Settings, SettingsError, load_settings
 
@@ -140,7 +141,7 @@ def _database_view(
                 stats = store.group_stats(conn, job_filter, lock_timeout=settings.lock_timeout)
                 counts[group.name] = dataclasses.asdict(stats)
     except (psycopg.Error, SettingsError) as exc:
-        error = f"unreachable: {_first_line(exc)}"
+        error = f"unreachable: {describe_error(exc)}"
     groups = []
     for group in settings.workers:
         name = watcher_name(group.name, database)
@@ -234,7 +235,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
                         left += stats.ready + stats.running
                         left += stats.scheduled if args.scheduled else 0
             except psycopg.Error as exc:
-                print(f"database {name}: {_first_line(exc)}", file=sys.stderr)
+                print(f"database {name}: {describe_error(exc)}", file=sys.stderr)
                 left += 1
         if left == 0:
             print("no job left")
@@ -268,7 +269,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                 done = store.delete_failed_jobs(conn, ids)
                 verb = "deleted"
     except psycopg.Error as exc:
-        print(f"database {database.name}: {_first_line(exc)}", file=sys.stderr)
+        print(f"database {database.name}: {describe_error(exc)}", file=sys.stderr)
         return 1
     print(f"{verb} {len(done)} failed job(s)" + (f": {', '.join(map(str, done))}" if done else ""))
     missing = sorted(set(args.ids) - set(done))
@@ -294,8 +295,3 @@ def _list(conn: psycopg.Connection[Any], args: argparse.Namespace) -> int:
         if error:
             print(f"    {error[0][:200]}")
     return 0
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

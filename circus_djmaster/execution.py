@@ -86,15 +86,32 @@ def resolve_job(job: ReservedJob, group: WorkerGroup) -> Resolved:
 
 
 def format_error(exc: BaseException, *, with_traceback: bool = True) -> str:
+    """``last_error`` for an exception: message and traceback, storable as it is."""
     if isinstance(exc, SystemExit):
         text = f"job called sys.exit({exc.code!r})"
     else:
-        text = f"{type(exc).__name__}: {exc}"
+        text = f"{type(exc).__name__}: {_message(exc)}"
     if with_traceback and exc.__traceback__ is not None:
-        text += "\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        try:
+            text += "\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        except Exception:  # an exception whose __str__ raises breaks the formatter too
+            text += "\n" + "".join(traceback.format_tb(exc.__traceback__))
     if len(text) > MAX_ERROR_LENGTH:
         text = text[: MAX_ERROR_LENGTH - 20] + "\n... (truncated)"
-    return text
+    return storable(text)
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception as broken:
+        return f"<str() of the exception raised {type(broken).__name__}>"
+
+
+def storable(text: str) -> str:
+    """Text PostgreSQL accepts: no NUL (refused in text), no lone surrogate (not UTF-8)."""
+    text = text.replace("\x00", "\\x00")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def unresolvable_failure(job: ReservedJob, error: HandlerError, group: WorkerGroup) -> Failure:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from . import store
+from .dberrors import describe_error
 from .exceptions import HandlerError
 from .execution import (
     Failure,
@@ -107,6 +108,7 @@ class JobSlot:
 class JobThread(threading.Thread):
     def __init__(self, worker: Worker, number: int) -> None:
         super().__init__(name=f"job-{number}", daemon=True)
+        self.number = number
         self.worker = worker
         self.slot = JobSlot()
         self.wake = threading.Event()
@@ -116,6 +118,7 @@ class JobThread(threading.Thread):
         # Succeeded jobs not deleted yet: the next reserve deletes them in its round trip.
         self._completed: list[int] = []
         self._completed_since = 0.0
+        self._write_refused = False  # the last write was refused (not a lost connection)
         self._locks_taken = 0.0
 
     # --- the loop ---------------------------------------------------------------------
@@ -199,6 +202,8 @@ class JobThread(threading.Thread):
             self._record_failure(job.id, failure)
             return
         self.resolved = resolved
+        # Before the job's code runs: if it kills the process, the master charges it.
+        self.worker.running.set(self.number, job.id)
         self.slot.begin(job.id, resolved.max_run_time)
         self.worker.show_busy()
         log.debug("job %s (%s) started", job.id, resolved.record.handler.callable)
@@ -224,6 +229,7 @@ class JobThread(threading.Thread):
             # retiring; nothing more to do here.
             return
         self.slot.end()
+        self.worker.running.clear(self.number)
         self.resolved = None
         self.worker.show_busy()
         if error is None:
@@ -283,7 +289,13 @@ class JobThread(threading.Thread):
         return now
 
     def _record_failure(self, job_id: int, failure: Failure) -> None:
-        self._with_connection(lambda conn: record_failure(conn, job_id, failure))
+        def write(failure: Failure) -> Any:
+            return self._with_connection(lambda conn: record_failure(conn, job_id, failure) or 1)
+
+        if write(failure) is None and self._write_refused:
+            # The database refused this last_error (format_error makes that unlikely):
+            # record the outcome without it rather than leave the job locked.
+            write(dataclasses.replace(failure, last_error="(the job's error could not be stored)"))
 
     def _hand_back(self, job_ids: list[int]) -> None:
         self._with_connection(
@@ -320,7 +332,7 @@ class JobThread(threading.Thread):
         log.warning(
             "database %s: %s (retrying in %.1fs)",
             self.worker.database.name,
-            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+            describe_error(exc),
             self._backoff,
         )
         if self._conn is not None:
@@ -334,16 +346,23 @@ class JobThread(threading.Thread):
         the master (or the lock timeout) releases it once this worker is gone.
         """
         delay = RECONNECT_MIN
+        self._write_refused = False
         for attempt in range(5):
             try:
                 return action(self._connection())
-            except psycopg.Error as exc:
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 self._drop_connection(exc)
                 if attempt == 4:
-                    log.error("giving up writing a job outcome: %s", exc)
+                    log.error("giving up writing a job outcome: %s", describe_error(exc))
                     return None
                 time.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX)
+            except psycopg.Error as exc:
+                # Not the connection: the statement itself was refused, and would be
+                # again. Log it; the job stays locked until the master releases it.
+                log.error("writing a job outcome failed: %s", describe_error(exc))
+                self._write_refused = True
+                return None
         return None
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 
 from . import astore
+from .dberrors import describe_error
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +60,6 @@ def queues_from_payload(payload: str) -> frozenset[str] | None:
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return frozenset(value)
     return None
-
-
-def describe_error(error: BaseException) -> str:
-    """One line about a database error, without the connection URL (psycopg never puts
-    the password in its messages, but keep only the first line)."""
-    text = str(error).strip().splitlines()
-    first = text[0] if text else ""
-    name = type(error).__name__
-    return f"{name}: {first}" if first else name
 
 
 Connect = Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]

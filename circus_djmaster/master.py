@@ -36,9 +36,10 @@ from .exit_codes import ExitCode
 from .hooks import is_retiring
 from .listener import Listener
 from .master_callbacks import ForkTarget, MasterCallbacks
-from .monitor import describe_exit, read_worker
+from .monitor import describe_exit, read_worker, zombie_exit_code
 from .polling import DatabasePoller, Release
 from .render import watcher_index, watcher_name
+from .running import forget, read_running
 from .scaling import (
     Action,
     GroupPolicy,
@@ -350,7 +351,10 @@ class Master:
                 del self._released[pid]
         for pid, watcher in self._gone.items():
             self._retiring.pop(pid, None)
-            self._release_jobs(pid, watcher, self._death_message(pid, self._exit_codes.get(pid)))
+            exit_code = self._exit_codes.get(pid)
+            if exit_code is None:  # not reaped by circus yet: ask the kernel
+                exit_code = zombie_exit_code(pid)
+            self._release_jobs(pid, watcher, self._death_message(pid, exit_code))
             self._killed.pop(pid, None)
             self._exit_codes.pop(pid, None)
         self._gone = {}
@@ -369,9 +373,11 @@ class Master:
             return
         self._released[pid] = time.monotonic()
         group, database = self.index[watcher]
+        charged = read_running(pid)  # the jobs it ran when it died (running.py)
+        forget(pid)
         poller = self.pollers.get(database)
         if poller is not None:
-            poller.release([Release(locked_by_for(pid, self.host), group, message)])
+            poller.release([Release(locked_by_for(pid, self.host), group, message, charged)])
 
     # --- configuration errors ------------------------------------------------------------
 

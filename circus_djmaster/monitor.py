@@ -7,8 +7,10 @@ circus lists itself. RSS includes the worker's children (a job may start process
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import time
+from pathlib import Path
 
 import psutil
 
@@ -63,6 +65,27 @@ def is_alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def zombie_exit_code(pid: int) -> int | None:
+    """How a dead process that circus has not reaped yet ended, in circus' reap terms
+    (a negative signal number, or the exit code); None when it is not a zombie.
+
+    circus drops zombies from ``list`` at once but reaps (and publishes the exit code)
+    only at its next check: the master may see the pid gone before the ``reap`` event.
+    The kernel keeps the status in field 52 of /proc/PID/stat until then.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # from field 3 (the state) on
+    if not fields or fields[0] != "Z" or len(fields) < 50:
+        return None
+    status = int(fields[49])
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
 
 
 def describe_exit(exit_code: int | None) -> str:

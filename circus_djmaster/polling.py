@@ -36,8 +36,10 @@ import psutil
 import psycopg
 
 from . import astore
-from .listener import Backoff, describe_error
+from .dberrors import describe_error
+from .listener import Backoff
 from .master_callbacks import MasterCallbacks
+from .running import forget, read_running
 from .settings import Settings, WorkerGroup
 from .store import JobFilter
 
@@ -66,6 +68,8 @@ class Release:
     locked_by: str
     group: str
     last_error: str
+    # The jobs the worker was running (charged an attempt); None: unknown, charge all.
+    charged: frozenset[int] | None = None
 
 
 def pid_of(locked_by: str) -> int | None:
@@ -244,8 +248,10 @@ class DatabasePoller:
                         self._lenient_group,
                         f"worker pid {pid} on {self.host} was gone while it held this job "
                         "(found when the master connected)",
+                        read_running(pid),
                     )
                 )
+                forget(pid)
         if releases:
             log.warning(
                 "database %s: releasing the jobs of %d vanished worker(s) of this host",
@@ -292,6 +298,7 @@ class DatabasePoller:
                     [release.locked_by],
                     max_attempts=group.max_attempts,
                     last_error=release.last_error,
+                    charged=release.charged,
                 )
             )
             self._releases.pop(0)  # only once done: a failure retries it

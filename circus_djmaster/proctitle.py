@@ -13,6 +13,7 @@ import setproctitle
 WORKER_PREFIX = "delayed_job: worker["
 BUSY_MARK = " [BUSY]"
 OLD_MARK = " [OLD]"
+MAX_QUEUES_SHOWN = 60
 
 
 class WorkerState(enum.Enum):
@@ -25,6 +26,10 @@ def worker_title(
     index: int, queues: tuple[str, ...], database: str, *, busy: bool = False, old: bool = False
 ) -> str:
     names = ", ".join(queues) if queues else "*"
+    if len(names) > MAX_QUEUES_SHOWN:
+        # The title must fit the process' argv area (setproctitle cuts it off there),
+        # and the master reads [BUSY]/[OLD] at its end.
+        names = names[: MAX_QUEUES_SHOWN - 1] + "…"
     title = f"delayed_job: worker[{index}] ({names}) @{database}"
     if busy:
         title += BUSY_MARK

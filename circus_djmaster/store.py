@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import socket
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import psycopg
@@ -153,12 +153,19 @@ def release_dead_workers_jobs(
     *,
     max_attempts: int,
     last_error: str,
+    charged: Collection[int] | None = None,
 ) -> list[ReleasedJob]:
+    """Release dead workers' jobs; charge an attempt to ``charged`` (None: all of them)."""
     if not locked_by:
         return []
     rows = conn.execute(
         query("release_dead_workers_jobs"),
-        {"locked_by": list(locked_by), "max_attempts": max_attempts, "last_error": last_error},
+        {
+            "locked_by": list(locked_by),
+            "max_attempts": max_attempts,
+            "last_error": last_error,
+            "charged": None if charged is None else sorted(charged),
+        },
     ).fetchall()
     return [ReleasedJob(*row) for row in rows]
 

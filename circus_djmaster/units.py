@@ -223,11 +223,18 @@ def duration(*, positive: bool = False) -> Kind:
     )
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _string(value: Any) -> str:
     if not isinstance(value, str):
         raise _type_error("a string", value)
     if not value.strip():
         raise ValueError("must not be empty")
+    # A NUL in a path or queue name can never work (the OS and libpq refuse it), and
+    # other control characters only hide what a value really is.
+    if _CONTROL.search(value):
+        raise ValueError(f"{describe(value)} contains a control character")
     return value
 
 
@@ -275,11 +282,23 @@ def _logoutput(value: Any, base: Path) -> str:
 _ENDPOINT = re.compile(r"tcp://(?:\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5})|ipc://\S+")
 
 
+_LOOPBACK_HOSTS = ("localhost", "[::1]")
+
+
 def _endpoint(value: Any, _base: Path) -> str:
     text = _string(value)
     match = _ENDPOINT.fullmatch(text)
     if match is None or (match.group(1) and not 0 < int(match.group(1)) < 65536):
         raise ValueError(f"{describe(value)} is not tcp://HOST:PORT or ipc://PATH")
+    if text.startswith("tcp://"):
+        host = text[len("tcp://") :].rsplit(":", 1)[0]
+        # circusd's control socket has no authentication: whoever reaches it runs any
+        # command. Keep it on this machine (SPEC §7).
+        if host not in _LOOPBACK_HOSTS and not re.fullmatch(r"127(?:\.\d{1,3}){3}", host):
+            raise ValueError(
+                f"{describe(value)} is not on loopback: circus endpoints must be "
+                "tcp://127.0.0.1:PORT (or localhost, [::1]) or ipc://PATH"
+            )
     return text
 
 
@@ -295,7 +314,7 @@ def _string_list(value: Any, _base: Path) -> tuple[str, ...]:
         isinstance(item, str) and item.strip() for item in value
     ):
         raise _type_error("an array of non-empty strings", value)
-    return tuple(value)
+    return tuple(_string(item) for item in value)
 
 
 def _url(value: Any, _base: Path) -> str:
@@ -308,7 +327,16 @@ def _url(value: Any, _base: Path) -> str:
 
 
 BOOLEAN = Kind("boolean", _boolean)
-SIZE = Kind("size", lambda value, _base: parse_size(value), lambda size: f'"{format_size(size)}"')
+
+
+def _positive_size(value: Any, _base: Path) -> int:
+    size = parse_size(value)
+    if size <= 0:
+        raise ValueError(f"{describe(value)} must be more than 0 ({SIZE_EXAMPLES})")
+    return size
+
+
+SIZE = Kind("size", _positive_size, lambda size: f'"{format_size(size)}"')
 PATH = Kind("path", _path)
 MODULE = Kind("module", _module)
 CALLABLE = Kind('"module:attr"', _callable_ref)

@@ -31,10 +31,12 @@ import psycopg
 
 from . import early_signals, logs, proctitle, store
 from .callbacks import Callbacks
+from .dberrors import describe_error
 from .exceptions import PreloadError
 from .execution import failure_after_error
 from .exit_codes import ExitCode
 from .job_thread import JobThread, record_failure, timeout_message
+from .running import RunningJobs
 from .settings import Database, Settings, SettingsError, WorkerGroup, load_settings
 from .worker_wakeup import NotifyWakeup
 
@@ -99,6 +101,7 @@ class Worker:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._threads: list[JobThread] = []
+        self.running = RunningJobs(group.max_threads)
         self._stuck: list[StuckJob] = []
         self._conn: psycopg.Connection[Any] | None = None
         # A worker that waits for work (idle_timeout > 0) listens, so it wakes at once.
@@ -335,6 +338,7 @@ class Worker:
             released = self._control(lambda c: store.unlock_jobs(c, locked_by=self.locked_by))
             log.info("handed back %d job(s)", len(released or []))
         log.info("exiting now")
+        self.running.close()
         for handler in logging.getLogger().handlers:
             handler.flush()
         code = 1 if self._crashed else int(ExitCode.RETIRED)
@@ -360,7 +364,7 @@ class Worker:
                     self._conn = store.connect(self.database_url, application_name="control")
                 return action(self._conn)
             except psycopg.Error as exc:
-                log.warning("database %s: %s", self.database.name, exc)
+                log.warning("database %s: %s", self.database.name, describe_error(exc))
                 if self._conn is not None:
                     self._conn.close()
                 self._conn = None
@@ -369,6 +373,7 @@ class Worker:
         return None
 
     def close(self) -> None:
+        self.running.close()
         if self._conn is not None:
             self._conn.close()
         if self._wakeup is not None:

@@ -15,7 +15,8 @@ from typing import Any
 
 import psycopg
 
-from .listener import Backoff, describe_error, queues_from_payload
+from .dberrors import describe_error
+from .listener import Backoff, queues_from_payload
 from .queries import NOTIFY_CHANNEL
 
 log = logging.getLogger("circus_djmaster.worker")

@@ -90,16 +90,24 @@ UPDATE delayed_jobs SET locked_at = NULL, locked_by = NULL
 
 -- name: release_dead_workers_jobs
 -- Workers of this host died (kill -9, OOM, a job calling os._exit): release their jobs for
--- an immediate retry, charging an attempt so a job that kills its worker every time ends
--- failed after max_attempts instead of looping.
-UPDATE delayed_jobs
-   SET attempts = attempts + 1,
-       last_error = %(last_error)s,
-       failed_at = CASE WHEN attempts + 1 >= %(max_attempts)s THEN now() END,
+-- an immediate retry. The jobs they were running (%(charged)s; NULL: all of them, when
+-- unknown) are charged an attempt, so a job that kills its worker every time ends failed
+-- after max_attempts instead of looping; jobs they only held (reserved ahead, or done
+-- but not yet deleted) go back as they were.
+WITH released AS (
+    SELECT id, (%(charged)s::bigint[] IS NULL OR id = ANY(%(charged)s::bigint[])) AS charged
+      FROM delayed_jobs
+     WHERE locked_by = ANY(%(locked_by)s::varchar[]) AND failed_at IS NULL
+       FOR UPDATE)
+UPDATE delayed_jobs AS j
+   SET attempts = j.attempts + r.charged::int,
+       last_error = CASE WHEN r.charged THEN %(last_error)s ELSE j.last_error END,
+       failed_at = CASE WHEN r.charged AND j.attempts + 1 >= %(max_attempts)s THEN now() END,
        run_at = now(),
        locked_at = NULL, locked_by = NULL, updated_at = now()
- WHERE locked_by = ANY(%(locked_by)s::varchar[]) AND failed_at IS NULL
-RETURNING id, attempts, failed_at IS NOT NULL AS failed;
+  FROM released AS r
+ WHERE j.id = r.id
+RETURNING j.id, j.attempts, j.failed_at IS NOT NULL AS failed;
 
 -- name: locked_by_on_host
 -- The owners (locked_by) of live locked jobs on one host: the master releases those whose
