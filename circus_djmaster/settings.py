@@ -286,11 +286,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("workers", "max_priority", integer(), "only run jobs with priority ≤ this"),
     Option("workers", "destroy_failed_jobs", BOOLEAN, "delete jobs that fail for good "
            "instead of keeping them with `failed_at`", default=False),
-    Option("circus", "endpoint", ENDPOINT, "circusd control socket",
+    Option("circus", "endpoint", ENDPOINT, "circusd control socket (loopback or ipc:// only)",
            default="tcp://127.0.0.1:5555"),
-    Option("circus", "pubsub_endpoint", ENDPOINT, "circusd event socket",
+    Option("circus", "pubsub_endpoint", ENDPOINT, "circusd event socket (loopback or ipc://)",
            default="tcp://127.0.0.1:5556"),
-    Option("circus", "stats_endpoint", ENDPOINT, "circusd stats socket",
+    Option("circus", "stats_endpoint", ENDPOINT, "circusd stats socket (loopback or ipc://)",
            default="tcp://127.0.0.1:5557"),
     Option("circus", "check_delay", _POSITIVE, "circusd's delay before it "
            "checks (and respawns) processes", default=5.0),
