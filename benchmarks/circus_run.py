@@ -85,7 +85,10 @@ class Circus:
         )
         ini = folder / "circus.ini"
         render = subprocess.run(
-            [str(BIN / "djmaster-config"), "render", str(settings), "-o", str(ini)],
+            [
+                *(str(BIN / "djmaster-config"), "render", str(settings), "-o", str(ini)),
+                *("--python", str(ctx.installed_python())),
+            ],
             capture_output=True,
             text=True,
             check=False,
