@@ -129,7 +129,24 @@ class Listener:
             async for notify in conn.notifies(timeout=self.probe_interval):
                 self._on_notify(queues_from_payload(notify.payload))
             # probe_interval without a notification: make sure the connection lives.
-            await asyncio.wait_for(astore.probe(conn), self.probe_timeout)
+            await self._probe(conn)
+
+    async def _probe(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """A round trip within probe_timeout, or TimeoutError.
+
+        Not asyncio.wait_for: cancelling a query makes psycopg send a cancel request and
+        wait for the query to end (5 s more, or longer if the server is unreachable).
+        A connection that does not answer is dead: close its socket, then cancel.
+        """
+        probe = asyncio.ensure_future(astore.probe(conn))
+        done, _ = await asyncio.wait({probe}, timeout=self.probe_timeout)
+        if probe in done:
+            probe.result()  # raises if the probe failed
+            return
+        conn.pgconn.finish()
+        probe.cancel()
+        await asyncio.gather(probe, return_exceptions=True)
+        raise TimeoutError(f"no answer to a probe within {self.probe_timeout:g}s")
 
 
 async def _close(conn: psycopg.AsyncConnection[Any] | None) -> None:

@@ -145,7 +145,11 @@ class DatabasePoller:
     async def count(self, timeout: float) -> Counts | None:
         """Ready jobs per group, counted after this call; None if the database is down
         or does not answer within ``timeout``."""
-        if self.health is Health.BACKING_OFF:
+        # Down, or connecting again after a failure (up to the connect timeout when the
+        # server hangs): "unknown" at once, so the other databases' scaling never waits.
+        if self.health is Health.BACKING_OFF or (
+            self.health is Health.CONNECTING and self._failures
+        ):
             return None
         future: asyncio.Future[Counts | None] = asyncio.get_running_loop().create_future()
         self._requests.append(future)

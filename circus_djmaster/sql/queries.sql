@@ -103,7 +103,9 @@ UPDATE delayed_jobs AS j
    SET attempts = j.attempts + r.charged::int,
        last_error = CASE WHEN r.charged THEN %(last_error)s ELSE j.last_error END,
        failed_at = CASE WHEN r.charged AND j.attempts + 1 >= %(max_attempts)s THEN now() END,
-       run_at = now(),
+       -- Due at once, keeping its place in line (a job due long ago stays ahead of the
+       -- backlog instead of going to its end).
+       run_at = least(j.run_at, now()),
        locked_at = NULL, locked_by = NULL, updated_at = now()
   FROM released AS r
  WHERE j.id = r.id

@@ -386,7 +386,9 @@ def test_release_dead_workers_jobs_charges_an_attempt_and_makes_them_due(conn: C
         assert (job["locked_at"], job["locked_by"], job["failed_at"]) == (None, None, None)
         assert job["attempts"] == attempts
         assert job["last_error"] == "worker died"
-        assert -5 < job["run_in"] <= 0
+    # Due at once, keeping its place in line: a job due 30 s ago stays due 30 s ago.
+    assert -31 < must_row(conn, dead_a)["run_in"] <= -29
+    assert -5 < must_row(conn, dead_b)["run_in"] <= 0
     assert must_row(conn, alive)["locked_by"] == "host:h pid:12"
     assert sorted(reserve(conn, ANY)) == sorted([dead_a, dead_b])
 
