@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -125,11 +126,17 @@ class Listener:
                 await _close(conn)
 
     async def _listen(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        next_probe = time.monotonic() + self.probe_interval
         while True:
-            async for notify in conn.notifies(timeout=self.probe_interval):
+            # What arrived, including notifications read along with a probe's answer.
+            async for notify in conn.notifies(timeout=0):
                 self._on_notify(queues_from_payload(notify.payload))
-            # probe_interval without a notification: make sure the connection lives.
-            await self._probe(conn)
+            remaining = next_probe - time.monotonic()
+            if remaining <= 0:  # make sure the connection lives
+                await self._probe(conn)
+                next_probe = time.monotonic() + self.probe_interval
+            else:
+                await _readable(conn, remaining)
 
     async def _probe(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """A round trip within probe_timeout, or TimeoutError.
@@ -147,6 +154,24 @@ class Listener:
         probe.cancel()
         await asyncio.gather(probe, return_exceptions=True)
         raise TimeoutError(f"no answer to a probe within {self.probe_timeout:g}s")
+
+
+async def _readable(conn: psycopg.AsyncConnection[Any], timeout: float) -> None:
+    """Until the connection's socket has data, or ``timeout``.
+
+    Not ``conn.notifies(timeout=...)``: psycopg waits in 0.1 s slices, ten wake-ups a
+    second per connection, which made most of an idle master's CPU (benchmarks/ B5).
+    """
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    fd = conn.pgconn.socket
+    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await asyncio.wait_for(ready, timeout)
+    except asyncio.TimeoutError:
+        pass
+    finally:
+        loop.remove_reader(fd)
 
 
 async def _close(conn: psycopg.AsyncConnection[Any] | None) -> None:

@@ -118,6 +118,19 @@ class Worker:
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, self._record_signal)
 
+    def replay(self, signals: list[int]) -> None:
+        """Signals received before the handlers were in place (early_signals)."""
+        for signum in signals:
+            self._record_signal(signum, None)
+
+    @property
+    def crashed(self) -> bool:
+        return self._crashed
+
+    @property
+    def retire_reason(self) -> str | None:
+        return self._retire_reason
+
     def _record_signal(self, signum: int, _frame: object) -> None:
         self._signals.append(signum)
         self._poke()
@@ -413,8 +426,7 @@ def run(settings_path: str, group_name: str, database_name: str) -> int:
         return ExitCode.CONFIG_ERROR
     worker = Worker(settings, group, database)
     worker.install_signal_handlers()
-    for signum in early_signals.take():
-        worker._record_signal(signum, None)
+    worker.replay(early_signals.take())
     log.info("worker started (group %s, database %s)", group.name, database.name)
     callbacks.call("after_fork", worker.info)
 
@@ -429,9 +441,9 @@ def run(settings_path: str, group_name: str, database_name: str) -> int:
         callbacks.around("around_work", block, worker.info)
     finally:
         worker.close()
-    if worker._crashed:
+    if worker.crashed:
         return 1
-    log.info("worker exits (%s)", worker._retire_reason or "stopped")
+    log.info("worker exits (%s)", worker.retire_reason or "stopped")
     return ExitCode.RETIRED
 
 

@@ -72,7 +72,8 @@ def drain_result(count: int, started: float, ended: float, record: Path) -> Drai
 
 def paced(count: int, gap: float, send: Callable[[str], None]) -> dict[str, float]:
     """Call ``send(key)`` ``count`` times, ``gap`` seconds apart; return key -> time.time()
-    just before each call."""
+    as each call returned, i.e. when its commit was done (issue 6: "commit -> job
+    start"; a job may even start before the client has read the commit's answer)."""
     sent: dict[str, float] = {}
     next_at = time.monotonic()
     for i in range(count):
@@ -80,8 +81,8 @@ def paced(count: int, gap: float, send: Callable[[str], None]) -> dict[str, floa
         if delay > 0:
             time.sleep(delay)
         key = f"k{i}"
-        sent[key] = time.time()
         send(key)
+        sent[key] = time.time()
         next_at += gap
     return sent
 
@@ -97,8 +98,8 @@ async def apaced(
         if delay > 0:
             await asyncio.sleep(delay)
         key = f"k{i}"
-        sent[key] = time.time()
         await send(key)
+        sent[key] = time.time()
         next_at += gap
     return sent
 

@@ -31,9 +31,12 @@ CREATE INDEX IF NOT EXISTS delayed_jobs_priority
 CREATE INDEX IF NOT EXISTS delayed_jobs_live_by_run_at
     ON delayed_jobs (queue, run_at) WHERE failed_at IS NULL;
 
--- Locked jobs by owner: releasing the jobs of a dead or stopping worker.
-CREATE INDEX IF NOT EXISTS delayed_jobs_locked_by
-    ON delayed_jobs (locked_by) WHERE locked_by IS NOT NULL;
+-- No index on locked_by or locked_at, on purpose: reserving a job then changes no
+-- indexed column, so PostgreSQL updates the row in place (a HOT update: no new index
+-- entries, much less bloat), the hot path of every job. Finding a dead worker's jobs
+-- (rare) walks the live jobs instead. The fill factor leaves each page room for that.
+DROP INDEX IF EXISTS delayed_jobs_locked_by;
+ALTER TABLE delayed_jobs SET (fillfactor = 80);
 
 -- NOTIFY on insert: one notification per statement, whatever the number of rows, whose
 -- payload is a JSON array of the distinct queue names ("" for NULL), never job data.

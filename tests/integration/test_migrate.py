@@ -25,7 +25,6 @@ INDEXES = {
     "delayed_jobs_pkey",
     "delayed_jobs_priority",
     "delayed_jobs_live_by_run_at",
-    "delayed_jobs_locked_by",
 }
 TRIGGERS = {"delayed_jobs_notify_insert", "delayed_jobs_notify_update"}
 COLUMNS = {
@@ -83,7 +82,12 @@ def test_migrate_creates_the_table_its_indexes_and_triggers(make_database: MakeD
         assert set(found) == INDEXES
         assert "(priority, run_at) WHERE (failed_at IS NULL)" in found["delayed_jobs_priority"]
         assert "WHERE (failed_at IS NULL)" in found["delayed_jobs_live_by_run_at"]
-        assert "WHERE (locked_by IS NOT NULL)" in found["delayed_jobs_locked_by"]
+        # No index on the lock columns: reserving a job is then a HOT update.
+        assert not any("locked" in definition for definition in found.values())
+        (options,) = conn.execute(
+            "SELECT reloptions FROM pg_class WHERE relname = 'delayed_jobs'"
+        ).fetchone()
+        assert options == ["fillfactor=80"]
         assert set(triggers(conn)) == TRIGGERS
 
 

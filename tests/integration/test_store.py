@@ -533,3 +533,16 @@ def test_a_plain_sql_insert_makes_a_due_job_with_defaults(conn: Conn) -> None:
         None,
     )
     assert reserve(conn, JobFilter(("mail",))) == [job_id]
+
+
+def test_reserving_a_job_is_a_hot_update(conn: Conn) -> None:
+    """No index covers the lock columns: PostgreSQL updates the row in place."""
+    for _ in range(3):
+        insert(conn)
+    hot_updates = "SELECT pg_stat_get_xact_tuples_hot_updated('delayed_jobs'::regclass)"
+    with conn.transaction():
+        (before,) = conn.execute(hot_updates).fetchone()
+        reserved = reserve(conn, ANY, limit=3)
+        (after,) = conn.execute(hot_updates).fetchone()
+    assert len(reserved) == 3
+    assert after - before == 3
