@@ -9,6 +9,7 @@ import platform
 import statistics
 from collections.abc import Callable, Sequence
 from importlib import metadata
+from pathlib import Path
 
 from benchmarks.common import Section, Table, connect, fmt
 
@@ -331,6 +332,17 @@ def targets_markdown(results: Results) -> list[str]:
     return [*lines, ""]
 
 
+NOTES = Path(__file__).with_name("notes.md")
+
+
+def notes_markdown() -> list[str]:
+    """The hand-written analysis of the targets (benchmarks/notes.md): why a target is
+    missed, and what was tried; kept in its own file so that every run carries it."""
+    if not NOTES.exists():
+        return []
+    return [*NOTES.read_text("utf-8").rstrip().splitlines(), ""]
+
+
 def render(
     env: Environment,
     sections: Sequence[Section],
@@ -365,6 +377,7 @@ def render(
         "## Targets",
         "",
         *targets_markdown(results),
+        *notes_markdown(),
         "## Ratios",
         "",
         *ratios_markdown(results),

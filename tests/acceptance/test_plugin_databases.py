@@ -21,9 +21,7 @@ from tests.acceptance.plugin_helpers import (
     settings_file,
     wait_until,
 )
-from tests.support.circus_run import CIRCUSD
 
-pytestmark = pytest.mark.skipif(not CIRCUSD.exists(), reason="no circusd next to python")
 PRIMARY = "djmaster-worker0-primary"
 SECONDARY = "djmaster-worker0-secondary"
 

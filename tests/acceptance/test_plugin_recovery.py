@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
 from tests.acceptance.plugin_helpers import (
     DEADLINE,
@@ -21,10 +20,8 @@ from tests.acceptance.plugin_helpers import (
     settings_file,
     wait_until,
 )
-from tests.support.circus_run import CIRCUSD
 from tests.support.worker_run import events, job_row
 
-pytestmark = pytest.mark.skipif(not CIRCUSD.exists(), reason="no circusd next to python")
 MB = 2**20
 
 

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
 from tests.acceptance.plugin_helpers import (
     DEADLINE,
@@ -22,10 +21,8 @@ from tests.acceptance.plugin_helpers import (
     wait_until,
     watch_max,
 )
-from tests.support.circus_run import CIRCUSD
 
 LISTENING = "database primary: listening for new jobs"
-pytestmark = pytest.mark.skipif(not CIRCUSD.exists(), reason="no circusd next to python")
 
 
 def test_notify_scales_from_zero_within_2s(

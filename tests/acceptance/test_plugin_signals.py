@@ -23,10 +23,8 @@ from tests.acceptance.plugin_helpers import (
     titles,
     wait_until,
 )
-from tests.support.circus_run import CIRCUSD, PLUGIN_WATCHER, CircusRun, read
+from tests.support.circus_run import PLUGIN_WATCHER, CircusRun, read
 from tests.support.worker_run import events, job_row
-
-pytestmark = pytest.mark.skipif(not CIRCUSD.exists(), reason="no circusd next to python")
 
 
 def started_pid(conn: psycopg.Connection[Any], key: str) -> int | None:

@@ -45,8 +45,6 @@ GRACEFUL_CHILD = (
     "time.sleep(120)"
 )
 
-pytestmark = pytest.mark.skipif(not CIRCUSD.exists(), reason=f"no circusd next to {sys.executable}")
-
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

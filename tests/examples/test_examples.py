@@ -218,7 +218,6 @@ def test_basic_example_runs_as_its_readme_says(run_example: Callable[[str], Exam
 
 
 def test_django_example_runs_as_its_readme_says(run_example: Callable[[str], Example]) -> None:
-    pytest.importorskip("django")
     example = run_example("django")
     assert example.result.returncode == 0, example.describe()
     out = example.output

@@ -35,11 +35,9 @@ from tests.support.chaos import (
     load_runs,
     release_times,
 )
-from tests.support.circus_run import CIRCUSD, circus_env, circus_table, read
+from tests.support.circus_run import circus_env, circus_table, read
 from tests.support.pg_servers import EmbeddedServer
 from tests.support.worker_run import write_settings
-
-pytestmark = pytest.mark.skipif(not CIRCUSD.exists(), reason="no circusd next to python")
 
 
 @dataclasses.dataclass(frozen=True)

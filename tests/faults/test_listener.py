@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
 from tests.acceptance.plugin_helpers import (
     WATCHER,
@@ -32,11 +31,9 @@ from tests.acceptance.plugin_helpers import (
     settings_file,
 )
 from tests.support import log_lines
-from tests.support.circus_run import CIRCUSD, CircusRun
+from tests.support.circus_run import CircusRun
 from tests.support.pg_servers import EmbeddedServer
 from tests.support.waiting import wait_until
-
-pytestmark = pytest.mark.skipif(not CIRCUSD.exists(), reason="no circusd next to python")
 
 LISTEN_APP = "djmaster-master-listen"
 NOTIFY_PICKUP = 2.0  # seconds from insert to the job's start, through NOTIFY

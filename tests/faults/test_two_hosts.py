@@ -25,7 +25,6 @@ import pytest
 
 from tests.support.chaos import master_started
 from tests.support.circus_run import (
-    CIRCUSD,
     CircusRun,
     circus_env,
     circus_table,
@@ -36,8 +35,6 @@ from tests.support.netns import Host, isolated_hosts, same_host, start_circus_on
 from tests.support.pg_servers import EmbeddedServer
 from tests.support.waiting import wait_until
 from tests.support.worker_run import write_settings
-
-pytestmark = pytest.mark.skipif(not CIRCUSD.exists(), reason="no circusd next to python")
 
 SHORT_JOBS = 3000
 LONG_JOB = 6.0  # seconds: long enough to kill its worker mid-run

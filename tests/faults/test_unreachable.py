@@ -39,11 +39,9 @@ from tests.acceptance.plugin_helpers import (
     settings_file,
 )
 from tests.support import log_lines
-from tests.support.circus_run import CIRCUSD, free_port, read
+from tests.support.circus_run import free_port, read
 from tests.support.pg_servers import EmbeddedServer
 from tests.support.waiting import wait_until
-
-pytestmark = pytest.mark.skipif(not CIRCUSD.exists(), reason="no circusd next to python")
 
 DEADLINE = 30.0
 GOOD_PASSWORD = "late-pw-7c1e9a"

@@ -293,7 +293,6 @@ def test_a_worker_of_an_unknown_group_or_database_exits_78(
         assert str(path) in result.stderr and f'"{named}"' in result.stderr, result.stderr
 
 
-@pytest.mark.skipif(not CIRCUSD.exists(), reason="no circusd next to python")
 def test_circusd_on_a_good_ini_whose_settings_broke_since_starts_no_worker(
     tmp_path: Path, database_url: str, conn: psycopg.Connection[Any]
 ) -> None:

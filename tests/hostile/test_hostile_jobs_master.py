@@ -44,11 +44,9 @@ from tests.hostile.helpers import (
     start_pids,
     wait_failed,
 )
-from tests.support.circus_run import CIRCUSD, CircusRun, circus_table, read, start_circus
+from tests.support.circus_run import CircusRun, circus_table, read, start_circus
 from tests.support.waiting import wait_until
 from tests.support.worker_run import job_row, write_settings
-
-pytestmark = pytest.mark.skipif(not CIRCUSD.exists(), reason="no circusd next to python")
 
 J = "tests.support.jobs"
 H = "tests.support.hostile_jobs"

@@ -39,7 +39,6 @@ from circus_djmaster.render import render_ini
 from circus_djmaster.settings import SettingsError, load_settings
 from tests.hostile.helpers import call_failed, start_pids
 from tests.support.circus_run import (
-    CIRCUSD,
     REPO_ROOT,
     CircusRun,
     circus_table,
@@ -48,8 +47,6 @@ from tests.support.circus_run import (
 )
 from tests.support.waiting import wait_until
 from tests.support.worker_run import write_settings
-
-pytestmark = pytest.mark.skipif(not CIRCUSD.exists(), reason="no circusd next to python")
 
 TAG = uuid.uuid4().hex[:12]
 GOOD_PASSWORD = f"pw-good-{TAG}"
