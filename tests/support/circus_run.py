@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,13 +178,23 @@ class CircusRun:
             self.context.destroy(linger=0)
 
 
-def start_circus(settings_path: Path, env: Mapping[str, str]) -> CircusRun:
-    """Render ``circus.ini`` next to ``settings_path`` and run circusd on it."""
+def start_circus(
+    settings_path: Path,
+    env: Mapping[str, str],
+    *,
+    wrap: Callable[[list[str]], list[str]] = list,
+    where: str = "",
+) -> CircusRun:
+    """Render ``circus.ini`` next to ``settings_path`` and run circusd on it.
+
+    ``wrap`` turns circusd's command line into the one to run (e.g. inside a network
+    namespace, tests/support/netns.py); ``where`` names that place in messages.
+    """
     settings = load_settings(settings_path)
     ini = settings_path.with_name("circus.ini")
     ini.write_text(render_ini(settings, python=sys.executable), encoding="utf-8")
     process = subprocess.Popen(
-        [str(CIRCUSD), str(ini)],
+        wrap([str(CIRCUSD), str(ini)]),
         cwd=settings_path.parent,
         env=dict(env),
         stdout=subprocess.DEVNULL,
@@ -206,7 +216,7 @@ def start_circus(settings_path: Path, env: Mapping[str, str]) -> CircusRun:
             except CallError:
                 return False
 
-        wait_until(answers, START_TIMEOUT, "circusd to answer")
+        wait_until(answers, START_TIMEOUT, f"circusd{where} to answer")
     except BaseException:
         run.close()
         raise

@@ -26,15 +26,7 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-import zmq
-from circus.client import CircusClient
-from circus.exc import CallError
-
-from circus_djmaster.render import render_ini
-from circus_djmaster.settings import load_settings
-
-from .circus_run import START_TIMEOUT, CircusRun, read, start_circus
-from .waiting import wait_until
+from .circus_run import CircusRun, start_circus
 
 SUBNET_PREFIX = "10.231"
 
@@ -143,39 +135,6 @@ def same_host(count: int) -> list[Host]:
 
 
 def start_circus_on(host: Host, settings_path: Path, env: Mapping[str, str]) -> CircusRun:
-    """circusd on ``settings_path``, in ``host``'s namespaces (tests/support/circus_run's
-    ``start_circus`` with a command prefix)."""
-    if host.namespace is None:
-        return start_circus(settings_path, env)
-    settings = load_settings(settings_path)
-    ini = settings_path.with_name("circus.ini")
-    ini.write_text(render_ini(settings, python=sys.executable), encoding="utf-8")
-    circusd = Path(sys.executable).with_name("circusd")
-    process = subprocess.Popen(
-        host.command([str(circusd), str(ini)]),
-        cwd=settings_path.parent,
-        env=dict(env),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    context = zmq.Context()
-    client = CircusClient(context=context, endpoint=settings.circus.endpoint, timeout=2.0)
-    run = CircusRun(process, settings, ini, dict(env), context, client)
-    try:
-
-        def answers() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(
-                    f"circusd exited with {process.returncode}:\n{read(run.circus_log)}"
-                )
-            try:
-                return client.call({"command": "list", "properties": {}}).get("status") == "ok"
-            except CallError:
-                return False
-
-        wait_until(answers, START_TIMEOUT, f"circusd on {host.name} to answer")
-    except BaseException:
-        run.close()
-        raise
-    return run
+    """circusd on ``settings_path``, in ``host``'s namespaces."""
+    where = f" on {host.name}" if host.namespace is not None else ""
+    return start_circus(settings_path, env, wrap=host.command, where=where)
