@@ -6,13 +6,20 @@ run on a psycopg ``AsyncConnection``; the master never blocks its loop on a data
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 
-from .queries import NOTIFY_CHANNEL, query
-from .store import JobFilter, ReleasedJob
+from .queries import query
+from .store import (
+    ChargedJob,
+    JobFilter,
+    ReleasedJob,
+    bounded_session,
+    release_params,
+    released_jobs,
+)
 
 __all__ = [
     "connect",
@@ -38,17 +45,16 @@ async def connect(
     url: str,
     *,
     application_name: str = "djmaster-master",
-    connect_timeout: float = 5.0,
-    statement_timeout: float = 10.0,
+    timeout: float = 10.0,
 ) -> AsyncConnection:
-    """An autocommit connection with connect and statement timeouts, so a slow or
-    unreachable database costs a bounded wait. The URL is never logged."""
+    """An autocommit connection whose waits are bounded by ``timeout`` seconds
+    (store.bounded_session: connect and statement timeouts, TCP keepalives), so a slow
+    or unreachable database costs a bounded wait. The URL is never logged."""
     return await psycopg.AsyncConnection.connect(
         url,
         autocommit=True,
         application_name=application_name,
-        connect_timeout=max(1, round(connect_timeout)),
-        options=f"-c statement_timeout={int(statement_timeout * 1000)} {MASTER_SESSION_OPTIONS}",
+        **bounded_session(url, timeout, options=MASTER_SESSION_OPTIONS),
     )
 
 
@@ -74,23 +80,25 @@ async def release_dead_workers_jobs(
     conn: AsyncConnection,
     locked_by: Sequence[str],
     *,
-    max_attempts: int,
-    last_error: str,
-    charged: Collection[int] | None = None,
+    charged: Sequence[ChargedJob] = (),
+    isolated: Sequence[int] = (),
+    isolate_all: bool = False,
+    charged_error: str,
+    isolated_error: str,
 ) -> list[ReleasedJob]:
-    """Release dead workers' jobs; charge an attempt to ``charged`` (None: all of them)."""
+    """Release dead workers' jobs: the rules are in the query's comment (queries.sql)."""
     if not locked_by:
         return []
-    cursor = await conn.execute(
-        query("release_dead_workers_jobs"),
-        {
-            "locked_by": list(locked_by),
-            "max_attempts": max_attempts,
-            "last_error": last_error,
-            "charged": None if charged is None else sorted(charged),
-        },
+    params = release_params(
+        locked_by,
+        charged=charged,
+        isolated=isolated,
+        isolate_all=isolate_all,
+        charged_error=charged_error,
+        isolated_error=isolated_error,
     )
-    return [ReleasedJob(*row) for row in await cursor.fetchall()]
+    cursor = await conn.execute(query("release_dead_workers_jobs"), params)
+    return released_jobs(await cursor.fetchall())
 
 
 async def locked_by_on_host(conn: AsyncConnection, host: str) -> list[str]:
@@ -106,7 +114,3 @@ async def listen(conn: AsyncConnection) -> None:
 async def probe(conn: AsyncConnection) -> None:
     """A round trip: fails if the connection died silently."""
     await conn.execute("SELECT 1")
-
-
-def channel() -> str:
-    return NOTIFY_CHANNEL

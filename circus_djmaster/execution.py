@@ -6,7 +6,10 @@
   the row is deleted with ``destroy_failed_jobs``);
 * a handler that cannot be decoded or imported fails the job for good at once;
 * a job that runs past its ``max_run_time`` is charged an attempt (the worker's
-  watchdog interrupts it, see worker.py).
+  watchdog interrupts it, see worker.py);
+* a job reserved with no attempt left (``attempts >= max_attempts``: its worker died on
+  its last attempt, or a deploy lowered max_attempts) fails without running;
+* the jobs of a worker that died are charged by :func:`charge_for_death`.
 """
 
 from __future__ import annotations
@@ -15,24 +18,19 @@ import dataclasses
 import datetime as dt
 import enum
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import handler as handler_format
 from .exceptions import HandlerError
+from .job_code import JobTimeout
 from .jobs import DEFAULT_OPTIONS, JobOptions, JobRecord, options_of
+from .running import JobLimits
 from .settings import WorkerGroup
-from .store import ReservedJob
+from .store import ChargedJob, ReservedJob
 
 # last_error is for people: keep it readable and bounded.
 MAX_ERROR_LENGTH = 64 * 1024
-
-
-class JobTimeout(BaseException):
-    """Raised inside a job's thread by the watchdog when max_run_time is exceeded.
-
-    A BaseException, so that a job's own ``except Exception`` does not swallow it.
-    """
 
 
 class Outcome(enum.Enum):
@@ -52,6 +50,16 @@ class Resolved:
     max_attempts: int
     max_run_time: float
     destroy_failed_jobs: bool
+
+    @property
+    def limits(self) -> JobLimits:
+        """What the master needs to charge this job if its worker dies running it."""
+        return JobLimits(self.max_attempts, self.destroy_failed_jobs)
+
+    @property
+    def exhausted(self) -> bool:
+        """No attempt left before this run: fail it without running it."""
+        return self.record.attempts >= self.max_attempts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +128,53 @@ def unresolvable_failure(job: ReservedJob, error: HandlerError, group: WorkerGro
     return Failure(outcome, job.attempts + 1, f"HandlerError: {error}")
 
 
+def exhausted_failure(resolved: Resolved) -> Failure:
+    """A job reserved with no attempt left fails (or is deleted) without running."""
+    outcome = Outcome.DESTROYED if resolved.destroy_failed_jobs else Outcome.FAILED
+    note = (
+        f"failed without running: {resolved.record.attempts} attempt(s) already made, "
+        f"max_attempts is {resolved.max_attempts}"
+    )
+    return Failure(outcome, resolved.record.attempts, note)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeathCharge:
+    """What the jobs of a worker that died get (docs/RELIABILITY.md, "A worker dies").
+
+    ``charged``: the job it ran alone, charged an attempt against its own limits.
+    ``isolated``: the jobs it ran side by side, not charged, run alone from now on.
+    ``isolate_all``: nobody knows what it ran (no running-jobs file): every job it
+    held is isolated, none charged. Jobs it held without running go back as they were.
+    """
+
+    charged: tuple[ChargedJob, ...] = ()
+    isolated: tuple[int, ...] = ()
+    isolate_all: bool = False
+
+    @property
+    def beside(self) -> int:
+        """How many jobs ran beside each isolated one."""
+        return max(0, len(self.isolated) - 1)
+
+
+def charge_for_death(running: Mapping[int, JobLimits] | None) -> DeathCharge:
+    """Who pays for a worker's death, from what it was running (running.read_running).
+
+    Only a job that killed its worker while running alone is charged: when several ran
+    at once nobody can tell which one killed it, and charging them all would fail an
+    innocent job next to a poison one.
+    """
+    if running is None:
+        return DeathCharge(isolate_all=True)
+    if len(running) == 1:
+        ((job_id, limits),) = running.items()
+        return DeathCharge(
+            charged=(ChargedJob(job_id, limits.max_attempts, limits.destroy_failed_jobs),)
+        )
+    return DeathCharge(isolated=tuple(sorted(running)))
+
+
 def failure_after_error(
     resolved: Resolved, last_error: str, database_now: Callable[[], dt.datetime]
 ) -> Failure:
@@ -153,11 +208,14 @@ def call_hook(options: JobOptions, name: str, *args: Any) -> None:
 
 __all__ = [
     "DEFAULT_OPTIONS",
+    "DeathCharge",
     "Failure",
     "JobTimeout",
     "Outcome",
     "Resolved",
     "call_hook",
+    "charge_for_death",
+    "exhausted_failure",
     "failure_after_error",
     "format_error",
     "resolve_job",

@@ -32,6 +32,7 @@ from typing import Any
 
 from . import astore, logs, master_signals
 from .circus_client import SCALING_RETRY, AsyncCircus, CircusError, CircusTimeout
+from .execution import charge_for_death
 from .exit_codes import ExitCode
 from .hooks import is_retiring
 from .listener import Listener
@@ -264,7 +265,11 @@ class Master:
         for database in self.settings.databases:
 
             def connect(database: Any = database, role: str = "poll") -> Any:
-                return astore.connect(database.url(), application_name=f"djmaster-master-{role}")
+                return astore.connect(
+                    database.url(),
+                    application_name=f"djmaster-master-{role}",
+                    timeout=self.settings.database_timeout,
+                )
 
             poller = DatabasePoller(
                 self.settings,
@@ -360,11 +365,12 @@ class Master:
         self._gone = {}
 
     def _death_message(self, pid: int, exit_code: int | None) -> str:
+        """How a worker died, e.g. "worker pid 12 on web1 was killed by SIGKILL"."""
         killed = self._killed.get(pid)
         if killed is not None:
             return f"worker pid {pid} on {self.host} was killed by the master: {killed.value}"
         how = "died" if exit_code is None else describe_exit(exit_code)
-        return f"worker pid {pid} on {self.host} {how} while running this job"
+        return f"worker pid {pid} on {self.host} {how}"
 
     def _release_jobs(self, pid: int, watcher: str, message: str) -> None:
         """Queue the release of a gone worker's jobs; a no-op in the database when it
@@ -372,12 +378,13 @@ class Master:
         if pid in self._released:
             return
         self._released[pid] = time.monotonic()
-        group, database = self.index[watcher]
-        charged = read_running(pid)  # the jobs it ran when it died (running.py)
+        _group, database = self.index[watcher]
+        # What it ran when it died (running.py) decides who is charged.
+        charge = charge_for_death(read_running(pid))
         forget(pid)
         poller = self.pollers.get(database)
         if poller is not None:
-            poller.release([Release(locked_by_for(pid, self.host), group, message, charged)])
+            poller.release([Release(locked_by_for(pid, self.host), message, charge)])
 
     # --- configuration errors ------------------------------------------------------------
 

@@ -22,6 +22,7 @@ _FROM_TITLE = {
     TitleState.IDLE: WorkerState.IDLE,
     TitleState.BUSY: WorkerState.BUSY,
     TitleState.OLD: WorkerState.OLD,
+    TitleState.NO_DB: WorkerState.NO_DB,
 }
 
 

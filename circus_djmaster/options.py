@@ -125,6 +125,10 @@ OPTIONS: tuple[Option, ...] = (
            default_doc="unset (stderr)"),
     Option("", "log_level", choice("debug", "info", "warning", "error"),
            "level of the log file", default="info"),
+    Option("", "database_timeout", _POSITIVE, "bound on every database round trip of "
+           "workers and the master: the server's `statement_timeout`, and a deadline a "
+           "few seconds longer on the client for a server that stops answering (the "
+           "connection is then dropped and made again)", default=10.0),
     Option("", "listen", BOOLEAN, "use LISTEN/NOTIFY to wake the master at once when "
            "jobs are enqueued", default=True),
     Option("", "app", MODULE, "module every worker imports (preloads) before it runs "

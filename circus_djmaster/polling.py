@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import psutil
@@ -37,17 +37,18 @@ import psycopg
 
 from . import astore
 from .dberrors import describe_error
+from .execution import DeathCharge, charge_for_death
 from .listener import Backoff
 from .master_callbacks import MasterCallbacks
 from .running import forget, read_running
 from .settings import Settings, WorkerGroup
-from .store import JobFilter
+from .store import JobFilter, ReleaseOutcome
 
 log = logging.getLogger(__name__)
 
-#: Upper bound of one database round trip (the server's statement_timeout is set
-#: below it, so the server normally gives up first).
-QUERY_TIMEOUT = 15.0
+#: A round trip's client-side bound is the settings' database_timeout (the server's
+#: statement_timeout) plus this, so the server normally gives up first.
+CLIENT_SLACK = 5.0
 #: Wake a little after run_at: the database clock decides, and it must be past it.
 SCHEDULE_SLACK = 0.02
 
@@ -61,15 +62,30 @@ class Health(enum.Enum):
     BACKING_OFF = "backing off"  # failed: counts are "unknown" until it reconnects
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Release:
-    """Jobs locked by a worker of this host that died: release them, charge an attempt."""
+    """Jobs locked by a worker of this host that died: release them, charging as
+    ``charge`` says (execution.charge_for_death). ``death`` says how it died, e.g.
+    "worker pid 12 on web1 was killed by SIGKILL"."""
 
     locked_by: str
-    group: str
-    last_error: str
-    # The jobs the worker was running (charged an attempt); None: unknown, charge all.
-    charged: frozenset[int] | None = None
+    death: str
+    charge: DeathCharge = dataclasses.field(default_factory=lambda: DeathCharge(isolate_all=True))
+
+    def charged_error(self) -> str:
+        return f"{self.death} while running this job"
+
+    def isolated_error(self) -> str:
+        if self.charge.isolate_all:
+            return (
+                f"{self.death} while it held this job (what it ran is unknown): it runs "
+                "alone from now on; no attempt charged"
+            )
+        return (
+            f"{self.death} while running this job beside {self.charge.beside} other "
+            "job(s): nobody can tell which one killed it, so it runs alone from now on; "
+            "no attempt charged"
+        )
 
 
 def pid_of(locked_by: str) -> int | None:
@@ -116,9 +132,7 @@ class DatabasePoller:
         self._master = master
         self._backoff = backoff or Backoff()
         self.host = host or socket.gethostname()
-        # Orphans' jobs are charged against the most lenient max_attempts: the master
-        # does not know which group ran them.
-        self._lenient_group = max(settings.workers, key=lambda g: g.max_attempts).name
+        self._timeout = settings.database_timeout + CLIENT_SLACK
         self._fresh = False
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._wake = asyncio.Event()
@@ -229,7 +243,7 @@ class DatabasePoller:
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = await asyncio.wait_for(self._connect(), QUERY_TIMEOUT)
+            self._conn = await asyncio.wait_for(self._connect(), self._timeout)
             self._fresh = True
         return self._conn
 
@@ -241,7 +255,7 @@ class DatabasePoller:
         every (re)connect. A pid that still exists is left alone: it is a live worker,
         or a reused pid whose lock will expire by itself.
         """
-        owners = await _timed(astore.locked_by_on_host(conn, self.host))
+        owners = await self._timed(astore.locked_by_on_host(conn, self.host))
         releases = []
         for owner in owners:
             pid = pid_of(owner)
@@ -249,10 +263,9 @@ class DatabasePoller:
                 releases.append(
                     Release(
                         owner,
-                        self._lenient_group,
-                        f"worker pid {pid} on {self.host} was gone while it held this job "
-                        "(found when the master connected)",
-                        read_running(pid),
+                        f"worker pid {pid} on {self.host} was gone (found when the master "
+                        "connected)",
+                        charge_for_death(read_running(pid)),
                     )
                 )
                 forget(pid)
@@ -274,12 +287,12 @@ class DatabasePoller:
             for group in self.settings.workers:
                 flt = job_filter(group)
                 limit = group.max_processes * group.max_threads
-                counts[group.name] = await _timed(
+                counts[group.name] = await self._timed(
                     astore.count_ready(
                         conn, flt, lock_timeout=self.settings.lock_timeout, limit=limit
                     )
                 )
-                next_due = await _timed(astore.seconds_to_next(conn, flt))
+                next_due = await self._timed(astore.seconds_to_next(conn, flt))
                 if next_due is not None:
                     soonest = min(soonest, max(0.0, next_due) + SCHEDULE_SLACK)
 
@@ -295,43 +308,64 @@ class DatabasePoller:
         released_any = False
         while self._releases:
             release = self._releases[0]
-            group = self.settings.group(release.group)
-            released = await _timed(
+            charge = release.charge
+            released = await self._timed(
                 astore.release_dead_workers_jobs(
                     conn,
                     [release.locked_by],
-                    max_attempts=group.max_attempts,
-                    last_error=release.last_error,
-                    charged=release.charged,
+                    charged=charge.charged,
+                    isolated=charge.isolated,
+                    isolate_all=charge.isolate_all,
+                    charged_error=release.charged_error(),
+                    isolated_error=release.isolated_error(),
                 )
             )
             self._releases.pop(0)  # only once done: a failure retries it
             for job in released:
                 released_any = True
-                if job.failed:
-                    log.error(
-                        "database %s: job %d of a dead worker (%s) failed for good after "
-                        "%d attempt(s): %s",
-                        self.database,
-                        job.id,
-                        release.locked_by,
-                        job.attempts,
-                        release.last_error,
-                    )
-                else:
-                    log.warning(
-                        "database %s: released job %d of a dead worker (%s) for an "
-                        "immediate retry (attempt %d of %d): %s",
-                        self.database,
-                        job.id,
-                        release.locked_by,
-                        job.attempts,
-                        group.max_attempts,
-                        release.last_error,
-                    )
+                self._log_release(release, job.id, job.attempts, job.outcome)
         if released_any:
             self._on_due()  # jobs are ready again: count them now
 
+    def _log_release(
+        self, release: Release, job_id: int, attempts: int, outcome: ReleaseOutcome
+    ) -> None:
+        if outcome in (ReleaseOutcome.FAILED, ReleaseOutcome.DESTROYED):
+            log.error(
+                "database %s: job %d of a dead worker (%s) %s for good after %d attempt(s): %s",
+                self.database,
+                job_id,
+                release.locked_by,
+                "failed" if outcome is ReleaseOutcome.FAILED else "failed and was deleted",
+                attempts,
+                release.charged_error(),
+            )
+        elif outcome is ReleaseOutcome.RETRY:
+            log.warning(
+                "database %s: released job %d of a dead worker (%s) for an immediate retry "
+                "(attempt %d charged): %s",
+                self.database,
+                job_id,
+                release.locked_by,
+                attempts,
+                release.charged_error(),
+            )
+        elif outcome is ReleaseOutcome.ISOLATED:
+            log.warning(
+                "database %s: released job %d of a dead worker (%s) to run alone, no "
+                "attempt charged: %s",
+                self.database,
+                job_id,
+                release.locked_by,
+                release.isolated_error(),
+            )
+        else:
+            log.info(
+                "database %s: released job %d that a dead worker (%s) held without running it",
+                self.database,
+                job_id,
+                release.locked_by,
+            )
 
-async def _timed(awaitable: Awaitable[Any]) -> Any:
-    return await asyncio.wait_for(awaitable, QUERY_TIMEOUT)
+    async def _timed(self, awaitable: Awaitable[Any]) -> Any:
+        return await asyncio.wait_for(awaitable, self._timeout)

@@ -79,6 +79,7 @@ class WorkerState(enum.Enum):
     IDLE = "idle"
     BUSY = "busy"
     OLD = "old"  # told to retire by a restart (USR2): finishes its jobs, takes no more
+    NO_DB = "no db"  # cannot reach its database now: will not take a ready job
 
 
 class RetireReason(enum.Enum):

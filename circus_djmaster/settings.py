@@ -201,6 +201,7 @@ class Settings:
     pid_file: Path | None
     log_file: Path | None
     log_level: str
+    database_timeout: float
     listen: bool
     app: str | None
     callbacks: Mapping[str, str]  # only those set; read-only

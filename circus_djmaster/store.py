@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import enum
+import math
 import socket
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
+from psycopg import conninfo
 from psycopg.rows import dict_row
 
 from .queries import query, schema_sql
@@ -34,6 +37,7 @@ class ReservedJob:
     handler: str
     queue: str | None
     run_at: dt.datetime
+    run_alone: bool = False  # its worker died running it beside others: run it alone
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,9 +64,44 @@ def locked_by_for(pid: int, host: str | None = None) -> str:
     return f"host:{host or socket.gethostname()} pid:{pid}"
 
 
-def connect(url: str, *, application_name: str = "djmaster") -> psycopg.Connection[Any]:
-    """An autocommit connection; the URL is never logged or put in an error message."""
-    return psycopg.connect(url, autocommit=True, application_name=application_name)
+def connect(
+    url: str, *, application_name: str = "djmaster", timeout: float | None = None
+) -> psycopg.Connection[Any]:
+    """An autocommit connection; the URL is never logged or put in an error message.
+
+    With ``timeout`` (seconds) the connection is bounded as :func:`bounded_session`
+    says; without it (migrations, the CLI), only the server's own settings apply.
+    """
+    extra = bounded_session(url, timeout) if timeout is not None else {}
+    return psycopg.connect(url, autocommit=True, application_name=application_name, **extra)
+
+
+def bounded_session(url: str, timeout: float, *, options: str = "") -> dict[str, Any]:
+    """libpq parameters that bound a session's waits by ``timeout`` seconds.
+
+    ``connect_timeout``; ``statement_timeout`` (the server cancels a statement running
+    longer); on TCP, keepalives that notice a dead peer of an idle connection within
+    about twice ``timeout`` and ``tcp_user_timeout``, which drops a connection whose
+    sent data stays unacknowledged that long. libpq ignores the TCP ones on Unix
+    sockets. Parameters the URL sets itself win, and its ``options`` are kept (the
+    ``-c`` settings here and ``options`` are appended to them). A backend that stops
+    answering is beyond all of these: a worker's calls also have a client-side
+    deadline (db_deadlines.py), the master's asyncio timeouts.
+    """
+    given = conninfo.conninfo_to_dict(url)
+    seconds = max(1, math.ceil(timeout))
+    params: dict[str, Any] = {
+        "connect_timeout": seconds,
+        "keepalives": 1,
+        "keepalives_idle": seconds,
+        "keepalives_interval": max(1, seconds // 3),
+        "keepalives_count": 3,
+        "tcp_user_timeout": seconds * 1000,
+    }
+    bounded = {key: value for key, value in params.items() if key not in given}
+    session = f"-c statement_timeout={int(timeout * 1000)} {options}".strip()
+    bounded["options"] = f"{given.get('options') or ''} {session}".strip()
+    return bounded
 
 
 def migrate(conn: psycopg.Connection[Any]) -> None:
@@ -140,34 +179,60 @@ def unlock_job_ids(
         conn.execute(query("unlock_job_ids"), {"ids": list(job_ids), "locked_by": locked_by})
 
 
+class ReleaseOutcome(enum.Enum):
+    """What the release of a dead worker's job did to it (release_dead_workers_jobs)."""
+
+    RELEASED = "released"  # held, not running: back as it was
+    ISOLATED = "isolated"  # running beside others: not charged, runs alone from now on
+    RETRY = "retry"  # running alone: charged an attempt, due again at once
+    FAILED = "failed"  # running alone, its last attempt: failed_at set
+    DESTROYED = "destroyed"  # as FAILED, with destroy_failed_jobs: deleted
+
+
 @dataclasses.dataclass(frozen=True)
 class ReleasedJob:
     id: int
     attempts: int
-    failed: bool
+    outcome: ReleaseOutcome
 
 
-def release_dead_workers_jobs(
-    conn: psycopg.Connection[Any],
+@dataclasses.dataclass(frozen=True)
+class ChargedJob:
+    """A job charged for its worker's death, with its own limits."""
+
+    id: int
+    max_attempts: int
+    destroy_failed_jobs: bool
+
+
+def release_params(
     locked_by: Sequence[str],
     *,
-    max_attempts: int,
-    last_error: str,
-    charged: Collection[int] | None = None,
-) -> list[ReleasedJob]:
-    """Release dead workers' jobs; charge an attempt to ``charged`` (None: all of them)."""
-    if not locked_by:
-        return []
-    rows = conn.execute(
-        query("release_dead_workers_jobs"),
-        {
-            "locked_by": list(locked_by),
-            "max_attempts": max_attempts,
-            "last_error": last_error,
-            "charged": None if charged is None else sorted(charged),
-        },
-    ).fetchall()
-    return [ReleasedJob(*row) for row in rows]
+    charged: Sequence[ChargedJob] = (),
+    isolated: Sequence[int] = (),
+    isolate_all: bool = False,
+    charged_error: str,
+    isolated_error: str,
+) -> dict[str, Any]:
+    """Parameters of the ``release_dead_workers_jobs`` query (its comment has the rules)."""
+    return {
+        "locked_by": list(locked_by),
+        "charged_ids": [job.id for job in charged],
+        "charged_max_attempts": [job.max_attempts for job in charged],
+        "charged_destroy": [job.destroy_failed_jobs for job in charged],
+        "isolated_ids": list(isolated),
+        "isolate_all": isolate_all,
+        "charged_error": charged_error,
+        "isolated_error": isolated_error,
+    }
+
+
+def released_jobs(rows: Sequence[Sequence[Any]]) -> list[ReleasedJob]:
+    return [ReleasedJob(int(row[0]), int(row[1]), ReleaseOutcome(row[2])) for row in rows]
+
+
+def fail_exhausted_job(conn: psycopg.Connection[Any], job_id: int, *, note: str) -> None:
+    conn.execute(query("fail_exhausted_job"), {"id": job_id, "note": note})
 
 
 def count_ready(

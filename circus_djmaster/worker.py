@@ -31,11 +31,15 @@ import psycopg
 
 from . import early_signals, logs, proctitle, store
 from .callbacks import Callbacks
+from .db_deadlines import CallDeadlines
 from .dberrors import describe_error
 from .exceptions import PreloadError
 from .execution import failure_after_error
 from .exit_codes import ExitCode
+from .job_code import install_fork_handler
+from .job_context import set_worker_database
 from .job_thread import JobThread, record_failure, timeout_message
+from .run_alone import RunAloneGate
 from .running import RunningJobs
 from .settings import Database, Settings, SettingsError, WorkerGroup, load_settings
 from .worker_wakeup import NotifyWakeup
@@ -50,6 +54,12 @@ STOP_GRACE = 2.0
 LOCK_REFRESH = 10.0
 # The main loop wakes at least this often (parent check, deadlines).
 TICK = 0.5
+# A database call's client-side deadline is the server's statement_timeout plus this:
+# the server normally gives up first, with a clean error and a usable connection.
+CLIENT_SLACK = 2.0
+# A call unanswered this long counts as trouble: for the [NO DB] title, and a stopping
+# worker stops waiting for a reserve this old (a hung idle query is not a running job).
+STALLED_AFTER = 1.0
 
 
 class StopMode(enum.IntEnum):
@@ -80,7 +90,10 @@ class Worker:
         self.group = group
         self.database = database
         self.database_url = database.url()
-        self.locked_by = store.locked_by_for(os.getpid())
+        self.pid = os.getpid()
+        # In pg_stat_activity: which worker process a backend serves.
+        self.application_name = f"djmaster worker {self.pid}"
+        self.locked_by = store.locked_by_for(self.pid)
         self.job_filter = store.JobFilter(group.queues, group.min_priority, group.max_priority)
         self.info = WorkerInfo(settings, group, database, os.getpid())
         self.started = time.monotonic()
@@ -96,20 +109,33 @@ class Worker:
         self._crashed = False
         self._old = False
         self._busy_shown = False
+        self._no_db_shown = False
         self._signals: collections.deque[int] = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._threads: list[JobThread] = []
         self.running = RunningJobs(group.max_threads)
+        self.gate = RunAloneGate()
+        self.deadlines = CallDeadlines(settings.database_timeout + CLIENT_SLACK)
         self._stuck: list[StuckJob] = []
         self._conn: psycopg.Connection[Any] | None = None
         # A worker that waits for work (idle_timeout > 0) listens, so it wakes at once.
         self._wakeup = (
-            NotifyWakeup(self.database_url, group.queues, database.name)
+            NotifyWakeup(
+                self.database_url,
+                group.queues,
+                database.name,
+                deadlines=self.deadlines,
+                application_name=f"{self.application_name} listen",
+                timeout=settings.database_timeout,
+            )
             if settings.listen and group.idle_timeout > 0
             else None
         )
+        # Jobs enqueued in this process without a connection or URL go to its database.
+        set_worker_database(self.database_url)
+        install_fork_handler(HANDLED_SIGNALS, self._child_title)
         self.set_title()
 
     # --- signals: handlers only record ------------------------------------------------
@@ -233,8 +259,35 @@ class Worker:
                 self.database.name,
                 busy=self._busy_shown,
                 old=self._old,
+                no_db=self._no_db_shown,
             )
         )
+
+    def _child_title(self, parent: int) -> str:
+        """The title of a process forked by job code: not a worker (the master and
+        ``djmaster status`` must not take it for one)."""
+        return f"delayed_job: job process (forked by pid {parent}) @{self.database.name}"
+
+    def _show_database_trouble(self) -> None:
+        """[NO DB] while none of the job threads can reach the database: every thread
+        not running a job has a failed or long-unanswered call (the master then does
+        not count this worker as one that will take a ready job)."""
+        now = time.monotonic()
+        idle = [thread for thread in self._threads if thread.slot.job_id is None]
+        trouble = bool(idle) and all(
+            not thread.db_ok or self._stalled(thread, now) for thread in idle
+        )
+        if trouble != self._no_db_shown:
+            self._no_db_shown = trouble
+            if trouble:
+                log.warning("database %s: unreachable from every job thread", self.database.name)
+            else:
+                log.info("database %s: reachable again", self.database.name)
+            self.set_title()
+
+    def _stalled(self, thread: JobThread, now: float) -> bool:
+        since = self.deadlines.busy_since(thread)
+        return since is not None and now - since > STALLED_AFTER
 
     def _wake_threads(self) -> None:
         for thread in self._threads:
@@ -257,8 +310,10 @@ class Worker:
                 self._stop = max(self._stop, StopMode.GRACEFUL)
                 self._wake_threads()
             self._watch_deadlines()
+            self._show_database_trouble()
             self._check_idle()
             if not self.accepting_jobs():
+                self._stop_waiting_on_database()
                 alive = [t for t in self._threads if t.is_alive()]
                 if all(any(s.thread is t for s in self._stuck) for t in alive):
                     if self._stuck:
@@ -267,6 +322,14 @@ class Worker:
             self._sleep(self._next_wake())
         for thread in self._threads:
             thread.join()
+
+    def _stop_waiting_on_database(self) -> None:
+        """A stopping worker does not wait on a hung reserve: a thread that is not
+        running a job and whose reserve is unanswered has its call cut short."""
+        now = time.monotonic()
+        for thread in self._threads:
+            if thread.slot.job_id is None and self._stalled(thread, now):
+                self.deadlines.abort(thread, "stop", what="reserve")
 
     def _check_idle(self) -> None:
         with self._lock:
@@ -322,9 +385,13 @@ class Worker:
                 )
                 # Hold the lock while the job unwinds, so no other worker takes it.
                 self._control(
-                    lambda c, s=slot: store.touch_jobs(c, [s.job_id], locked_by=self.locked_by)
+                    "touch",
+                    lambda c, s=slot: store.touch_jobs(c, [s.job_id], locked_by=self.locked_by),
                 )
                 thread.slot.interrupt(thread.ident or 0)
+            elif now >= slot.deadline + STOP_GRACE / 2 and slot.interrupt_thread(thread.ident or 0):
+                # Async code that did not yield to its loop after the cancellation.
+                log.warning("job %s ignored its cancellation: interrupting its thread", slot.job_id)
             elif now >= slot.deadline + STOP_GRACE and slot.claim_outcome():
                 log.error(
                     "job %s could not be stopped: retiring this worker once the other "
@@ -337,9 +404,10 @@ class Worker:
         for stuck in self._stuck:
             if now - stuck.last_touch > LOCK_REFRESH:
                 self._control(
+                    "touch",
                     lambda c, s=stuck: store.touch_jobs(
                         c, [s.thread.slot.job_id], locked_by=self.locked_by
-                    )
+                    ),
                 )
                 stuck.last_touch = now
 
@@ -348,7 +416,9 @@ class Worker:
         for stuck in self._stuck:
             self._record_stuck(stuck.thread)
         if hand_back:
-            released = self._control(lambda c: store.unlock_jobs(c, locked_by=self.locked_by))
+            released = self._control(
+                "hand back", lambda c: store.unlock_jobs(c, locked_by=self.locked_by)
+            )
             log.info("handed back %d job(s)", len(released or []))
         log.info("exiting now")
         self.running.close()
@@ -367,15 +437,20 @@ class Worker:
             failure = failure_after_error(resolved, message, lambda: store.database_now(conn))
             record_failure(conn, resolved.record.id, failure)
 
-        self._control(write)
+        self._control("record", write)
 
-    def _control(self, action: Any) -> Any:
+    def _control(self, what: str, action: Any) -> Any:
         """A write on the main thread's own connection (one reconnect on failure)."""
         for attempt in range(2):
             try:
                 if self._conn is None or self._conn.closed:
-                    self._conn = store.connect(self.database_url, application_name="control")
-                return action(self._conn)
+                    self._conn = store.connect(
+                        self.database_url,
+                        application_name=f"{self.application_name} control",
+                        timeout=self.settings.database_timeout,
+                    )
+                with self.deadlines.bounded(self._conn, what, owner=self):
+                    return action(self._conn)
             except psycopg.Error as exc:
                 log.warning("database %s: %s", self.database.name, describe_error(exc))
                 if self._conn is not None:
@@ -391,6 +466,7 @@ class Worker:
             self._conn.close()
         if self._wakeup is not None:
             self._wakeup.close()
+        self.deadlines.close()
 
 
 def process_rss() -> int:

@@ -15,18 +15,35 @@ from typing import Any
 
 import psycopg
 
+from . import store
+from .db_deadlines import CallDeadlines
 from .dberrors import describe_error
 from .listener import Backoff, queues_from_payload
 from .queries import NOTIFY_CHANNEL
 
 log = logging.getLogger("circus_djmaster.worker")
 
+# Longest wait (seconds) of the main thread for the LISTEN connection to open.
+CONNECT_WAIT = 2.0
+
 
 class NotifyWakeup:
-    def __init__(self, url: str, queues: tuple[str, ...], database: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        queues: tuple[str, ...],
+        database: str,
+        *,
+        deadlines: CallDeadlines,
+        application_name: str = "djmaster listen",
+        timeout: float = 10.0,
+    ) -> None:
         self._url = url
         self._queues = frozenset(queues)
         self._database = database
+        self._deadlines = deadlines
+        self._application_name = application_name
+        self._timeout = timeout
         self._conn: psycopg.Connection[Any] | None = None
         self._backoff = Backoff(first=1.0, cap=30.0)
         self._retry_at = 0.0
@@ -58,12 +75,18 @@ class NotifyWakeup:
             self._conn = None
 
     def _connect(self) -> None:
+        # On the worker's main thread: short waits, so that signals are handled soon.
+        timeout = min(self._timeout, CONNECT_WAIT)
+        conn: psycopg.Connection[Any] | None = None
         try:
-            conn = psycopg.connect(
-                self._url, autocommit=True, connect_timeout=2, application_name="listen"
+            conn = store.connect(
+                self._url, application_name=self._application_name, timeout=timeout
             )
-            conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            with self._deadlines.bounded(conn, "listen", owner=self, timeout=timeout):
+                conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
         except psycopg.Error as exc:
+            if conn is not None:
+                conn.close()
             self._lost(exc)
             return
         self._conn = conn

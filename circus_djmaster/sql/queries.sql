@@ -25,7 +25,7 @@ UPDATE delayed_jobs AS j
          LIMIT %(limit)s
            FOR UPDATE SKIP LOCKED) AS picked
  WHERE j.id = picked.id
-RETURNING j.id, j.priority, j.attempts, j.handler, j.queue, j.run_at;
+RETURNING j.id, j.priority, j.attempts, j.handler, j.queue, j.run_at, j.run_alone;
 
 -- name: reserve_jobs_any_queue
 -- As reserve_jobs_in_queues, for a group that serves every queue.
@@ -41,7 +41,7 @@ UPDATE delayed_jobs AS j
          LIMIT %(limit)s
            FOR UPDATE SKIP LOCKED) AS picked
  WHERE j.id = picked.id
-RETURNING j.id, j.priority, j.attempts, j.handler, j.queue, j.run_at;
+RETURNING j.id, j.priority, j.attempts, j.handler, j.queue, j.run_at, j.run_alone;
 
 -- name: complete_jobs
 -- Jobs succeeded: delete them (when they could not wait for the next reserve).
@@ -72,6 +72,16 @@ UPDATE delayed_jobs
        locked_at = NULL, locked_by = NULL, updated_at = now()
  WHERE id = %(id)s;
 
+-- name: fail_exhausted_job
+-- A job reserved with no attempt left: its worker died on its last attempt while the
+-- master could not tell its own max_attempts, or a deploy lowered max_attempts. It fails
+-- without running; %(note)s says why, above the error it had.
+UPDATE delayed_jobs
+   SET failed_at = now(),
+       last_error = %(note)s || coalesce(E'\n' || last_error, ''),
+       locked_at = NULL, locked_by = NULL, updated_at = now()
+ WHERE id = %(id)s;
+
 -- name: delete_job
 -- A failed job of a group (or job) with destroy_failed_jobs.
 DELETE FROM delayed_jobs WHERE id = %(id)s;
@@ -90,26 +100,55 @@ UPDATE delayed_jobs SET locked_at = NULL, locked_by = NULL
 
 -- name: release_dead_workers_jobs
 -- Workers of this host died (kill -9, OOM, a job calling os._exit): release their jobs for
--- an immediate retry. The jobs they were running (%(charged)s; NULL: all of them, when
--- unknown) are charged an attempt, so a job that kills its worker every time ends failed
--- after max_attempts instead of looping; jobs they only held (reserved ahead, or done
--- but not yet deleted) go back as they were.
-WITH released AS (
-    SELECT id, (%(charged)s::bigint[] IS NULL OR id = ANY(%(charged)s::bigint[])) AS charged
-      FROM delayed_jobs
-     WHERE locked_by = ANY(%(locked_by)s::varchar[]) AND failed_at IS NULL
-       FOR UPDATE)
-UPDATE delayed_jobs AS j
-   SET attempts = j.attempts + r.charged::int,
-       last_error = CASE WHEN r.charged THEN %(last_error)s ELSE j.last_error END,
-       failed_at = CASE WHEN r.charged AND j.attempts + 1 >= %(max_attempts)s THEN now() END,
-       -- Due at once, keeping its place in line (a job due long ago stays ahead of the
-       -- backlog instead of going to its end).
-       run_at = least(j.run_at, now()),
-       locked_at = NULL, locked_by = NULL, updated_at = now()
-  FROM released AS r
- WHERE j.id = r.id
-RETURNING j.id, j.attempts, j.failed_at IS NOT NULL AS failed;
+-- an immediate retry, keeping their place in line (a job due long ago stays ahead of the
+-- backlog instead of going to its end). What each job gets (docs/RELIABILITY.md):
+-- * the job a worker was running alone when it died (%(charged_ids)s) is charged an
+--   attempt against its own max_attempts (%(charged_max_attempts)s, as the worker
+--   resolved it): a job that kills its worker every time ends failed (or deleted, with
+--   %(charged_destroy)s) instead of looping;
+-- * the jobs of a worker that died running several at once (%(isolated_ids)s; all of its
+--   jobs when %(isolate_all)s: nobody knows what it ran) are not charged: nobody knows
+--   which one killed it. They get run_alone, so a worker runs each with nothing beside
+--   it from then on, and only the guilty one can be charged;
+-- * jobs the worker only held (reserved ahead, done but not deleted yet) go back as they
+--   were.
+-- Returns each job's id, attempts and outcome: released, isolated, retry, failed or
+-- destroyed.
+WITH owned AS (
+    SELECT j.id, j.attempts, c.max_attempts, c.destroy,
+           (%(isolate_all)s OR j.id = ANY(%(isolated_ids)s::bigint[])) AS isolate,
+           (c.id IS NOT NULL AND j.attempts + 1 >= c.max_attempts) AS final
+      FROM delayed_jobs AS j
+      LEFT JOIN unnest(%(charged_ids)s::bigint[], %(charged_max_attempts)s::int[],
+                       %(charged_destroy)s::bool[]) AS c(id, max_attempts, destroy)
+             ON c.id = j.id
+     WHERE j.locked_by = ANY(%(locked_by)s::varchar[]) AND j.failed_at IS NULL
+       FOR UPDATE OF j),
+destroyed AS (
+    DELETE FROM delayed_jobs AS j
+     USING owned AS o
+     WHERE j.id = o.id AND o.final AND o.destroy
+    RETURNING j.id, o.attempts + 1 AS attempts, 'destroyed' AS outcome),
+updated AS (
+    UPDATE delayed_jobs AS j
+       SET attempts = j.attempts + (o.max_attempts IS NOT NULL)::int,
+           last_error = CASE WHEN o.max_attempts IS NOT NULL THEN %(charged_error)s
+                             WHEN o.isolate THEN %(isolated_error)s
+                             ELSE j.last_error END,
+           failed_at = CASE WHEN o.final THEN now() END,
+           run_alone = j.run_alone OR (o.isolate AND o.max_attempts IS NULL),
+           run_at = least(j.run_at, now()),
+           locked_at = NULL, locked_by = NULL, updated_at = now()
+      FROM owned AS o
+     WHERE j.id = o.id AND NOT (o.final AND o.destroy)
+    RETURNING j.id, j.attempts,
+              CASE WHEN o.final THEN 'failed'
+                   WHEN o.max_attempts IS NOT NULL THEN 'retry'
+                   WHEN o.isolate THEN 'isolated'
+                   ELSE 'released' END AS outcome)
+SELECT id, attempts, outcome FROM destroyed
+UNION ALL
+SELECT id, attempts, outcome FROM updated;
 
 -- name: locked_by_on_host
 -- The owners (locked_by) of live locked jobs on one host: the master releases those whose

@@ -20,6 +20,23 @@ CREATE TABLE IF NOT EXISTS delayed_jobs (
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 
+-- Columns added after 0.1 upgrade a database in place. Each ALTER runs only when the
+-- column is missing: ALTER TABLE takes the strongest lock even when it has nothing to
+-- do, and migrate runs on every deploy. With a constant default, PostgreSQL (11 and
+-- later) only records the column in the catalog: no table rewrite.
+-- run_alone: the job was running beside other jobs when its worker died, so nobody
+-- knows which one killed it; a worker runs it with nothing else running beside it
+-- from then on (docs/RELIABILITY.md).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                    WHERE attrelid = 'delayed_jobs'::regclass AND attname = 'run_alone'
+                      AND NOT attisdropped) THEN
+        ALTER TABLE delayed_jobs ADD COLUMN run_alone boolean NOT NULL DEFAULT false;
+    END IF;
+END
+$$;
+
 -- delayed_job's own index, (priority, run_at), made partial: the reserve query walks it
 -- in its ORDER BY priority, run_at order; failed rows, which pile up over time and keep
 -- their old run_at, are not in it, so they are never scanned and thrown away.

@@ -9,7 +9,8 @@ from typing import Any
 
 import psycopg
 
-from circus_djmaster import astore
+from circus_djmaster import astore, running
+from circus_djmaster.execution import charge_for_death
 from circus_djmaster.listener import Backoff, Listener
 from circus_djmaster.polling import DatabasePoller, Release
 from circus_djmaster.settings import parse_settings
@@ -82,11 +83,14 @@ def test_poller_counts_on_request_and_releases_dead_workers_jobs(
     for _ in range(5):
         insert(database_url, "q1")
     dead = locked_by_for(999_999)
-    conn.execute(
+    held = conn.execute(
         "UPDATE delayed_jobs SET locked_at = now(), locked_by = %s "
-        "WHERE id IN (SELECT id FROM delayed_jobs ORDER BY id LIMIT 2)",
+        "WHERE id IN (SELECT id FROM delayed_jobs ORDER BY id LIMIT 2) RETURNING id",
         (dead,),
-    )
+    ).fetchall()
+    ran, reserved_ahead = sorted(row[0] for row in held)
+    # The dead worker's running-jobs file: it was running the first job.
+    running.RunningJobs(1, pid=999_999).set(0, ran, running.JobLimits(2, False))
 
     async def scenario() -> None:
         due: list[int] = []
@@ -99,7 +103,8 @@ def test_poller_counts_on_request_and_releases_dead_workers_jobs(
         task = asyncio.create_task(poller.run())
         try:
             assert await poller.count(5.0) == {"w": 3}  # capped at max_processes
-            poller.release([Release(dead, "w", "worker pid 999999 died")])
+            charge = charge_for_death(running.read_running(999_999))
+            poller.release([Release(dead, "worker pid 999999 died", charge)])
             for _ in range(100):
                 if await poller.count(5.0) == {"w": 3} and not poller._releases:
                     break
@@ -110,14 +115,21 @@ def test_poller_counts_on_request_and_releases_dead_workers_jobs(
             await asyncio.gather(task, return_exceptions=True)
             await poller.close()
 
-    asyncio.run(scenario())
+    try:
+        asyncio.run(scenario())
+    finally:
+        running.forget(999_999)
     rows = conn.execute(
-        "SELECT attempts, locked_by, last_error FROM delayed_jobs WHERE attempts > 0"
+        "SELECT id, attempts, locked_by, last_error, run_alone FROM delayed_jobs "
+        "WHERE id = ANY(%s) ORDER BY id",
+        ([ran, reserved_ahead],),
     ).fetchall()
-    assert len(rows) == 2
-    # Released once (one attempt charged), by whichever came first: the explicit release
-    # or the poller's own look for vanished pids of this host when it connected.
-    assert all(row[0] == 1 and row[1] is None and "pid 999999" in row[2] for row in rows)
+    # Released once (one attempt charged to the job it ran), by whichever came first: the
+    # explicit release or the poller's own look for vanished pids of this host when it
+    # connected. The job it only held goes back as it was.
+    (ran_row, ahead_row) = rows
+    assert ran_row[1:3] == (1, None) and "pid 999999" in ran_row[3] and not ran_row[4]
+    assert ahead_row[1:] == (0, None, None, False)
 
 
 def test_poller_reports_unknown_while_its_database_is_down(tmp_path: Path) -> None:

@@ -40,7 +40,11 @@ COLUMNS = {
     "queue": ("character varying", "YES"),
     "created_at": ("timestamp with time zone", "NO"),
     "updated_at": ("timestamp with time zone", "NO"),
+    "run_alone": ("boolean", "NO"),
 }
+# The schema of each released version, as it shipped: a database of that version must
+# upgrade in place.
+OLD_SCHEMAS = sorted((Path(__file__).parent / "schemas").glob("schema-*.sql"))
 
 
 def has_table(url: str) -> bool:
@@ -103,6 +107,35 @@ def test_migrating_twice_keeps_the_jobs_and_does_not_duplicate_anything(
         assert conn.execute("SELECT queue FROM delayed_jobs").fetchall() == [("kept",)]
         assert set(indexes(conn)) == INDEXES
         assert triggers(conn) == sorted(TRIGGERS)
+
+
+def test_migrate_upgrades_a_database_of_every_earlier_version_in_place(
+    make_database: MakeDatabase,
+) -> None:
+    assert OLD_SCHEMAS, "tests/integration/schemas holds the released schemas"
+    for old in OLD_SCHEMAS:
+        url = make_database(migrated=False)
+        with store.connect(url) as conn:
+            conn.execute(old.read_text(encoding="utf-8"))  # type: ignore[arg-type]
+            conn.execute(
+                "INSERT INTO delayed_jobs (handler, queue, attempts, locked_by, locked_at)"
+                " VALUES ('h', 'kept', 3, 'host:h pid:1', now())"
+            )
+            store.migrate(conn)
+            columns = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT column_name FROM information_schema.columns"
+                    " WHERE table_name = 'delayed_jobs'"
+                ).fetchall()
+            }
+            assert columns == set(COLUMNS), old.name
+            kept = conn.execute(
+                "SELECT queue, attempts, locked_by, run_alone FROM delayed_jobs"
+            ).fetchall()
+            assert kept == [("kept", 3, "host:h pid:1", False)], old.name
+            assert set(indexes(conn)) == INDEXES
+            assert triggers(conn) == sorted(TRIGGERS)
 
 
 def test_migrating_the_tests_template_database_again_is_a_no_op(database_url: str) -> None:

@@ -16,8 +16,10 @@ import psycopg
 import pytest
 
 from circus_djmaster import pgserver, store
+from circus_djmaster.execution import DeathCharge
 from circus_djmaster.queries import NOTIFY_CHANNEL, query
-from circus_djmaster.store import JobFilter
+from circus_djmaster.store import ChargedJob, JobFilter, ReleaseOutcome
+from tests.support.release import release_dead
 
 Conn = psycopg.Connection[Any]
 ME = "host:test pid:1"
@@ -206,20 +208,24 @@ def test_failing_a_job_does_not_notify(listener: Conn, conn: Conn) -> None:
 
 
 def test_releasing_dead_workers_jobs_notifies_for_those_left_to_retry(
-    listener: Conn, conn: Conn
+    listener: Conn, conn: Conn, notify_database_url: str
 ) -> None:
-    insert(conn, "dead", locked=True)
+    job_id = insert(conn, "dead", locked=True)
     notifications(listener, conn)
-    released = store.release_dead_workers_jobs(conn, [ME], max_attempts=25, last_error="died")
-    assert len(released) == 1
+    charge = DeathCharge(charged=(ChargedJob(job_id, 25, False),))
+    released = release_dead(notify_database_url, [ME], charge)
+    assert [job.outcome for job in released] == [ReleaseOutcome.RETRY]
     assert notifications(listener, conn) == ['["dead"]']
 
 
-def test_releasing_a_job_that_fails_for_good_does_not_notify(listener: Conn, conn: Conn) -> None:
-    insert(conn, "dead", locked=True)
+def test_releasing_a_job_that_fails_for_good_does_not_notify(
+    listener: Conn, conn: Conn, notify_database_url: str
+) -> None:
+    job_id = insert(conn, "dead", locked=True)
     notifications(listener, conn)
-    (released,) = store.release_dead_workers_jobs(conn, [ME], max_attempts=1, last_error="x")
-    assert released.failed
+    charge = DeathCharge(charged=(ChargedJob(job_id, 1, False),))
+    (released,) = release_dead(notify_database_url, [ME], charge)
+    assert released.outcome is ReleaseOutcome.FAILED
     assert notifications(listener, conn) == []
 
 

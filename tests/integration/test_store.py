@@ -12,7 +12,9 @@ import pytest
 from psycopg.rows import dict_row
 
 from circus_djmaster import pgserver, store
-from circus_djmaster.store import JobFilter, ReleasedJob, ReservedJob
+from circus_djmaster.execution import DeathCharge
+from circus_djmaster.store import ChargedJob, JobFilter, ReleasedJob, ReleaseOutcome, ReservedJob
+from tests.support.release import release_dead
 
 ME = "host:test pid:1"
 OTHER = "host:test pid:2"
@@ -370,50 +372,118 @@ def test_unlock_job_ids_releases_the_given_jobs_of_this_worker(conn: Conn) -> No
 # ----------------------------------------------------------------------- dead workers
 
 
-def test_release_dead_workers_jobs_charges_an_attempt_and_makes_them_due(conn: Conn) -> None:
-    dead_a = insert(conn, locked_by="host:h pid:10", locked_ago=5, attempts=0, run_in=-30)
-    dead_b = insert(conn, locked_by="host:h pid:11", locked_ago=5, attempts=3)
+def charged(job_id: int, max_attempts: int = 25, destroy: bool = False) -> DeathCharge:
+    return DeathCharge(charged=(ChargedJob(job_id, max_attempts, destroy),))
+
+
+def test_the_job_a_dead_worker_ran_alone_is_charged_and_due_at_once(
+    conn: Conn, store_database_url: str
+) -> None:
+    running = insert(conn, locked_by="host:h pid:10", locked_ago=5, attempts=0, run_in=-30)
+    held = insert(conn, locked_by="host:h pid:10", locked_ago=5, attempts=3)
+    conn.execute("UPDATE delayed_jobs SET last_error = 'old' WHERE id = %s", (held,))
     alive = insert(conn, locked_by="host:h pid:12", locked_ago=5)
-    released = store.release_dead_workers_jobs(
-        conn, ["host:h pid:10", "host:h pid:11"], max_attempts=25, last_error="worker died"
+    released = release_dead(
+        store_database_url, ["host:h pid:10"], charged(running), death="worker 10 died"
     )
-    assert sorted(released, key=lambda r: r.id) == [
-        ReleasedJob(dead_a, 1, False),
-        ReleasedJob(dead_b, 4, False),
+    assert released == [
+        ReleasedJob(running, 1, ReleaseOutcome.RETRY),
+        ReleasedJob(held, 3, ReleaseOutcome.RELEASED),
     ]
-    for job_id, attempts in ((dead_a, 1), (dead_b, 4)):
-        job = must_row(conn, job_id)
-        assert (job["locked_at"], job["locked_by"], job["failed_at"]) == (None, None, None)
-        assert job["attempts"] == attempts
-        assert job["last_error"] == "worker died"
+    job = must_row(conn, running)
+    assert (job["locked_at"], job["locked_by"], job["failed_at"]) == (None, None, None)
+    assert (job["attempts"], job["last_error"]) == (1, "worker 10 died while running this job")
+    # Held (reserved ahead, not started): back as it was.
+    assert (must_row(conn, held)["attempts"], must_row(conn, held)["last_error"]) == (3, "old")
     # Due at once, keeping its place in line: a job due 30 s ago stays due 30 s ago.
-    assert -31 < must_row(conn, dead_a)["run_in"] <= -29
-    assert -5 < must_row(conn, dead_b)["run_in"] <= 0
+    assert -31 < must_row(conn, running)["run_in"] <= -29
     assert must_row(conn, alive)["locked_by"] == "host:h pid:12"
-    assert sorted(reserve(conn, ANY)) == sorted([dead_a, dead_b])
+    assert sorted(reserve(conn, ANY)) == sorted([running, held])
 
 
-def test_release_dead_workers_jobs_fails_a_job_at_max_attempts(conn: Conn) -> None:
-    last_try = insert(conn, locked_by=OTHER, locked_ago=5, attempts=2)
-    more_left = insert(conn, locked_by=OTHER, locked_ago=5, attempts=1)
-    released = store.release_dead_workers_jobs(conn, [OTHER], max_attempts=3, last_error="killed")
-    assert sorted(released, key=lambda r: r.id) == sorted(
-        [ReleasedJob(last_try, 3, True), ReleasedJob(more_left, 2, False)], key=lambda r: r.id
-    )
+def test_a_charged_job_fails_at_its_own_max_attempts(conn: Conn, store_database_url: str) -> None:
+    last_try = insert(conn, locked_by=OTHER, locked_ago=5, attempts=1)
+    assert release_dead(store_database_url, [OTHER], charged(last_try, max_attempts=2)) == [
+        ReleasedJob(last_try, 2, ReleaseOutcome.FAILED)
+    ]
     assert must_row(conn, last_try)["failed_at"] is not None
-    assert must_row(conn, more_left)["failed_at"] is None
+    assert must_row(conn, last_try)["locked_by"] is None
+    more_left = insert(conn, locked_by=OTHER, locked_ago=5, attempts=1)
+    assert release_dead(store_database_url, [OTHER], charged(more_left, max_attempts=30)) == [
+        ReleasedJob(more_left, 2, ReleaseOutcome.RETRY)
+    ]
     assert reserve(conn, ANY) == [more_left]
 
 
-def test_release_dead_workers_jobs_leaves_failed_rows_alone(conn: Conn) -> None:
+def test_a_charged_job_with_destroy_failed_jobs_is_deleted_at_its_last_attempt(
+    conn: Conn, store_database_url: str
+) -> None:
+    doomed = insert(conn, locked_by=OTHER, locked_ago=5, attempts=0)
+    released = release_dead(store_database_url, [OTHER], charged(doomed, 1, destroy=True))
+    assert released == [ReleasedJob(doomed, 1, ReleaseOutcome.DESTROYED)]
+    assert row(conn, doomed) is None
+
+
+def test_jobs_a_dead_worker_ran_side_by_side_are_not_charged_and_run_alone(
+    conn: Conn, store_database_url: str
+) -> None:
+    first = insert(conn, locked_by=OTHER, locked_ago=5, attempts=1)
+    second = insert(conn, locked_by=OTHER, locked_ago=5)
+    held = insert(conn, locked_by=OTHER, locked_ago=5)
+    released = release_dead(
+        store_database_url, [OTHER], DeathCharge(isolated=(first, second)), death="w died"
+    )
+    assert released == [
+        ReleasedJob(first, 1, ReleaseOutcome.ISOLATED),
+        ReleasedJob(second, 0, ReleaseOutcome.ISOLATED),
+        ReleasedJob(held, 0, ReleaseOutcome.RELEASED),
+    ]
+    rows = {job_id: must_row(conn, job_id) for job_id in (first, second, held)}
+    assert rows[first]["last_error"] == (
+        "w died while running this job beside 1 other job(s): nobody can tell which one "
+        "killed it, so it runs alone from now on; no attempt charged"
+    )
+    run_alone = dict(conn.execute("SELECT id, run_alone FROM delayed_jobs").fetchall())
+    assert run_alone == {first: True, second: True, held: False}
+    jobs = store.reserve_jobs(conn, ANY, locked_by=ME, limit=10, lock_timeout=HOUR)
+    assert {job.id: job.run_alone for job in jobs} == run_alone
+
+
+def test_when_nobody_knows_what_a_dead_worker_ran_its_jobs_run_alone_uncharged(
+    conn: Conn, store_database_url: str
+) -> None:
+    a = insert(conn, locked_by=OTHER, locked_ago=5, attempts=2)
+    b = insert(conn, locked_by=OTHER, locked_ago=5)
+    released = release_dead(store_database_url, [OTHER], DeathCharge(isolate_all=True))
+    assert released == [
+        ReleasedJob(a, 2, ReleaseOutcome.ISOLATED),
+        ReleasedJob(b, 0, ReleaseOutcome.ISOLATED),
+    ]
+    assert conn.execute("SELECT bool_and(run_alone) FROM delayed_jobs").fetchone() == (True,)
+
+
+def test_release_dead_workers_jobs_leaves_failed_rows_alone(
+    conn: Conn, store_database_url: str
+) -> None:
     failed = insert(conn, locked_by=OTHER, locked_ago=5, failed=True, attempts=25)
-    assert store.release_dead_workers_jobs(conn, [OTHER], max_attempts=25, last_error="x") == []
+    assert release_dead(store_database_url, [OTHER], charged(failed)) == []
     assert must_row(conn, failed)["attempts"] == 25
 
 
-def test_release_dead_workers_jobs_of_nobody_is_nothing(conn: Conn) -> None:
+def test_release_dead_workers_jobs_of_nobody_is_nothing(
+    conn: Conn, store_database_url: str
+) -> None:
     insert(conn, locked_by=OTHER, locked_ago=5)
-    assert store.release_dead_workers_jobs(conn, [], max_attempts=25, last_error="x") == []
+    assert release_dead(store_database_url, [], DeathCharge(isolate_all=True)) == []
+
+
+def test_a_job_reserved_with_no_attempt_left_fails_keeping_its_error(conn: Conn) -> None:
+    job_id = insert(conn, locked_by=ME, locked_ago=1, attempts=2)
+    conn.execute("UPDATE delayed_jobs SET last_error = 'killed' WHERE id = %s", (job_id,))
+    store.fail_exhausted_job(conn, job_id, note="no attempt left")
+    job = must_row(conn, job_id)
+    assert job["failed_at"] is not None and job["locked_by"] is None
+    assert job["last_error"] == "no attempt left\nkilled"
 
 
 # ------------------------------------------------------------------------ count_ready

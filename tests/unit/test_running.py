@@ -10,16 +10,24 @@ from circus_djmaster import running
 from circus_djmaster.monitor import zombie_exit_code
 from tests.support.waiting import wait_until
 
+DEFAULTS = running.JobLimits(25, False)
 
-def test_the_master_reads_the_jobs_a_dead_worker_was_running() -> None:
+
+def test_the_master_reads_the_jobs_a_dead_worker_was_running_and_their_limits() -> None:
     pid = 2_000_000_001  # above pid_max: no real process will ever have it
     jobs = running.RunningJobs(3, pid=pid)
     try:
-        jobs.set(0, 41)
-        jobs.set(2, 43)
-        jobs.set(1, 42)
+        jobs.set(0, 41, running.JobLimits(2, True))
+        jobs.set(2, 43, DEFAULTS)
+        jobs.set(1, 42, DEFAULTS)
         jobs.clear(1)  # job 42 finished: it is no longer charged for a death
-        assert running.read_running(pid) == frozenset({41, 43})
+        assert running.read_running(pid) == {41: running.JobLimits(2, True), 43: DEFAULTS}
+        jobs.set(1, 44, running.JobLimits(7, False))  # a slot reused by the next job
+        assert running.read_running(pid) == {
+            41: running.JobLimits(2, True),
+            43: DEFAULTS,
+            44: running.JobLimits(7, False),
+        }
     finally:
         running.forget(pid)
     assert running.read_running(pid) is None
@@ -28,7 +36,7 @@ def test_the_master_reads_the_jobs_a_dead_worker_was_running() -> None:
 def test_a_worker_that_exits_by_itself_leaves_no_file() -> None:
     pid = 2_000_000_002
     jobs = running.RunningJobs(1, pid=pid)
-    jobs.set(0, 7)
+    jobs.set(0, 7, DEFAULTS)
     jobs.close()
     assert running.read_running(pid) is None
 
