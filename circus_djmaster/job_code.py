@@ -131,7 +131,7 @@ class JobCode:
         import asyncio  # only workers that run async jobs pay for the import
 
         loop = self._event_loop()
-        task = loop.create_task(_to_completion(awaitable))
+        task = loop.create_task(self._to_completion(awaitable))
         with self._lock:
             self._task = task
             self._timed_out = False
@@ -169,26 +169,32 @@ class JobCode:
         """Close this thread's event loop, if it made one."""
         self._discard_loop()
 
+    async def _to_completion(self, awaitable: Awaitable[Any]) -> Any:
+        """Await the job, then cancel (and wait for) the tasks it left running. A child
+        the job forked ends here: its copy of the loop is not running any more (asyncio
+        resets it in a forked child) and must not go on."""
+        import asyncio
+
+        error: BaseException | None = None
+        try:
+            return await awaitable
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._end_if_forked(error)
+            me = asyncio.current_task()
+            leftovers = [task for task in asyncio.all_tasks() if task is not me]
+            for task in leftovers:
+                task.cancel()
+            if leftovers:
+                await asyncio.gather(*leftovers, return_exceptions=True)
+
     # --- forks ------------------------------------------------------------------------
 
     def _end_if_forked(self, error: BaseException | None) -> None:
         if os.getpid() != self._worker_pid:
             end_forked_child(error)
-
-
-async def _to_completion(awaitable: Awaitable[Any]) -> Any:
-    """Await the job, then cancel (and wait for) the tasks it left running."""
-    import asyncio
-
-    try:
-        return await awaitable
-    finally:
-        me = asyncio.current_task()
-        leftovers = [task for task in asyncio.all_tasks() if task is not me]
-        for task in leftovers:
-            task.cancel()
-        if leftovers:
-            await asyncio.gather(*leftovers, return_exceptions=True)
 
 
 def end_forked_child(error: BaseException | None) -> NoReturn:
@@ -216,17 +222,33 @@ def end_forked_child(error: BaseException | None) -> NoReturn:
 
 _fork_handler_installed = False
 _child_signals: tuple[int, ...] = ()
+_masks = threading.local()
 
 
 def install_fork_handler(signals: tuple[int, ...], title: Callable[[int], str]) -> None:
     """In every process forked from this one: default signal handlers for ``signals``
     (SIGINT raises KeyboardInterrupt again) and the process title ``title(parent_pid)``.
-    Installed once per process (``os.register_at_fork`` cannot be undone)."""
+    Installed once per process (``os.register_at_fork`` cannot be undone).
+
+    ``signals`` are blocked in the forking thread from just before the fork until the
+    child has reset them: a TERM sent to the child at once (``Process.terminate()`` right
+    after ``start()``) would otherwise reach the worker's handler copied into the child,
+    which only records it, and the child would never end.
+    """
     global _fork_handler_installed, _child_signals
     _child_signals = signals
     if _fork_handler_installed:
         return
     _fork_handler_installed = True
+
+    def before() -> None:
+        _masks.previous = signal.pthread_sigmask(signal.SIG_BLOCK, _child_signals)
+
+    def in_parent() -> None:
+        previous = getattr(_masks, "previous", None)
+        if previous is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+            _masks.previous = None
 
     def in_child() -> None:
         for signum in _child_signals:
@@ -237,5 +259,6 @@ def install_fork_handler(signals: tuple[int, ...], title: Callable[[int], str]) 
             from . import proctitle
 
             proctitle.set_title(title(os.getppid()))
+        in_parent()  # the same mask as the thread that forked: signals pending arrive now
 
-    os.register_at_fork(after_in_child=in_child)
+    os.register_at_fork(before=before, after_in_parent=in_parent, after_in_child=in_child)

@@ -7,7 +7,9 @@ stored in the row and can be overridden per enqueue.
 
 Enqueue runs on the caller's psycopg connection when one is given (the job then commits
 or rolls back with the caller's transaction), otherwise on a short-lived connection to
-``database_url`` or ``$DJMASTER_DATABASE_URL``.
+``database_url``; without either, inside a worker process, to the database the worker
+serves (so a job's follow-ups go where the job came from, job_context.py), elsewhere to
+``$DJMASTER_DATABASE_URL``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import psycopg
 
 from . import handler as handler_format
 from .exceptions import EnqueueError
+from .job_context import default_database_url
 from .queries import query
 
 P = ParamSpec("P")
@@ -119,7 +122,8 @@ class Job(Generic[P, R]):
         )
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> int:
-        """Enqueue with the job's defaults on ``$DJMASTER_DATABASE_URL``; return its id."""
+        """Enqueue with the job's defaults on the default database (the running job's
+        inside a worker, else ``$DJMASTER_DATABASE_URL``); return its id."""
         return enqueue(self, args, kwargs)
 
     def enqueue(
@@ -281,7 +285,7 @@ def _connection(
     if connection is not None:
         yield connection
         return
-    url = database_url or os.environ.get(DATABASE_URL_ENV)
+    url = database_url or default_database_url() or os.environ.get(DATABASE_URL_ENV)
     if not url:
         raise EnqueueError(
             f"no database to enqueue into: pass connection= or database_url=, "

@@ -26,6 +26,8 @@ import pytest
 from tests.support.chaos import (
     CIRCUSD_RESTART,
     PLUGIN_KILL,
+    POISON_EXIT,
+    POISON_PREFIX,
     POSTGRES_RESTART,
     WORKER_KILL,
     ChaosHarness,
@@ -33,6 +35,7 @@ from tests.support.chaos import (
     analyse,
     format_report,
     load_runs,
+    poison_exits,
     release_times,
 )
 from tests.support.circus_run import circus_env, circus_table, read
@@ -75,6 +78,9 @@ FORM_NAME = os.environ.get("DJMASTER_CHAOS", "short")
 if FORM_NAME not in FORMS:
     raise ValueError(f"DJMASTER_CHAOS must be one of {', '.join(FORMS)}, not {FORM_NAME!r}")
 FORM = FORMS[FORM_NAME]
+MAX_ATTEMPTS = 2
+#: The poison job becomes due this long after the start, among the running jobs.
+POISON_DUE = 3.0
 #: When each one-off fault is injected, as the fraction of jobs completed.
 STAGES = ((0.15, POSTGRES_RESTART), (0.40, PLUGIN_KILL), (0.65, CIRCUSD_RESTART))
 #: Longest time from a worker's kill to the master's release of its job: the master
@@ -97,6 +103,9 @@ def settings_for(folder: Path, form: Form) -> Path:
         "max_threads": form.max_threads,
         "sleep_delay": 0.2,
         "idle_timeout": 2.0,
+        # A poison job runs among the good ones: it must fail after 2 attempts, and no
+        # good job beside it may fail (the harness never cuts one job twice).
+        "max_attempts": MAX_ATTEMPTS,
         # Locks go stale only after max_run_time + 30 s: far beyond the run, so a job
         # that runs again was released by the master, not by a lock timeout.
         "max_run_time": 600.0,
@@ -129,6 +138,14 @@ def enqueue_jobs(db: Database, keys: list[str], rng: random.Random, form: Form) 
         "SELECT h, 'chaos' FROM unnest(%s::text[]) AS h RETURNING id",
         (handlers,),
     )
+    poison = json.dumps(
+        {"callable": "tests.support.chaos_jobs:poison", "args": [POISON_PREFIX], "kwargs": {}}
+    )
+    db.query(
+        "INSERT INTO delayed_jobs (handler, queue, run_at) "
+        "VALUES (%s, 'chaos', now() + make_interval(secs => %s)) RETURNING id",
+        (poison, POISON_DUE),
+    )
 
 
 @pytest.mark.timeout(FORM.drain_timeout + 120)
@@ -138,12 +155,15 @@ def test_chaos_every_job_completes_and_duplicates_are_explained_by_kills(
 ) -> None:
     """Every job completes at least once while workers are SIGKILLed every few seconds,
     Postgres restarts once (a worker dies during the outage), the plugin is killed once
-    (a worker dies before circus respawns it) and circusd restarts once.
+    (a worker dies before circus respawns it), circusd restarts once, and a poison job
+    (``os._exit(3)``) kills whatever worker runs it, good jobs beside it included, with
+    ``max_attempts = 2``.
 
     What the test asserts (tests/support/chaos.py ``analyse`` has the exact rules):
 
-    * every job completed at least once, and ``delayed_jobs`` ends empty: nothing
-      locked, nothing failed;
+    * every job completed at least once, and ``delayed_jobs`` ends with only the poison
+      job, failed after its 2 attempts: nothing locked, no good job failed (a worker
+      that dies running several jobs charges none of them; they run alone after);
     * a run cut short ran on a worker the harness SIGKILLed after the run started;
     * a job that completed more than once did so only because the worker of the
       earlier run was SIGKILLed between that run's start and its deletion (the
@@ -179,7 +199,7 @@ def test_chaos_every_job_completes_and_duplicates_are_explained_by_kills(
             [(done,)] = db.query(
                 "SELECT count(DISTINCT job_key) FROM job_runs WHERE ended_at IS NOT NULL"
             )
-            [(left,)] = db.query("SELECT count(*) FROM delayed_jobs")
+            [(left,)] = db.query("SELECT count(*) FROM delayed_jobs WHERE failed_at IS NULL")
             if done == form.jobs and left == 0:
                 break
             if time.monotonic() > deadline:
@@ -206,7 +226,11 @@ def test_chaos_every_job_completes_and_duplicates_are_explained_by_kills(
                 next_kill = time.monotonic() + rng.uniform(*form.kill_every)
             time.sleep(0.1)  # the cadence of the harness' checks
         elapsed = time.monotonic() - began
-        runs = load_runs(db.connection())
+        runs, poisoned = poison_exits(load_runs(db.connection()))
+        failed = db.query(
+            "SELECT handler, attempts, last_error FROM delayed_jobs WHERE failed_at IS NOT NULL"
+        )
+        [(left_over,)] = db.query("SELECT count(*) FROM delayed_jobs")
     except BaseException:
         if harness.run is not None:
             print(harness.run.logs()[-20000:])
@@ -217,7 +241,8 @@ def test_chaos_every_job_completes_and_duplicates_are_explained_by_kills(
 
     log = read(settings.with_name("djmaster.log"))
     released = release_times(log, socket.gethostname())
-    report = analyse(keys, runs, sorted(harness.faults, key=lambda f: f.at), released)
+    faults = sorted(harness.faults + poisoned, key=lambda f: f.at)
+    report = analyse(keys, runs, faults, released)
     report.elapsed = elapsed
     text = format_report(report, title=f"Chaos run, {form_name} form, seed {seed}")
     print(text)
@@ -227,6 +252,12 @@ def test_chaos_every_job_completes_and_duplicates_are_explained_by_kills(
         Path(target).write_text(text + "\n", encoding="utf-8")
 
     kinds = [fault.kind for fault in report.faults]
+    # Only the poison job failed, after its own attempts; the good jobs beside it did not.
+    assert len(failed) == 1 and left_over == 1, [row[0][:80] for row in failed]
+    ((handler, attempts, last_error),) = failed
+    assert "chaos_jobs:poison" in handler and attempts == MAX_ATTEMPTS, (handler, attempts)
+    assert "exited with code 3 while running this job" in last_error
+    assert kinds.count(POISON_EXIT) >= MAX_ATTEMPTS, kinds
     assert stage == len(STAGES), f"only {stage} of the one-off faults were injected"
     for kind in (POSTGRES_RESTART, PLUGIN_KILL, CIRCUSD_RESTART):
         assert kinds.count(kind) == 1, kinds

@@ -132,6 +132,44 @@ def test_poller_counts_on_request_and_releases_dead_workers_jobs(
     assert ahead_row[1:] == (0, None, None, False)
 
 
+def test_poller_releases_orphans_on_connect_with_their_own_limits(
+    tmp_path: Path, database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """A worker died while no master ran; its running-jobs file says it ran a job allowed
+    2 attempts, with destroy_failed_jobs: charged its second attempt when the poller
+    connects, the job is deleted, whatever the group's max_attempts."""
+    settings = settings_for(tmp_path)
+    insert(database_url, "q1")
+    dead = locked_by_for(999_998)
+    (job_id,) = conn.execute(
+        "UPDATE delayed_jobs SET locked_at = now(), locked_by = %s, attempts = 1 RETURNING id",
+        (dead,),
+    ).fetchone() or (None,)
+    running.RunningJobs(1, pid=999_998).set(0, job_id, running.JobLimits(2, True))
+
+    async def scenario() -> None:
+        poller = DatabasePoller(settings, "primary", lambda: astore.connect(database_url), list)
+        task = asyncio.create_task(poller.run())
+        try:
+            for _ in range(100):
+                gone = await asyncio.to_thread(
+                    lambda: conn.execute("SELECT count(*) FROM delayed_jobs").fetchone()
+                )
+                if gone == (0,):
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await poller.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        running.forget(999_998)
+    assert conn.execute("SELECT count(*) FROM delayed_jobs").fetchone() == (0,)
+
+
 def test_poller_reports_unknown_while_its_database_is_down(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
 

@@ -45,6 +45,9 @@ CLOCK_SLACK = 0.01
 THROUGHPUT_WINDOW = 10.0
 
 WORKER_KILL = "worker SIGKILL"
+POISON_EXIT = "poison job exit"
+#: Job keys of poison jobs (tests/support/chaos_jobs.py ``poison``) start with this.
+POISON_PREFIX = "poison"
 POSTGRES_RESTART = "Postgres restart"
 PLUGIN_KILL = "plugin kill -9"
 CIRCUSD_RESTART = "circusd restart"
@@ -135,6 +138,18 @@ def load_runs(conn: psycopg.Connection[Any]) -> list[Run]:
     return [Run(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
 
+def poison_exits(runs: Sequence[Run]) -> tuple[list[Run], list[Fault]]:
+    """Split the poison jobs' runs off: each is a fault (its worker ended the moment it
+    started), not a job of the run. Returns (the other runs, the poison faults)."""
+    others = [run for run in runs if not run.key.startswith(POISON_PREFIX)]
+    faults = [
+        Fault(POISON_EXIT, run.started, pid=run.pid, key=run.key)
+        for run in runs
+        if run.key.startswith(POISON_PREFIX)
+    ]
+    return others, faults
+
+
 def release_times(log_text: str, host: str) -> dict[int, float]:
     """Wall time of the master's first "released job … of a dead worker (host:H pid:P)"
     line for each pid P."""
@@ -159,9 +174,11 @@ def analyse(
     * A run *completed* when it recorded its end. A job is done when one of its runs
       completed; every job must be done.
     * A run *cut short* (no end) is explained only by a harness SIGKILL of its pid at
-      or after its start: nothing else the harness does stops a running job (circusd's
-      quit sends TERM, and a worker finishes its running jobs first; a Postgres outage
-      only makes the job's own recording retry; the plugin does not run jobs).
+      or after its start, or by a poison job that started on its worker meanwhile and
+      ended the process (``POISON_EXIT``): nothing else the harness does stops a running
+      job (circusd's quit sends TERM, and a worker finishes its running jobs first; a
+      Postgres outage only makes the job's own recording retry; the plugin does not run
+      jobs). A poison exit counts as a kill below.
     * A *duplicate* is a completed run of a job that ran again afterwards. The worker
       deletes a completed job in its next round trip (at most ``DELETE_GRACE`` later),
       so the job can run again only if that deletion never happened: the worker's pid
@@ -181,7 +198,7 @@ def analyse(
         by_key[run.key].append(run)
     kills_by_pid: dict[int, list[Fault]] = defaultdict(list)
     for fault in faults:
-        if fault.kind == WORKER_KILL and fault.pid is not None:
+        if fault.kind in (WORKER_KILL, POISON_EXIT) and fault.pid is not None:
             kills_by_pid[fault.pid].append(fault)
     outages = [f for f in faults if f.kind in (POSTGRES_RESTART, CIRCUSD_RESTART)]
 
@@ -278,7 +295,7 @@ def format_report(report: ChaosReport, *, title: str = "Chaos run") -> str:
         f"* faults: {len(kills)} worker SIGKILLs, "
         + ", ".join(
             f"{sum(1 for f in report.faults if f.kind == kind)} {kind}"
-            for kind in (POSTGRES_RESTART, PLUGIN_KILL, CIRCUSD_RESTART)
+            for kind in (POSTGRES_RESTART, PLUGIN_KILL, CIRCUSD_RESTART, POISON_EXIT)
         ),
         f"* jobs never completed: {len(report.missing)}; duplicates (a job completed more "
         f"than once): {len(report.duplicates)}, unexplained: "
@@ -404,6 +421,10 @@ class ChaosHarness:
     run: CircusRun | None = None
     faults: list[Fault] = dataclasses.field(default_factory=list)
     log: Callable[[str], None] = print
+    # Jobs a harness kill already cut short: never cut again, so that with max_attempts
+    # = 2 no good job is charged twice by the harness (a job killed while running alone
+    # is charged; docs/RELIABILITY.md) and every failure left is the poison job's.
+    cut: set[str] = dataclasses.field(default_factory=set)
 
     def start(self) -> None:
         self.run = start_circus(self.settings, self.env)
@@ -445,7 +466,8 @@ class ChaosHarness:
         """SIGKILL a random worker that is running a job (from ``busy`` if given)."""
         if busy is None:
             busy = self.busy_workers()
-        busy = [(key, pid) for key, pid in busy if psutil.pid_exists(pid)]
+        spared = {pid for key, pid in busy if key in self.cut}
+        busy = [(key, pid) for key, pid in busy if pid not in spared and psutil.pid_exists(pid)]
         if not busy:
             return None
         key, pid = self.rng.choice(busy)
@@ -454,6 +476,7 @@ class ChaosHarness:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             return None
+        self.cut.update(other for other, owner in busy if owner == pid)
         fault = Fault(WORKER_KILL, at, pid=pid, key=key, note=note)
         self.faults.append(fault)
         self.log(f"chaos: SIGKILL worker {pid} running job {key} {note}".rstrip())

@@ -95,3 +95,10 @@ def run_once(key: str) -> None:
         "VALUES (%s, %s, %s, %s, clock_timestamp()) ON CONFLICT (token) DO NOTHING",
         (_token(), key, host(), os.getpid()),
     )
+
+
+def poison(key: str) -> None:
+    """Record the start, then end the worker at once (os._exit(3)), whatever runs beside
+    it: the chaos run's poison job."""
+    _start(key)
+    os._exit(3)
