@@ -79,8 +79,9 @@ def connect(
 def bounded_session(url: str, timeout: float, *, options: str = "") -> dict[str, Any]:
     """libpq parameters that bound a session's waits by ``timeout`` seconds.
 
-    ``connect_timeout``; ``statement_timeout`` (the server cancels a statement running
-    longer); on TCP, keepalives that notice a dead peer of an idle connection within
+    ``connect_timeout`` (half of it: connecting is a few round trips, and a server that
+    accepts connections but never answers is then noticed sooner); ``statement_timeout``
+    (the server cancels a statement running longer); on TCP, keepalives that notice a dead peer of an idle connection within
     about twice ``timeout`` and ``tcp_user_timeout``, which drops a connection whose
     sent data stays unacknowledged that long. libpq ignores the TCP ones on Unix
     sockets. Parameters the URL sets itself win, and its ``options`` are kept (the
@@ -91,7 +92,7 @@ def bounded_session(url: str, timeout: float, *, options: str = "") -> dict[str,
     given = conninfo.conninfo_to_dict(url)
     seconds = max(1, math.ceil(timeout))
     params: dict[str, Any] = {
-        "connect_timeout": seconds,
+        "connect_timeout": max(1, math.ceil(timeout / 2)),
         "keepalives": 1,
         "keepalives_idle": seconds,
         "keepalives_interval": max(1, seconds // 3),

@@ -163,7 +163,7 @@ def test_a_closed_connection_is_not_watched() -> None:
 
 def test_bounded_session_sets_timeouts_and_keepalives() -> None:
     params = bounded_session("postgresql://u@db/app", 10)
-    assert params["connect_timeout"] == 10
+    assert params["connect_timeout"] == 5
     assert params["keepalives"] == 1 and params["keepalives_idle"] == 10
     assert params["tcp_user_timeout"] == 10_000
     assert params["options"] == "-c statement_timeout=10000"
