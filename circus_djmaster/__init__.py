@@ -1,6 +1,6 @@
 """circus-djmaster: Postgres-backed delayed jobs with a circus plugin as master.
 
-The public API (``job``, ``enqueue``, ``enqueue_many``...) is loaded on first use, so
+The public API (``job``, ``enqueue``, ``enqueue_many``, ``aenqueue``...) is loaded on first use, so
 that ``python -m circus_djmaster worker`` can install its signal handlers before the
 heavy imports (psycopg) and a worker starts as fast as it can.
 """
@@ -11,9 +11,29 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .jobs import Job, JobCall, JobOptions, JobRecord, enqueue, enqueue_many, job
+    from .jobs import (
+        Job,
+        JobCall,
+        JobOptions,
+        JobRecord,
+        aenqueue,
+        aenqueue_many,
+        enqueue,
+        enqueue_many,
+        job,
+    )
 
-__all__ = ["Job", "JobCall", "JobOptions", "JobRecord", "enqueue", "enqueue_many", "job"]
+__all__ = [
+    "Job",
+    "JobCall",
+    "JobOptions",
+    "JobRecord",
+    "aenqueue",
+    "aenqueue_many",
+    "enqueue",
+    "enqueue_many",
+    "job",
+]
 __version__ = "0.1.0.dev0"
 
 
