@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import handler as handler_format
+from . import job_wrappers
 from .exceptions import HandlerError
 from .jobs import DEFAULT_OPTIONS, JobOptions, JobRecord, options_of
 from .settings import WorkerGroup
@@ -71,7 +72,7 @@ def resolve_job(job: ReservedJob, group: WorkerGroup) -> Resolved:
     options = options_of(target)
     record = JobRecord(job.id, job.queue, job.priority, job.attempts, decoded)
     return Resolved(
-        function=target,
+        function=job_wrappers.wrap(target),
         record=record,
         options=options,
         max_attempts=options.max_attempts or group.max_attempts,

@@ -23,7 +23,7 @@ INT4_MIN = -(2**31)
 INT4_MAX = 2**31 - 1
 
 # Serialises concurrent migrations (an arbitrary constant: "djmaster" in ASCII).
-_MIGRATION_LOCK_KEY = 0x646A6D6173746572
+MIGRATION_LOCK_KEY = 0x646A6D6173746572
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +68,7 @@ def connect(url: str, *, application_name: str = "djmaster") -> psycopg.Connecti
 def migrate(conn: psycopg.Connection[Any]) -> None:
     """Create or update the schema. Idempotent; safe to run from several hosts at once."""
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
         conn.execute(schema_sql())  # type: ignore[arg-type]
 
 
