@@ -45,5 +45,9 @@ def flaky(context: object, key: str) -> None:
 
 @job(queue="default")
 def plain_job(key: str) -> None:
-    """A plain job: the preload closes its connection after it (CONN_MAX_AGE = 0)."""
-    Event.objects.create(key=key, job_id=str(id(connection.connection)))
+    """A plain job; it records the server pid of its thread's Django connection (the
+    preload closes that connection after every job: CONN_MAX_AGE is 0)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    Event.objects.create(key=key, job_id=str(pid))
