@@ -105,7 +105,8 @@ class DjangoProject:
 
     def start_circus(self) -> CircusRun:
         settings = self.folder / "djmaster.toml"
-        run = start_circus(settings, self.env)
+        other = None if self.python == Path(sys.executable) else self.python
+        run = start_circus(settings, self.env, python=other)
         try:
             run.wait_for_master()
         except BaseException:

@@ -51,3 +51,14 @@ def plain_job(key: str) -> None:
         cursor.execute("SELECT pg_backend_pid()")
         (pid,) = cursor.fetchone()
     Event.objects.create(key=key, job_id=str(pid))
+
+
+@task
+def runtime(key: str) -> None:
+    """Records the Python and Django versions the worker runs."""
+    import sys
+
+    import django
+
+    version = f"python {sys.version_info[0]}.{sys.version_info[1]} django {django.get_version()}"
+    Event.objects.create(key=f"{key}: {version}")
