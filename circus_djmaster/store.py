@@ -230,3 +230,15 @@ def delete_failed_jobs(conn: psycopg.Connection[Any], ids: Sequence[int] | None)
         query("delete_failed_jobs"), {"ids": None if ids is None else list(ids)}
     ).fetchall()
     return [row[0] for row in rows]
+
+
+def due_now_jobs(conn: psycopg.Connection[Any], ids: Sequence[int]) -> list[int]:
+    """Make waiting jobs of ``ids`` (not failed, not locked) due now; the ids changed."""
+    rows = conn.execute(query("due_now_jobs"), {"ids": list(ids)}).fetchall()
+    return [row[0] for row in rows]
+
+
+def delete_waiting_jobs(conn: psycopg.Connection[Any], ids: Sequence[int]) -> list[int]:
+    """Delete the jobs of ``ids`` that are neither failed nor locked; the ids deleted."""
+    rows = conn.execute(query("delete_waiting_jobs"), {"ids": list(ids)}).fetchall()
+    return [row[0] for row in rows]

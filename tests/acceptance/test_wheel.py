@@ -91,6 +91,9 @@ def test_the_wheel_holds_the_templates_and_the_sql(installed: Path) -> None:
     assert (package / "sql" / "schema.sql").is_file()
     assert (package / "sql" / "queries.sql").is_file()
     assert (package / "py.typed").is_file()
+    django_app = package / "contrib" / "django"
+    assert (django_app / "migrations" / "0001_initial.py").is_file()
+    assert (django_app / "management" / "commands" / "djmaster.py").is_file()
 
 
 def test_init_and_demo_run_from_the_installed_wheel(installed: Path, demo_folder: Path) -> None:

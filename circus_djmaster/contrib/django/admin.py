@@ -2,20 +2,22 @@
 
 Nothing here runs a job or edits one: every field is read-only, there is no add form,
 and the actions only change when a job is due (a worker then runs it) or delete it,
-through the same named queries as ``djmaster jobs`` (``sql/queries.sql``). A job a
+through the store's functions (the named queries of ``sql/queries.sql``), as
+``djmaster jobs`` does. A job a
 worker holds is never touched.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import psycopg
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from ...queries import query
+from ... import store
 from . import connection_for
 from .models import DelayedJob, FailedJob, ScheduledJob
 
@@ -69,14 +71,16 @@ class _JobAdmin(admin.ModelAdmin):
         actions.pop("delete_selected", None)  # the ORM's delete: replaced by our actions
         return actions
 
-    def _run(self, queryset: QuerySet[Any], name: str) -> list[int]:
-        """Run the named query on the selected ids; the ids it changed."""
+    def _run(
+        self,
+        queryset: QuerySet[Any],
+        action: Callable[[psycopg.Connection[Any], list[int]], list[int]],
+    ) -> list[int]:
+        """Run a store action on the selected ids; the ids it changed."""
         ids = [int(pk) for pk in queryset.values_list("pk", flat=True)]
         if not ids:  # never None: to retry_failed_jobs that would mean every failed job
             return []
-        conn = connection_for(queryset.db)
-        rows = conn.execute(query(name), {"ids": ids}).fetchall()
-        return [int(row[0]) for row in rows]
+        return [int(job_id) for job_id in action(connection_for(queryset.db), ids)]
 
     def _report(
         self, request: HttpRequest, done: Sequence[int], asked: int, verb: str, why: str
@@ -100,13 +104,13 @@ class FailedJobAdmin(_JobAdmin):
     )
     def retry_jobs(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         asked = queryset.count()
-        done = self._run(queryset, "retry_failed_jobs")
+        done = self._run(queryset, store.retry_failed_jobs)
         self._report(request, done, asked, "retried", "not failed any more")
 
     @admin.action(description="Delete the selected jobs", permissions=["delete"])
     def delete_jobs(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         asked = queryset.count()
-        done = self._run(queryset, "delete_failed_jobs")
+        done = self._run(queryset, store.delete_failed_jobs)
         self._report(request, done, asked, "deleted", "not failed any more")
 
 
@@ -126,11 +130,11 @@ class ScheduledJobAdmin(_JobAdmin):
     @admin.action(description="Make the selected jobs due now", permissions=["change"])
     def make_due_now(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         asked = queryset.count()
-        done = self._run(queryset, "due_now_jobs")
+        done = self._run(queryset, store.due_now_jobs)
         self._report(request, done, asked, "made due now", "running or failed meanwhile")
 
     @admin.action(description="Delete the selected jobs (not running)", permissions=["delete"])
     def delete_jobs(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         asked = queryset.count()
-        done = self._run(queryset, "delete_waiting_jobs")
+        done = self._run(queryset, store.delete_waiting_jobs)
         self._report(request, done, asked, "deleted", "running or failed meanwhile")
