@@ -12,7 +12,7 @@ from circus_djmaster.contrib.django.schema import create_schema, keep_schema
 class Migration(migrations.Migration):
     initial = True
 
-    dependencies = []
+    dependencies: list[tuple[str, str]] = []
 
     operations = [
         migrations.RunPython(create_schema, keep_schema),
