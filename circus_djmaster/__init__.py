@@ -1,8 +1,8 @@
 """circus-djmaster: Postgres-backed delayed jobs with a circus plugin as master.
 
-The public API (``job``, ``enqueue``, ``enqueue_many``...) is loaded on first use, so
-that ``python -m circus_djmaster worker`` can install its signal handlers before the
-heavy imports (psycopg) and a worker starts as fast as it can.
+The public API (``job``, ``enqueue``, ``enqueue_many``, ``aenqueue``, ``current_job``...)
+is loaded on first use, so that ``python -m circus_djmaster worker`` can install its
+signal handlers before the heavy imports (psycopg) and a worker starts as fast as it can.
 """
 
 from __future__ import annotations
@@ -12,7 +12,17 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .job_context import JobContext, current_job
-    from .jobs import Job, JobCall, JobOptions, JobRecord, enqueue, enqueue_many, job
+    from .jobs import (
+        Job,
+        JobCall,
+        JobOptions,
+        JobRecord,
+        aenqueue,
+        aenqueue_many,
+        enqueue,
+        enqueue_many,
+        job,
+    )
 
 __all__ = [
     "Job",
@@ -20,6 +30,8 @@ __all__ = [
     "JobContext",
     "JobOptions",
     "JobRecord",
+    "aenqueue",
+    "aenqueue_many",
     "current_job",
     "enqueue",
     "enqueue_many",

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import handler as handler_format
+from . import job_wrappers
 from .exceptions import HandlerError
 from .job_code import JobTimeout
 from .jobs import DEFAULT_OPTIONS, JobOptions, JobRecord, options_of
@@ -79,7 +80,7 @@ def resolve_job(job: ReservedJob, group: WorkerGroup) -> Resolved:
     options = options_of(target)
     record = JobRecord(job.id, job.queue, job.priority, job.attempts, decoded)
     return Resolved(
-        function=target,
+        function=job_wrappers.wrap(target),
         record=record,
         options=options,
         max_attempts=options.max_attempts or group.max_attempts,

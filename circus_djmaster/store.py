@@ -26,7 +26,7 @@ INT4_MIN = -(2**31)
 INT4_MAX = 2**31 - 1
 
 # Serialises concurrent migrations (an arbitrary constant: "djmaster" in ASCII).
-_MIGRATION_LOCK_KEY = 0x646A6D6173746572
+MIGRATION_LOCK_KEY = 0x646A6D6173746572
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +81,9 @@ def bounded_session(url: str, timeout: float, *, options: str = "") -> dict[str,
 
     ``connect_timeout`` (half of it: connecting is a few round trips, and a server that
     accepts connections but never answers is then noticed sooner); ``statement_timeout``
-    (the server cancels a statement running longer); on TCP, keepalives that notice a dead peer of an idle connection within
-    about twice ``timeout`` and ``tcp_user_timeout``, which drops a connection whose
+    (the server cancels a statement running longer); on TCP, keepalives that notice a
+    dead peer of an idle connection within about twice ``timeout`` and
+    ``tcp_user_timeout``, which drops a connection whose
     sent data stays unacknowledged that long. libpq ignores the TCP ones on Unix
     sockets. Parameters the URL sets itself win, and its ``options`` are kept (the
     ``-c`` settings here and ``options`` are appended to them). A backend that stops
@@ -108,7 +109,7 @@ def bounded_session(url: str, timeout: float, *, options: str = "") -> dict[str,
 def migrate(conn: psycopg.Connection[Any]) -> None:
     """Create or update the schema. Idempotent; safe to run from several hosts at once."""
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
         conn.execute(schema_sql())  # type: ignore[arg-type]
 
 
@@ -295,4 +296,16 @@ def delete_failed_jobs(conn: psycopg.Connection[Any], ids: Sequence[int] | None)
     rows = conn.execute(
         query("delete_failed_jobs"), {"ids": None if ids is None else list(ids)}
     ).fetchall()
+    return [row[0] for row in rows]
+
+
+def due_now_jobs(conn: psycopg.Connection[Any], ids: Sequence[int]) -> list[int]:
+    """Make waiting jobs of ``ids`` (not failed, not locked) due now; the ids changed."""
+    rows = conn.execute(query("due_now_jobs"), {"ids": list(ids)}).fetchall()
+    return [row[0] for row in rows]
+
+
+def delete_waiting_jobs(conn: psycopg.Connection[Any], ids: Sequence[int]) -> list[int]:
+    """Delete the jobs of ``ids`` that are neither failed nor locked; the ids deleted."""
+    rows = conn.execute(query("delete_waiting_jobs"), {"ids": list(ids)}).fetchall()
     return [row[0] for row in rows]

@@ -1,4 +1,4 @@
-"""The scenarios B1-B6 of issue 6; each module has ``run(ctx) -> Section``."""
+"""The scenarios B1-B6 of issue 6 and B9 of issue 13; each module has ``run(ctx) -> Section``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ MODULES = {
     "B4": ("b4_queries", "Query cost at scale"),
     "B5": ("b5_master", "Master overhead"),
     "B6": ("b6_pgbench", "The physical reference (pgbench)"),
+    "B9": ("b9_enqueue", "Enqueue latency from a web app"),
 }
 
 

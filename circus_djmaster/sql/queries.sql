@@ -279,3 +279,19 @@ DELETE FROM delayed_jobs
  WHERE failed_at IS NOT NULL
    AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
 RETURNING id;
+
+-- name: due_now_jobs
+-- The admin's "due now" on scheduled jobs: waiting (not failed, not locked) jobs of
+-- %(ids)s become due at once (the update trigger wakes the master).
+UPDATE delayed_jobs
+   SET run_at = now(), updated_at = now()
+ WHERE failed_at IS NULL AND locked_at IS NULL
+   AND id = ANY(%(ids)s::bigint[])
+RETURNING id;
+
+-- name: delete_waiting_jobs
+-- The admin's delete on scheduled jobs: only those no worker holds.
+DELETE FROM delayed_jobs
+ WHERE failed_at IS NULL AND locked_at IS NULL
+   AND id = ANY(%(ids)s::bigint[])
+RETURNING id;

@@ -90,6 +90,10 @@ def test_the_wheel_holds_the_templates_and_the_sql(installed: Path) -> None:
     assert not (package / "templates").is_symlink()
     assert (package / "sql" / "schema.sql").is_file()
     assert (package / "sql" / "queries.sql").is_file()
+    assert (package / "py.typed").is_file()
+    django_app = package / "contrib" / "django"
+    assert (django_app / "migrations" / "0001_initial.py").is_file()
+    assert (django_app / "management" / "commands" / "djmaster.py").is_file()
 
 
 def test_init_and_demo_run_from_the_installed_wheel(installed: Path, demo_folder: Path) -> None:
@@ -103,3 +107,56 @@ def test_init_and_demo_run_from_the_installed_wheel(installed: Path, demo_folder
     demo = run_installed(installed, "-m", "circus_djmaster", "demo", "--folder", str(demo_folder))
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "done: 301 jobs" in demo.stdout
+
+
+TYPED_USE = """\
+from circus_djmaster import job
+
+
+@job
+def send(user_id: int, subject: str = "") -> None: ...
+
+
+@job(queue="mail")
+def count(word: str) -> int:
+    return len(word)
+
+
+send.delay(1, subject="hello")
+send.enqueue([1], delay=5, priority=-1, queue="mail")
+reveal_type(count)
+reveal_type(count("a"))
+send.delay("one")  # line 17
+count.call(2)  # line 18
+send.enqueue([1], dely=5)  # line 19
+send.delay(1, subject=2)  # line 20
+"""
+
+
+def test_type_checkers_see_the_jobs_signatures(installed: Path, tmp_path: Path) -> None:
+    """The wheel ships py.typed, and @job keeps the function's signature for mypy."""
+    (tmp_path / "use.py").write_text(TYPED_USE)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--no-incremental",
+            "--cache-dir=/dev/null",
+            "--python-executable",
+            str(installed),
+            "use.py",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = result.stdout
+    assert "missing library stubs or py.typed marker" not in out, out
+    assert 'Revealed type is "circus_djmaster.jobs.Job[[word: str], int]"' in out, out
+    assert 'use.py:16: note: Revealed type is "int"' in out, out
+    errors = sorted(line.split(":")[1] for line in out.splitlines() if ": error:" in line)
+    assert errors == ["17", "18", "19", "20"], out
+    assert 'Argument 1 to "delay" of "Job" has incompatible type "str"; expected "int"' in out
+    assert 'Unexpected keyword argument "dely" for "enqueue" of "Job"' in out

@@ -1,4 +1,4 @@
-"""Both examples run end to end, exactly as their READMEs say.
+"""Every example runs end to end, exactly as its README says.
 
 Each test copies an example folder to a temporary one (the repository stays clean),
 extracts the README's ```sh block and runs it with ``bash -euo pipefail`` there, with
@@ -95,12 +95,16 @@ def marked_processes(token: str) -> list[psutil.Process]:
     return found
 
 
-def busy_ports(settings: Path) -> list[str]:
-    """The example's circus endpoints another process already listens on."""
+# The web examples' servers listen on fixed ports too.
+WEB_PORTS = {"fastapi": 8765, "flask": 8766}
+
+
+def busy_ports(settings: Path, extra: tuple[int, ...] = ()) -> list[str]:
+    """The example's circus endpoints (and ``extra`` ports) another process listens on."""
     circus = load_settings(settings).circus
     wanted = {
         int(endpoint.rsplit(":", 1)[1]) for endpoint in (circus.endpoint, circus.pubsub_endpoint)
-    }
+    } | set(extra)
     busy = set()
     for conn in psutil.net_connections(kind="tcp"):
         if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port in wanted:
@@ -124,9 +128,10 @@ def run_example(tmp_path: Path) -> Iterator[Callable[[str], Example]]:
             folder,
             ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "log", "circus.ini"),
         )
-        busy = busy_ports(folder / "djmaster.toml")
+        web = (WEB_PORTS[name],) if name in WEB_PORTS else ()
+        busy = busy_ports(folder / "djmaster.toml", web)
         if busy:
-            pytest.fail(f"another process listens on {', '.join(busy)}, the example's circus ports")
+            pytest.fail(f"another process listens on {', '.join(busy)}, the example's ports")
         env = {
             key: value
             for key, value in os.environ.items()
@@ -244,4 +249,42 @@ def test_django_example_runs_as_its_readme_says(run_example: Callable[[str], Exa
         orders = conn.execute("SELECT id, item, status FROM orders_order").fetchall()
         jobs = conn.execute("SELECT count(*) FROM delayed_jobs").fetchone()
     assert orders == [(order_id, "book", "confirmed")]
+    assert jobs == (0,)
+
+
+@pytest.mark.parametrize(
+    ("name", "server_log"), [("fastapi", "uvicorn.log"), ("flask", "flask.log")]
+)
+def test_web_examples_run_as_their_readmes_say(
+    run_example: Callable[[str], Example], name: str, server_log: str
+) -> None:
+    example = run_example(name)
+    assert example.result.returncode == 0, example.describe()
+    out = example.output
+    saved = re.search(r"^signup (\d+) saved, welcome job (\d+)$", out, flags=re.MULTILINE)
+    assert saved, example.describe()
+    signup_id = int(saved.group(1))
+    assert re.search(
+        r"^signup of bob@example\.com declined: rolled back, no signup and no job \(402\)$",
+        out,
+        re.MULTILINE,
+    ), example.describe()
+    assert re.search(r"^newsletter job \d+$", out, re.MULTILINE), example.describe()
+    assert "no job left" in out, example.describe()
+    final = out.split("no job left", 1)[1]
+    # client.py list: ada is welcomed, bob's signup was rolled back with its job.
+    assert f"signup {signup_id} ada@example.com: welcomed\n1 signup(s)\n" in final, out
+    assert final.rstrip().endswith("ok"), example.describe()  # circusctl quit
+    log = example.log()
+    assert log.count("welcome mail sent to signup") == 1, log
+    assert f"welcome mail sent to signup {signup_id} (ada@example.com)" in log, log
+    assert log.count("newsletter 2026-12 sent") == 1, log
+    assert " failed after " not in log and "cannot run" not in log, log
+    # The server answered the requests the client made.
+    served = (example.folder / "log" / server_log).read_text(encoding="utf-8")
+    assert served.count("POST /signups") == 2 and "GET /signups" in served, served
+    with psycopg.connect(example.database_url()) as conn:
+        signups = conn.execute("SELECT id, email, welcomed_at IS NOT NULL FROM signups").fetchall()
+        jobs = conn.execute("SELECT count(*) FROM delayed_jobs").fetchone()
+    assert signups == [(signup_id, "ada@example.com", True)]
     assert jobs == (0,)

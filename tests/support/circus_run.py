@@ -184,17 +184,22 @@ def start_circus(
     *,
     wrap: Callable[[list[str]], list[str]] = list,
     where: str = "",
+    python: Path | None = None,
 ) -> CircusRun:
     """Render ``circus.ini`` next to ``settings_path`` and run circusd on it.
 
     ``wrap`` turns circusd's command line into the one to run (e.g. inside a network
     namespace, tests/support/netns.py); ``where`` names that place in messages.
+    ``python``: another interpreter (of a venv with circus-djmaster's dependencies) to
+    run circusd, the master and the workers with; this one by default.
     """
     settings = load_settings(settings_path)
     ini = settings_path.with_name("circus.ini")
-    ini.write_text(render_ini(settings, python=sys.executable), encoding="utf-8")
+    interpreter = python or Path(sys.executable)
+    ini.write_text(render_ini(settings, python=str(interpreter)), encoding="utf-8")
+    circusd = CIRCUSD if python is None else python.with_name("circusd")
     process = subprocess.Popen(
-        wrap([str(CIRCUSD), str(ini)]),
+        wrap([str(circusd), str(ini)]),
         cwd=settings_path.parent,
         env=dict(env),
         stdout=subprocess.DEVNULL,

@@ -271,3 +271,19 @@ def test_enqueue_many_refuses_run_at_and_delay_together() -> None:
 def test_enqueue_many_refuses_arguments_that_are_not_json() -> None:
     with pytest.raises(HandlerError, match="are not JSON-serialisable"):
         enqueue_many([JobCall(bare.path, (object(),))])
+
+
+def test_the_enqueue_api_and_the_worker_import_neither_django_nor_psycopg_pool() -> None:
+    """The worker's start-up stays lean: Django and psycopg_pool load only when used."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, circus_djmaster.jobs, circus_djmaster.worker, circus_djmaster.execution;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'django', 'psycopg_pool'}"
+        " or m.startswith('circus_djmaster.contrib')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from .jobs import confirm_order
 from .models import Order
+from .tasks import confirm_order
 
 
 class PaymentDeclined(Exception):
@@ -18,18 +18,17 @@ class PaymentDeclined(Exception):
 @csrf_exempt  # an API endpoint for the example; keep CSRF on for browser forms
 @require_POST
 def place_order(request: HttpRequest) -> JsonResponse:
-    """Form fields: ``item``; ``fail=1`` declines the payment after the job is enqueued."""
+    """Form fields: ``item``; ``fail=1`` declines the payment after the task is enqueued."""
     item = request.POST.get("item", "widget")
     try:
         with transaction.atomic():
             order = Order.objects.create(item=item)
-            # Enqueue on Django's own psycopg connection: the job row is part of this
-            # transaction, so it exists only if the order does.
-            connection.ensure_connection()
-            job_id = confirm_order.enqueue([order.pk], connection=connection.connection)
+            # The circus-djmaster backend writes the job on Django's own connection: it
+            # is part of this transaction, so it exists only if the order does.
+            result = confirm_order.enqueue(order.pk)
             if request.POST.get("fail") == "1":
                 raise PaymentDeclined(f"payment for order {order.pk} declined")
     except PaymentDeclined as exc:
         # The atomic block rolled back: neither the order nor its job was committed.
         return JsonResponse({"error": str(exc), "rolled_back": True}, status=402)
-    return JsonResponse({"order": order.pk, "job": job_id, "status": order.status}, status=201)
+    return JsonResponse({"order": order.pk, "job": result.id, "status": order.status}, status=201)

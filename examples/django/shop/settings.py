@@ -1,11 +1,14 @@
 """Settings of the shop example: one database, read from $DJMASTER_DATABASE_URL.
 
-Django and the delayed_jobs table share the database, so a view can enqueue a job in
-the same transaction as its own writes (see orders/views.py).
+Django and the delayed_jobs table share the database, so a view can enqueue a task in
+the same transaction as its own writes (see orders/views.py). The circus-djmaster app
+creates the table (manage.py migrate), adds `manage.py djmaster` and the admin's
+"Delayed jobs"; TASKS makes it the backend of Django's task API.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -18,9 +21,54 @@ SECRET_KEY = "example-only-not-secret"
 DEBUG = True
 ALLOWED_HOSTS = ["localhost", "127.0.0.1", "[::1]", "testserver"]
 
-INSTALLED_APPS = ["orders"]
-MIDDLEWARE = ["django.middleware.common.CommonMiddleware"]
+# Django >= 6 has django.tasks; before that the django-tasks backport is an app.
+TASKS_BACKPORT = importlib.util.find_spec("django.tasks") is None
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    *(["django_tasks"] if TASKS_BACKPORT else []),
+    "circus_djmaster.contrib.django",
+    "orders",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
 ROOT_URLCONF = "shop.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+STATIC_URL = "static/"
+
+# Django's task API, run by circus-djmaster workers; jobs are written on "default".
+TASKS = {
+    "default": {
+        "BACKEND": "circus_djmaster.contrib.django.tasks.DjmasterBackend",
+        "QUEUES": ["orders"],
+        "OPTIONS": {"DATABASE": "default"},
+    }
+}
+# The settings file of `manage.py djmaster ...`.
+DJMASTER = BASE_DIR / "djmaster.toml"
 
 USE_TZ = True
 TIME_ZONE = "UTC"
