@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     embedded = None if args.database_url else workdir / "pgdata"
     try:
         if embedded is not None:
-            from circus_djmaster import pgserver
+            from circus_djmaster.store import pgserver
 
             log(f"starting the embedded PostgreSQL in {embedded}")
             server_url = pgserver.start_embedded(embedded)
@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         processes.kill_all()
         if embedded is not None:
-            from circus_djmaster import pgserver
+            from circus_djmaster.store import pgserver
 
             pgserver.stop_embedded(embedded)
         elif "ctx" in locals():

@@ -11,8 +11,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .job_context import JobContext, current_job
-    from .jobs import (
+    from circus_djmaster.api.context import JobContext, current_job
+    from circus_djmaster.api.jobs import (
         Job,
         JobCall,
         JobOptions,
@@ -38,13 +38,13 @@ __all__ = [
     "job",
 ]
 # Where each public name lives (loaded on first use).
-_HOMES = {"JobContext": ".job_context", "current_job": ".job_context"}
+_HOMES = {"JobContext": ".api.context", "current_job": ".api.context"}
 __version__ = "0.1.0.dev0"
 
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        value = getattr(importlib.import_module(_HOMES.get(name, ".jobs"), __name__), name)
+        value = getattr(importlib.import_module(_HOMES.get(name, ".api.jobs"), __name__), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,8 +18,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from circus_djmaster import pgserver, store
-from circus_djmaster.queries import schema_sql
+from circus_djmaster.store import pgserver
+from circus_djmaster.store import statements as store
+from circus_djmaster.store.queries import schema_sql
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_LOCK = 0x646A7465  # any constant; serialises template creation across sessions

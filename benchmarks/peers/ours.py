@@ -18,7 +18,8 @@ from benchmarks.peers import (
     paced,
     warm_up,
 )
-from circus_djmaster import JobCall, enqueue, enqueue_many, store
+from circus_djmaster import JobCall, enqueue, enqueue_many
+from circus_djmaster.store import statements as store
 
 DATABASE = "djbench_ours"
 QUEUE = "bench"

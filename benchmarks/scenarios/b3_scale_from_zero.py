@@ -19,7 +19,8 @@ from benchmarks.common import (
     percentile,
     wait_for,
 )
-from circus_djmaster import enqueue, store
+from circus_djmaster import enqueue
+from circus_djmaster.store import statements as store
 
 GROUP = "b3"
 QUEUE = "b3"

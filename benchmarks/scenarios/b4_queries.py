@@ -9,10 +9,10 @@ from typing import Any
 import psycopg
 
 from benchmarks.common import Context, Row, Section, Table, connect, scalar
-from circus_djmaster import store
-from circus_djmaster.astore import MASTER_SESSION_OPTIONS
-from circus_djmaster.queries import query
-from circus_djmaster.settings import LOCK_MARGIN
+from circus_djmaster.config.settings import LOCK_MARGIN
+from circus_djmaster.store import statements as store
+from circus_djmaster.store.async_executor import MASTER_SESSION_OPTIONS
+from circus_djmaster.store.queries import query
 
 QUEUES = 8  # q0 .. q7
 GROUP_QUEUES = ("q1", "q2")  # the group whose queries are timed

@@ -27,7 +27,8 @@ from benchmarks.common import (
     scalar,
     wait_for,
 )
-from circus_djmaster import JobCall, enqueue_many, store
+from circus_djmaster import JobCall, enqueue_many
+from circus_djmaster.store import statements as store
 
 GROUPS = 10
 DATABASES = 3

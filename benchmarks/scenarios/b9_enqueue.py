@@ -10,7 +10,8 @@ from typing import Any
 import psycopg
 
 from benchmarks.common import Context, Row, Section, Table, connect, percentile
-from circus_djmaster import aenqueue, enqueue, store
+from circus_djmaster import aenqueue, enqueue
+from circus_djmaster.store import statements as store
 
 HOW = """\
 What a request handler pays to enqueue one job, one call at a time, with circus-djmaster's

@@ -96,7 +96,7 @@ def test_demo_keep_then_status_in_text_and_json(demo_folder: Path) -> None:
         # A job enqueued now is run by a worker started on demand.
         enqueue = run(
             "enqueue",
-            "circus_djmaster.demo_jobs:send_mail",
+            "circus_djmaster.demo.jobs:send_mail",
             "--args",
             "[1, 3]",
             "--queue",

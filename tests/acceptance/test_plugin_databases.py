@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from circus_djmaster import store
+from circus_djmaster.store import statements as store
 from tests.acceptance.plugin_helpers import (
     DEADLINE,
     done,

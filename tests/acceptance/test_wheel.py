@@ -86,10 +86,10 @@ def test_the_wheel_holds_the_templates_and_the_sql(installed: Path) -> None:
     )
     package = Path(where.stdout.strip()).parent
     assert package.parent.name == "site-packages", where.stdout + where.stderr
-    assert (package / "templates" / "circus.ini.j2").is_file()
-    assert not (package / "templates").is_symlink()
-    assert (package / "sql" / "schema.sql").is_file()
-    assert (package / "sql" / "queries.sql").is_file()
+    assert (package / "config" / "templates" / "circus.ini.j2").is_file()
+    assert not (package / "config" / "templates").is_symlink()
+    assert (package / "store" / "sql" / "schema.sql").is_file()
+    assert (package / "store" / "sql" / "queries.sql").is_file()
     assert (package / "py.typed").is_file()
     django_app = package / "contrib" / "django"
     assert (django_app / "migrations" / "0001_initial.py").is_file()
@@ -154,7 +154,7 @@ def test_type_checkers_see_the_jobs_signatures(installed: Path, tmp_path: Path) 
     )
     out = result.stdout
     assert "missing library stubs or py.typed marker" not in out, out
-    assert 'Revealed type is "circus_djmaster.jobs.Job[[word: str], int]"' in out, out
+    assert 'Revealed type is "circus_djmaster.api.jobs.Job[[word: str], int]"' in out, out
     assert 'use.py:16: note: Revealed type is "int"' in out, out
     errors = sorted(line.split(":")[1] for line in out.splitlines() if ": error:" in line)
     assert errors == ["17", "18", "19", "20"], out

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from circus_djmaster import pgserver
+from circus_djmaster.store import pgserver
 from tests.support.circus_run import CircusRun, circus_table, start_circus
 from tests.support.worker_run import write_settings
 

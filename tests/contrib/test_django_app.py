@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from circus_djmaster import store
+from circus_djmaster.store import statements as store
 from tests.contrib.conftest import DjangoProject
 
 Project = Callable[..., DjangoProject]

@@ -19,8 +19,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from circus_djmaster import enqueue, pgserver, store
+from circus_djmaster import enqueue
 from circus_djmaster.exceptions import EnqueueError
+from circus_djmaster.store import pgserver
+from circus_djmaster.store import statements as store
 
 Conn = psycopg.Connection[Any]
 

@@ -26,7 +26,7 @@ import psutil
 import psycopg
 import pytest
 
-from circus_djmaster.settings import load_settings
+from circus_djmaster.config.settings import load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO_ROOT / "examples"

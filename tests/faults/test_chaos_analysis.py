@@ -84,10 +84,10 @@ def test_runs_of_one_job_at_the_same_time_overlap() -> None:
 
 def test_release_times_read_the_masters_release_lines() -> None:
     log = (
-        "2026-01-31 12:00:00,250 [7] WARNING master circus_djmaster.polling: database "
+        "2026-01-31 12:00:00,250 [7] WARNING master circus_djmaster.master.polling: database "
         "primary: released job 12 of a dead worker (host:h pid:42) for an immediate retry "
         "(attempt 1 of 25): worker pid 42 on h was killed by SIGKILL while running this job\n"
-        "2026-01-31 12:00:01,000 [7] WARNING master circus_djmaster.polling: database "
+        "2026-01-31 12:00:01,000 [7] WARNING master circus_djmaster.master.polling: database "
         "primary: released job 13 of a dead worker (host:other pid:43) for an immediate "
         "retry (attempt 1 of 25): …\n"
     )

@@ -11,7 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from circus_djmaster import pgserver, store
+from circus_djmaster.store import pgserver
+from circus_djmaster.store import statements as store
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 of every sort (wrong type, out of range, bad unit, unset variable…), each refused with
 the file, the key and the reason; and nothing starts on a bad file.
 
-The table is driven by :data:`circus_djmaster.settings.OPTIONS`: bad values are listed
+The table is driven by :data:`circus_djmaster.config.settings.OPTIONS`: bad values are listed
 per value kind, so a new option of a known kind is covered by itself, and an option of
 a new kind fails :func:`test_every_option_has_invalid_values`. Hand-picked cases, cross
 checks (hard_max_memory vs max_memory, min vs max priority, equal endpoints, duplicate
@@ -24,9 +24,9 @@ import zmq
 from circus.client import CircusClient
 from circus.exc import CallError
 
-from circus_djmaster.exit_codes import ExitCode
-from circus_djmaster.render import render_ini
-from circus_djmaster.settings import OPTIONS, Option, Settings, SettingsError, load_settings
+from circus_djmaster.config.render import render_ini
+from circus_djmaster.config.settings import OPTIONS, Option, Settings, SettingsError, load_settings
+from circus_djmaster.contracts.exit_codes import ExitCode
 from tests.hostile.helpers import done_keys, insert_job
 from tests.support.circus_run import CIRCUSD, CircusRun, circus_env, circus_table, read
 from tests.support.waiting import wait_until
@@ -252,9 +252,9 @@ def test_a_bad_file_starts_nothing_and_writes_nothing(
     output = tmp_path / "out" / "circus.ini"
     env = worker_env(database_url)
     results = {
-        "check": run_cli("circus_djmaster.config_cli", "check", str(path), env=env),
+        "check": run_cli("circus_djmaster.cli.config", "check", str(path), env=env),
         "render": run_cli(
-            "circus_djmaster.config_cli", "render", str(path), "-o", str(output), env=env
+            "circus_djmaster.cli.config", "render", str(path), "-o", str(output), env=env
         ),
         "worker": run_cli(
             *("circus_djmaster", "worker", "--settings", str(path)),

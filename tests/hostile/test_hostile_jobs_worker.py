@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from circus_djmaster import enqueue
-from circus_djmaster.exit_codes import ExitCode
+from circus_djmaster.contracts.exit_codes import ExitCode
 from tests.hostile.helpers import done_keys, insert_job
 from tests.support.worker_run import events, job_row, start_worker, write_settings
 

@@ -35,8 +35,8 @@ import psycopg
 import pytest
 from circus.config import get_config
 
-from circus_djmaster.render import render_ini
-from circus_djmaster.settings import SettingsError, load_settings
+from circus_djmaster.config.render import render_ini
+from circus_djmaster.config.settings import SettingsError, load_settings
 from tests.hostile.helpers import call_failed, start_pids
 from tests.support.circus_run import (
     REPO_ROOT,
@@ -222,7 +222,7 @@ def test_no_password_in_the_rendered_ini_or_the_files_init_writes(
     assert "${DJM_PRIMARY_URL}" not in read(env.run.ini), "databases appear by name only"
     init_env = dict(os.environ, DJMASTER_DATABASE_URL=env.urls["DJM_PRIMARY_URL"])
     result = subprocess.run(
-        [sys.executable, "-m", "circus_djmaster.config_cli", "init", str(tmp_path / "app")],
+        [sys.executable, "-m", "circus_djmaster.cli.config", "init", str(tmp_path / "app")],
         capture_output=True,
         text=True,
         env=init_env,
@@ -346,7 +346,7 @@ def test_rendered_configs_have_loopback_endpoints_and_no_multicast(
     default_ini.write_text(render_ini(load_settings(default)), encoding="utf-8")
     init_folder = tmp_path / "init"
     subprocess.run(
-        [sys.executable, "-m", "circus_djmaster.config_cli", "init", str(init_folder)],
+        [sys.executable, "-m", "circus_djmaster.cli.config", "init", str(init_folder)],
         check=True,
         capture_output=True,
         timeout=60,

@@ -30,11 +30,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from circus_djmaster import astore, enqueue, enqueue_many, store
-from circus_djmaster.jobs import JobCall
-from circus_djmaster.listener import queues_from_payload
-from circus_djmaster.queries import NOTIFY_CHANNEL, query, schema_sql
-from circus_djmaster.store import JobFilter
+from circus_djmaster import enqueue, enqueue_many
+from circus_djmaster.api.jobs import JobCall
+from circus_djmaster.master.listener import queues_from_payload
+from circus_djmaster.store import async_executor as astore
+from circus_djmaster.store import statements as store
+from circus_djmaster.store.queries import NOTIFY_CHANNEL, query, schema_sql
+from circus_djmaster.store.statements import JobFilter
 from tests.support.circus_run import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "circus_djmaster"
@@ -392,6 +394,6 @@ def test_a_hostile_handler_payload_is_stored_and_decoded_as_given(
         conn, JobFilter(("q1",)), locked_by="host:t pid:1", limit=1, lock_timeout=60
     )
     assert reserved.id == job_id
-    from circus_djmaster.handler import decode
+    from circus_djmaster.api.handler import decode
 
     assert list(decode(reserved.handler).args) == args

@@ -16,9 +16,11 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from circus_djmaster import JobCall, enqueue, enqueue_many, job, pgserver, store
-from circus_djmaster.jobs import DATABASE_URL_ENV
-from circus_djmaster.queries import NOTIFY_CHANNEL, query
+from circus_djmaster import JobCall, enqueue, enqueue_many, job
+from circus_djmaster.api.jobs import DATABASE_URL_ENV
+from circus_djmaster.store import pgserver
+from circus_djmaster.store import statements as store
+from circus_djmaster.store.queries import NOTIFY_CHANNEL, query
 from tests.support import jobs as support_jobs
 
 Conn = psycopg.Connection[Any]

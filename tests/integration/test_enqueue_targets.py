@@ -18,10 +18,11 @@ import pytest
 from psycopg import pq
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from circus_djmaster import JobCall, aenqueue, aenqueue_many, enqueue, enqueue_many, job, store
+from circus_djmaster import JobCall, aenqueue, aenqueue_many, enqueue, enqueue_many, job
+from circus_djmaster.api.jobs import DATABASE_URL_ENV
 from circus_djmaster.exceptions import EnqueueError
-from circus_djmaster.jobs import DATABASE_URL_ENV
-from circus_djmaster.queries import NOTIFY_CHANNEL, query
+from circus_djmaster.store import statements as store
+from circus_djmaster.store.queries import NOTIFY_CHANNEL, query
 
 Conn = psycopg.Connection[Any]
 MARKER = "test-marker"

@@ -9,12 +9,13 @@ from typing import Any
 
 import psycopg
 
-from circus_djmaster import astore, running
-from circus_djmaster.execution import charge_for_death
-from circus_djmaster.listener import Backoff, Listener
-from circus_djmaster.polling import DatabasePoller, Release
-from circus_djmaster.settings import parse_settings
-from circus_djmaster.store import locked_by_for
+from circus_djmaster.config.settings import parse_settings
+from circus_djmaster.contracts import running_jobs as running
+from circus_djmaster.master.listener import Backoff, Listener
+from circus_djmaster.master.polling import DatabasePoller, Release
+from circus_djmaster.store import async_executor as astore
+from circus_djmaster.store.statements import locked_by_for
+from circus_djmaster.worker.outcomes import charge_for_death
 
 APP = "djmaster-listener-test"
 

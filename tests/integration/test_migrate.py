@@ -13,9 +13,9 @@ from typing import Any
 
 import psycopg
 
-from circus_djmaster import store
-from circus_djmaster.exit_codes import ExitCode
-from circus_djmaster.jobs import DATABASE_URL_ENV
+from circus_djmaster.api.jobs import DATABASE_URL_ENV
+from circus_djmaster.contracts.exit_codes import ExitCode
+from circus_djmaster.store import statements as store
 
 Conn = psycopg.Connection[Any]
 MakeDatabase = Callable[..., str]

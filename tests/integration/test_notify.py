@@ -15,10 +15,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from circus_djmaster import pgserver, store
-from circus_djmaster.execution import DeathCharge
-from circus_djmaster.queries import NOTIFY_CHANNEL, query
-from circus_djmaster.store import ChargedJob, JobFilter, ReleaseOutcome
+from circus_djmaster.store import pgserver
+from circus_djmaster.store import statements as store
+from circus_djmaster.store.queries import NOTIFY_CHANNEL, query
+from circus_djmaster.store.statements import ChargedJob, JobFilter, ReleaseOutcome
+from circus_djmaster.worker.outcomes import DeathCharge
 from tests.support.release import release_dead
 
 Conn = psycopg.Connection[Any]

@@ -8,8 +8,8 @@ from typing import Any
 
 import psycopg
 
-from circus_djmaster import store
-from circus_djmaster.store import JobFilter
+from circus_djmaster.store import statements as store
+from circus_djmaster.store.statements import JobFilter
 
 Conn = psycopg.Connection[Any]
 JOBS = 500

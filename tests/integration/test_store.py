@@ -11,9 +11,16 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from circus_djmaster import pgserver, store
-from circus_djmaster.execution import DeathCharge
-from circus_djmaster.store import ChargedJob, JobFilter, ReleasedJob, ReleaseOutcome, ReservedJob
+from circus_djmaster.store import pgserver
+from circus_djmaster.store import statements as store
+from circus_djmaster.store.statements import (
+    ChargedJob,
+    JobFilter,
+    ReleasedJob,
+    ReleaseOutcome,
+    ReservedJob,
+)
+from circus_djmaster.worker.outcomes import DeathCharge
 from tests.support.release import release_dead
 
 ME = "host:test pid:1"

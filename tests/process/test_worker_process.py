@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from circus_djmaster import enqueue
-from circus_djmaster.exit_codes import ExitCode
+from circus_djmaster.contracts.exit_codes import ExitCode
 from tests.support.waiting import wait_until
 from tests.support.worker_run import events, job_row, start_worker, worker_env, write_settings
 

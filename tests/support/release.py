@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from circus_djmaster import astore
-from circus_djmaster.execution import DeathCharge
-from circus_djmaster.polling import Release
-from circus_djmaster.store import ReleasedJob
+from circus_djmaster.master.polling import Release
+from circus_djmaster.store import async_executor as astore
+from circus_djmaster.store.statements import ReleasedJob
+from circus_djmaster.worker.outcomes import DeathCharge
 
 
 def release_dead(

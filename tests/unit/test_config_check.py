@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from circus_djmaster import config_cli
-from circus_djmaster.annotated import annotated_toml
+from circus_djmaster.cli import config as config_cli
+from circus_djmaster.config.init_template import annotated_toml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SECRET = "s3cret-pw"
@@ -183,7 +183,7 @@ def test_missing_file_and_syntax_error(tmp_path: Path, capsys: pytest.CaptureFix
 def test_check_as_a_script(tmp_path: Path) -> None:
     path = write(tmp_path, BAD)
     result = subprocess.run(
-        [sys.executable, "-m", "circus_djmaster.config_cli", "check", str(path)],
+        [sys.executable, "-m", "circus_djmaster.cli.config", "check", str(path)],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,

@@ -17,10 +17,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10 only
     import tomli as tomllib
 
-from circus_djmaster import annotated, config_cli
-from circus_djmaster.annotated import GROUPS, annotated_toml, template_settings
-from circus_djmaster.render import watcher_name
-from circus_djmaster.settings import (
+from circus_djmaster.cli import config as config_cli
+from circus_djmaster.config import init_template as annotated
+from circus_djmaster.config.init_template import GROUPS, annotated_toml, template_settings
+from circus_djmaster.config.render import watcher_name
+from circus_djmaster.config.settings import (
     DEFAULT_DATABASES,
     SECTIONS,
     CircusSettings,
@@ -261,7 +262,7 @@ def test_init_creates_the_log_folder_if_the_template_sets_log_file(
 
 def test_init_as_a_script(tmp_path: Path) -> None:
     folder = tmp_path / "app"
-    command = [sys.executable, "-m", "circus_djmaster.config_cli", "init", str(folder)]
+    command = [sys.executable, "-m", "circus_djmaster.cli.config", "init", str(folder)]
     first = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
     assert first.returncode == 0, first.stderr
     assert "Next steps" in first.stdout

@@ -11,8 +11,11 @@ from typing import Any
 import pytest
 
 from circus_djmaster import job
+from circus_djmaster.api.jobs import DEFAULT_OPTIONS, JobOptions
+from circus_djmaster.config.settings import WorkerGroup, parse_settings
 from circus_djmaster.exceptions import HandlerError
-from circus_djmaster.execution import (
+from circus_djmaster.store.statements import ReservedJob
+from circus_djmaster.worker.outcomes import (
     MAX_ERROR_LENGTH,
     Failure,
     Outcome,
@@ -22,9 +25,6 @@ from circus_djmaster.execution import (
     resolve_job,
     unresolvable_failure,
 )
-from circus_djmaster.jobs import DEFAULT_OPTIONS, JobOptions
-from circus_djmaster.settings import WorkerGroup, parse_settings
-from circus_djmaster.store import ReservedJob
 from tests.support import jobs as support_jobs
 
 NOW = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from circus_djmaster.api.handler import Handler, callable_path, decode, encode, resolve
 from circus_djmaster.exceptions import HandlerError
-from circus_djmaster.handler import Handler, callable_path, decode, encode, resolve
 from tests.support import jobs as support_jobs
 
 # --------------------------------------------------------------------------- encode

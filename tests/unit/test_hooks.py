@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from circus_djmaster.exit_codes import ExitCode
-from circus_djmaster.hooks import after_reap
+from circus_djmaster.circusd.hooks import after_reap
+from circus_djmaster.contracts.exit_codes import ExitCode
 
 
 @dataclass

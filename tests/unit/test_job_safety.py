@@ -10,13 +10,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from circus_djmaster import proctitle
-from circus_djmaster.db_deadlines import CallDeadlines
-from circus_djmaster.execution import DeathCharge, charge_for_death
-from circus_djmaster.monitor import title_state
-from circus_djmaster.run_alone import RunAloneGate
-from circus_djmaster.running import JobLimits
-from circus_djmaster.scaling import (
+from circus_djmaster.contracts import titles as proctitle
+from circus_djmaster.contracts.running_jobs import JobLimits
+from circus_djmaster.master.readings import title_state
+from circus_djmaster.master.scaling import (
     GroupPolicy,
     GrowWatcher,
     WatcherSnapshot,
@@ -25,7 +22,10 @@ from circus_djmaster.scaling import (
     WorkerState,
     plan_scaling,
 )
-from circus_djmaster.store import ChargedJob, bounded_session
+from circus_djmaster.store.statements import ChargedJob, bounded_session
+from circus_djmaster.worker.db_deadlines import CallDeadlines
+from circus_djmaster.worker.outcomes import DeathCharge, charge_for_death
+from circus_djmaster.worker.run_alone import RunAloneGate
 from tests.support.waiting import wait_until
 
 # --- the run-alone gate ---------------------------------------------------------------

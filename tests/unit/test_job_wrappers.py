@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from circus_djmaster import job_wrappers
+from circus_djmaster.api import wrappers as job_wrappers
 
 
 @pytest.fixture(autouse=True)

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from circus_djmaster import Job, JobCall, JobOptions, enqueue, enqueue_many, job
-from circus_djmaster import jobs as jobs_module
+from circus_djmaster.api import jobs as jobs_module
+from circus_djmaster.api.jobs import DATABASE_URL_ENV, DEFAULT_OPTIONS, options_of
 from circus_djmaster.exceptions import EnqueueError, HandlerError
-from circus_djmaster.jobs import DATABASE_URL_ENV, DEFAULT_OPTIONS, options_of
 
 AWARE = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -279,7 +279,8 @@ def test_the_enqueue_api_and_the_worker_import_neither_django_nor_psycopg_pool()
     import sys
 
     code = (
-        "import sys, circus_djmaster.jobs, circus_djmaster.worker, circus_djmaster.execution;"
+        "import sys, circus_djmaster.api.jobs, circus_djmaster.worker.process;"
+        "import circus_djmaster.worker.outcomes;"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in {'django', 'psycopg_pool'}"
         " or m.startswith('circus_djmaster.contrib')))"
     )

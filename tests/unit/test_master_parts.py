@@ -9,20 +9,20 @@ from typing import Any
 
 import pytest
 
-from circus_djmaster.circus_client import CircusError
-from circus_djmaster.listener import Backoff, describe_error, queues_from_payload
-from circus_djmaster.master_callbacks import MasterCallbacks
-from circus_djmaster.monitor import describe_exit, title_state
-from circus_djmaster.plugin import (
+from circus_djmaster.circusd.async_client import CircusError
+from circus_djmaster.config.settings import WorkerGroup
+from circus_djmaster.contracts.titles import worker_title
+from circus_djmaster.master.callbacks import MasterCallbacks
+from circus_djmaster.master.listener import Backoff, describe_error, queues_from_payload
+from circus_djmaster.master.plugin import (
     default_log_file,
     master_title,
     remove_pid_file,
     write_pid_file,
 )
-from circus_djmaster.polling import groups_for_queues
-from circus_djmaster.proctitle import worker_title
-from circus_djmaster.scaling import WorkerState
-from circus_djmaster.settings import WorkerGroup
+from circus_djmaster.master.polling import groups_for_queues
+from circus_djmaster.master.readings import describe_exit, title_state
+from circus_djmaster.master.scaling import WorkerState
 
 
 @pytest.mark.parametrize(

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from circus_djmaster import queries, store
-from circus_djmaster.queries import all_queries, parse_queries, query
+from circus_djmaster.store import queries
+from circus_djmaster.store import statements as store
+from circus_djmaster.store.queries import all_queries, parse_queries, query
 
 STORE_SOURCE = Path(store.__file__).read_text("utf-8")
-JOBS_SOURCE = (Path(store.__file__).parent / "jobs.py").read_text("utf-8")
+JOBS_SOURCE = (Path(store.__file__).parent.parent / "api" / "jobs.py").read_text("utf-8")
 
 
 def test_parse_queries_splits_on_name_lines() -> None:

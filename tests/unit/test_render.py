@@ -16,8 +16,9 @@ import pytest
 from circus.config import get_config
 from circus.plugins import _cfg2str, _str2cfg
 
-from circus_djmaster import config_cli
-from circus_djmaster.render import (
+from circus_djmaster.circusd.hooks import after_reap
+from circus_djmaster.cli import config as config_cli
+from circus_djmaster.config.render import (
     GRACE_MARGIN,
     HOOK,
     PLUGIN_CLASS,
@@ -28,7 +29,7 @@ from circus_djmaster.render import (
     watcher_index,
     watcher_name,
 )
-from circus_djmaster.settings import Settings, SettingsError, load_settings
+from circus_djmaster.config.settings import Settings, SettingsError, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SECRET_URL = "postgresql://u:s3cretpw@h/db"
@@ -197,7 +198,8 @@ def test_circus_builds_the_watchers(tmp_path: Path, secret_env: None) -> None:
         try:
             assert watcher.numprocesses == 0
             assert watcher.respawn is True
-            assert watcher.hooks["after_reap"].__module__ == "circus_djmaster.hooks"
+            # circus resolves the dotted path circus.ini names to the hook itself.
+            assert watcher.hooks["after_reap"] is after_reap
         finally:
             for stream in (watcher.stdout_stream, watcher.stderr_stream):
                 stream.close()
@@ -352,7 +354,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return subprocess.run(
-        [sys.executable, "-m", "circus_djmaster.config_cli", *args],
+        [sys.executable, "-m", "circus_djmaster.cli.config", *args],
         capture_output=True,
         text=True,
         env=env,

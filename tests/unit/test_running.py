@@ -6,8 +6,8 @@ import os
 import signal
 from pathlib import Path
 
-from circus_djmaster import running
-from circus_djmaster.monitor import zombie_exit_code
+from circus_djmaster.contracts import running_jobs as running
+from circus_djmaster.master.readings import zombie_exit_code
 from tests.support.waiting import wait_until
 
 DEFAULTS = running.JobLimits(25, False)

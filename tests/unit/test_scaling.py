@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from circus_djmaster.scaling import (
+from circus_djmaster.master.scaling import (
     GroupPolicy,
     GrowWatcher,
     KillWorker,

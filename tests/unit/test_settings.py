@@ -15,7 +15,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10 only
     import tomli as tomllib
 
-from circus_djmaster.settings import (
+from circus_djmaster.config.settings import (
     LOCK_MARGIN,
     OPTIONS,
     SECTIONS,

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from circus_djmaster import settings_doc
-from circus_djmaster.settings import OPTIONS, SECTIONS, load_settings
+from circus_djmaster.config import docs as settings_doc
+from circus_djmaster.config.settings import OPTIONS, SECTIONS, load_settings
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 
 
 def test_checked_in_docs_are_current() -> None:
     assert DOCS.read_text(encoding="utf-8") == settings_doc.render(), (
-        "docs/settings.md is stale: run python -m circus_djmaster.settings_doc"
+        "docs/settings.md is stale: run python -m circus_djmaster.config.docs"
     )
     assert settings_doc.main(["--check", "--output", str(DOCS)]) == 0
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from circus_djmaster.units import (
+from circus_djmaster.config.kinds import (
     BOOLEAN,
     CALLABLE,
     ENDPOINT,

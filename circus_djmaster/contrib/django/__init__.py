@@ -21,7 +21,7 @@ from typing import Any
 
 import psycopg
 
-from ...exceptions import EnqueueError
+from circus_djmaster.exceptions import EnqueueError
 
 __all__ = ["connection_for"]
 

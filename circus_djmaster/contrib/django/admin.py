@@ -17,9 +17,9 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from ... import store
-from . import connection_for
-from .models import DelayedJob, FailedJob, ScheduledJob
+from circus_djmaster.contrib.django import connection_for
+from circus_djmaster.contrib.django.models import DelayedJob, FailedJob, ScheduledJob
+from circus_djmaster.store import statements as store
 
 FIELDS = (
     "id",

@@ -10,8 +10,8 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
-from ...queries import schema_sql
-from ...store import MIGRATION_LOCK_KEY
+from circus_djmaster.store.queries import schema_sql
+from circus_djmaster.store.statements import MIGRATION_LOCK_KEY
 
 
 def create_schema(apps: Any, schema_editor: Any) -> None:

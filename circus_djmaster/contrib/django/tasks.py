@@ -44,8 +44,8 @@ from django.db import connections
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from ...jobs import JobRecord, enqueue, job
-from ...store import locked_by_for
+from circus_djmaster.api.jobs import JobRecord, enqueue, job
+from circus_djmaster.store.statements import locked_by_for
 
 try:  # Django >= 6
     from django.tasks import TaskContext, TaskResult, TaskResultStatus

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ...job_wrappers import around_every_job
+from circus_djmaster.api.wrappers import around_every_job
 
 SETTINGS_ENV = "DJANGO_SETTINGS_MODULE"
 

@@ -74,7 +74,7 @@ class Command(BaseCommand):
             raise CommandError(f"djmaster {command} failed (exit {code})", returncode=code)
 
     def _cli(self, command: str, path: str, rest: list[str]) -> int:
-        from circus_djmaster import cli
+        from circus_djmaster.cli import main as cli
 
         parser = cli.build_parser()
         parser.prog = "manage.py djmaster"
@@ -82,7 +82,7 @@ class Command(BaseCommand):
         return int(parsed.func(parsed))
 
     def _config(self, path: str, rest: list[str]) -> int:
-        from circus_djmaster import config_cli
+        from circus_djmaster.cli import config as config_cli
 
         if not rest or rest[0] not in CONFIG_COMMANDS:
             raise CommandError(

@@ -1,0 +1,664 @@
+"""The enqueue API: the ``@job`` decorator, ``enqueue()`` and ``enqueue_many()``.
+
+A job is a module-level function; its handler names it as ``module:qualname``. Options
+set on the decorator (max_attempts, max_run_time, destroy_failed_jobs, reschedule_at,
+hooks) are read by the worker when it resolves the handler; queue and priority are
+stored in the row and can be overridden per enqueue.
+
+Where a job is written (give at most one; see :func:`enqueue`):
+
+* ``connection=``: the caller's psycopg connection; the job commits or rolls back with
+  the caller's transaction;
+* ``pool=``: a ``psycopg_pool`` pool (``ConnectionPool``, or ``AsyncConnectionPool`` for
+  the async API); ``connection_factory=``: a callable giving a connection (see
+  :func:`enqueue`);
+* ``using=``: a Django database alias (``circus_djmaster.contrib.django``): Django's own
+  connection, so the job joins the request's transaction;
+* otherwise a short-lived connection to ``database_url``; without one, inside a worker
+  process, to the database the worker serves (so a job's follow-ups go where the job
+  came from: job_context.py), elsewhere to ``$DJMASTER_DATABASE_URL``.
+
+:func:`aenqueue` and :func:`aenqueue_many` are the same on psycopg's ``AsyncConnection``.
+Nothing here imports Django or psycopg_pool unless asked to use them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import inspect
+import os
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar, overload
+
+import psycopg
+from psycopg import pq
+
+from circus_djmaster.api import handler as handler_format
+from circus_djmaster.api.context import default_database_url
+from circus_djmaster.exceptions import EnqueueError
+from circus_djmaster.store.queries import query
+
+if TYPE_CHECKING:
+    from psycopg_pool import AsyncConnectionPool, ConnectionPool
+    from typing_extensions import Unpack
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DATABASE_URL_ENV = "DJMASTER_DATABASE_URL"
+# The queue of jobs enqueued without one (delayed_job's usual default_queue_name): a
+# worker group must name its queues or serve them all, and a NULL queue matches no name.
+DEFAULT_QUEUE = "default"
+
+Delay = float | dt.timedelta
+# A callable giving a connection for one enqueue: ``pool.connection``, a function returning
+# a new psycopg connection, or any context manager yielding one.
+ConnectionFactory = Callable[[], Any]
+
+
+class EnqueueOptions(TypedDict, total=False):
+    """The keyword options of :meth:`Job.enqueue` (see :func:`enqueue`)."""
+
+    run_at: dt.datetime | None
+    delay: Delay | None
+    priority: int | None
+    queue: str | None
+    connection: psycopg.Connection[Any] | None
+    database_url: str | None
+    pool: ConnectionPool[Any] | None
+    connection_factory: ConnectionFactory | None
+    using: str | None
+
+
+class AsyncEnqueueOptions(TypedDict, total=False):
+    """The keyword options of :meth:`Job.aenqueue` (see :func:`aenqueue`)."""
+
+    run_at: dt.datetime | None
+    delay: Delay | None
+    priority: int | None
+    queue: str | None
+    connection: psycopg.AsyncConnection[Any] | None
+    database_url: str | None
+    pool: AsyncConnectionPool[Any] | None
+    connection_factory: ConnectionFactory | None
+
+
+@dataclasses.dataclass(frozen=True)
+class JobRecord:
+    """What hooks receive: the job as the worker sees it."""
+
+    id: int
+    queue: str | None
+    priority: int
+    attempts: int
+    handler: handler_format.Handler
+
+
+@dataclasses.dataclass(frozen=True)
+class JobOptions:
+    """Per-job settings; ``None`` means "the worker group's setting"."""
+
+    queue: str = DEFAULT_QUEUE
+    priority: int = 0
+    max_attempts: int | None = None
+    max_run_time: float | None = None
+    destroy_failed_jobs: bool | None = None
+    # reschedule_at(db_now, attempts) -> datetime | timedelta | seconds: when to retry.
+    reschedule_at: Callable[[dt.datetime, int], dt.datetime | Delay] | None = None
+    before: Callable[[JobRecord], object] | None = None
+    after: Callable[[JobRecord], object] | None = None
+    success: Callable[[JobRecord], object] | None = None
+    error: Callable[[JobRecord, BaseException], object] | None = None
+    failure: Callable[[JobRecord], object] | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+        if self.max_run_time is not None and self.max_run_time <= 0:
+            raise ValueError(f"max_run_time must be positive, got {self.max_run_time}")
+
+
+DEFAULT_OPTIONS = JobOptions()
+
+
+@dataclasses.dataclass(frozen=True)
+class JobCall:
+    """One job to enqueue: a callable path, its arguments and where/when to run it."""
+
+    path: str
+    args: Sequence[Any] = ()
+    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    queue: str = DEFAULT_QUEUE
+    priority: int = 0
+    run_at: dt.datetime | None = None
+    delay: Delay | None = None
+
+    def handler(self) -> str:
+        return handler_format.encode(self.path, self.args, self.kwargs)
+
+
+class Job(Generic[P, R]):
+    """A function made into a job by :func:`job`. Calling it runs it here and now."""
+
+    def __init__(self, func: Callable[P, R], options: JobOptions) -> None:
+        self.func = func
+        self.options = options
+        self.path = handler_format.callable_path(func)
+        self.__name__ = getattr(func, "__name__", self.path)
+        self.__qualname__ = getattr(func, "__qualname__", self.path)
+        self.__module__ = getattr(func, "__module__", "")
+        self.__doc__ = func.__doc__
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.func(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Job {self.path}>"
+
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> JobCall:
+        """A :class:`JobCall` with this job's defaults, for :func:`enqueue_many`."""
+        return JobCall(
+            self.path, args, kwargs, queue=self.options.queue, priority=self.options.priority
+        )
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Enqueue with the job's defaults on the default database (the running job's
+        inside a worker, else ``$DJMASTER_DATABASE_URL``); return its id."""
+        return enqueue(self, args, kwargs)
+
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> int:
+        """:meth:`delay` on an ``AsyncConnection`` to ``$DJMASTER_DATABASE_URL``."""
+        return await aenqueue(self, args, kwargs)
+
+    def enqueue(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Unpack[EnqueueOptions],
+    ) -> int:
+        """Enqueue with overrides (see :func:`enqueue` for ``options``); return its id."""
+        return enqueue(self, args, kwargs, **options)
+
+    async def aenqueue(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Unpack[AsyncEnqueueOptions],
+    ) -> int:
+        """Enqueue with overrides (see :func:`aenqueue` for ``options``); return its id."""
+        return await aenqueue(self, args, kwargs, **options)
+
+
+@overload
+def job(
+    func: Callable[P, R],
+    *,
+    queue: str = ...,
+    priority: int = ...,
+    max_attempts: int | None = ...,
+    max_run_time: float | None = ...,
+    destroy_failed_jobs: bool | None = ...,
+    reschedule_at: Callable[[dt.datetime, int], dt.datetime | Delay] | None = ...,
+    before: Callable[[JobRecord], object] | None = ...,
+    after: Callable[[JobRecord], object] | None = ...,
+    success: Callable[[JobRecord], object] | None = ...,
+    error: Callable[[JobRecord, BaseException], object] | None = ...,
+    failure: Callable[[JobRecord], object] | None = ...,
+) -> Job[P, R]: ...
+
+
+@overload
+def job(
+    func: None = None,
+    *,
+    queue: str = ...,
+    priority: int = ...,
+    max_attempts: int | None = ...,
+    max_run_time: float | None = ...,
+    destroy_failed_jobs: bool | None = ...,
+    reschedule_at: Callable[[dt.datetime, int], dt.datetime | Delay] | None = ...,
+    before: Callable[[JobRecord], object] | None = ...,
+    after: Callable[[JobRecord], object] | None = ...,
+    success: Callable[[JobRecord], object] | None = ...,
+    error: Callable[[JobRecord, BaseException], object] | None = ...,
+    failure: Callable[[JobRecord], object] | None = ...,
+) -> Callable[[Callable[P, R]], Job[P, R]]: ...
+
+
+def job(
+    func: Callable[P, R] | None = None,
+    *,
+    queue: str = DEFAULT_QUEUE,
+    priority: int = 0,
+    max_attempts: int | None = None,
+    max_run_time: float | None = None,
+    destroy_failed_jobs: bool | None = None,
+    reschedule_at: Callable[[dt.datetime, int], dt.datetime | Delay] | None = None,
+    before: Callable[[JobRecord], object] | None = None,
+    after: Callable[[JobRecord], object] | None = None,
+    success: Callable[[JobRecord], object] | None = None,
+    error: Callable[[JobRecord, BaseException], object] | None = None,
+    failure: Callable[[JobRecord], object] | None = None,
+) -> Any:
+    """Make a module-level function a job: ``@job`` or ``@job(queue="mail", ...)``.
+
+    The :class:`Job` keeps the function's signature for type checkers: ``delay``,
+    ``adelay``, ``call`` and calling the job check their arguments against it.
+    """
+    options = JobOptions(
+        queue=queue,
+        priority=priority,
+        max_attempts=max_attempts,
+        max_run_time=max_run_time,
+        destroy_failed_jobs=destroy_failed_jobs,
+        reschedule_at=reschedule_at,
+        before=before,
+        after=after,
+        success=success,
+        error=error,
+        failure=failure,
+    )
+
+    def wrap(f: Callable[P, R]) -> Job[P, R]:
+        return Job(f, options)
+
+    return wrap(func) if func is not None else wrap
+
+
+def options_of(target: object) -> JobOptions:
+    """The options of a resolved handler target (plain functions get the defaults)."""
+    return target.options if isinstance(target, Job) else DEFAULT_OPTIONS
+
+
+def enqueue(
+    target: Job[Any, Any] | Callable[..., Any] | str,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    run_at: dt.datetime | None = None,
+    delay: Delay | None = None,
+    priority: int | None = None,
+    queue: str | None = None,
+    connection: psycopg.Connection[Any] | None = None,
+    database_url: str | None = None,
+    pool: ConnectionPool[Any] | None = None,
+    connection_factory: ConnectionFactory | None = None,
+    using: str | None = None,
+) -> int:
+    """Enqueue one job and return its id.
+
+    ``target`` is a :func:`job`, a module-level function or a ``"module:function"`` path;
+    ``args`` a list or tuple and ``kwargs`` a mapping, both JSON-serialisable.
+    ``run_at`` (an aware datetime) or ``delay`` (seconds or timedelta from the database's
+    now()) schedule it; by default it is due at once. ``priority`` (lower runs first) and
+    ``queue`` override the job's.
+
+    Where it is written, at most one of:
+
+    * ``connection``: a ``psycopg.Connection``; the insert joins the caller's transaction
+      (on an autocommit connection, or outside a transaction, it commits at once);
+    * ``pool``: a ``psycopg_pool.ConnectionPool``: a connection is borrowed for the one
+      statement, which commits at once;
+    * ``connection_factory``: a callable returning a context manager that yields a
+      ``psycopg.Connection`` (``pool.connection``), or returning a new connection (closed
+      afterwards). On an idle connection the insert commits at once; on one already in a
+      transaction it joins it, and whoever owns that transaction commits it;
+    * ``using``: a Django database alias (needs ``circus_djmaster.contrib.django``):
+      Django's connection, so the job commits or rolls back with ``transaction.atomic``;
+    * ``database_url``, else ``$DJMASTER_DATABASE_URL``: a short-lived connection.
+
+    Raises :class:`EnqueueError` for bad arguments or targets (before any database
+    access), and psycopg's errors for database failures.
+    """
+    params = _one_params(_make_call(target, args, kwargs, run_at, delay, priority, queue))
+    with _target(connection, database_url, pool, connection_factory, using) as conn:
+        row = conn.execute(query("insert_job"), params).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def enqueue_many(
+    calls: Iterable[JobCall],
+    *,
+    connection: psycopg.Connection[Any] | None = None,
+    database_url: str | None = None,
+    pool: ConnectionPool[Any] | None = None,
+    connection_factory: ConnectionFactory | None = None,
+    using: str | None = None,
+) -> list[int]:
+    """Enqueue many jobs in one statement (one round trip, one NOTIFY); return their ids.
+
+    The targets are those of :func:`enqueue`; the ids come in the order of ``calls``.
+    """
+    calls = _check_calls(calls)
+    if not calls:
+        return []
+    params = _many_params(calls)
+    with _target(connection, database_url, pool, connection_factory, using) as conn:
+        rows = conn.execute(query("insert_jobs"), params).fetchall()
+    return [int(row[0]) for row in rows]
+
+
+async def aenqueue(
+    target: Job[Any, Any] | Callable[..., Any] | str,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    run_at: dt.datetime | None = None,
+    delay: Delay | None = None,
+    priority: int | None = None,
+    queue: str | None = None,
+    connection: psycopg.AsyncConnection[Any] | None = None,
+    database_url: str | None = None,
+    pool: AsyncConnectionPool[Any] | None = None,
+    connection_factory: ConnectionFactory | None = None,
+) -> int:
+    """:func:`enqueue` on psycopg's ``AsyncConnection``; return the job's id.
+
+    The same arguments and transaction semantics, with ``connection`` an
+    ``AsyncConnection``, ``pool`` a ``psycopg_pool.AsyncConnectionPool`` and
+    ``connection_factory`` returning an async context manager (``pool.connection``) or
+    an awaitable of a new ``AsyncConnection`` (closed afterwards). There is no
+    ``using``: Django's connections are synchronous (the django.tasks backend's
+    ``aenqueue`` runs the sync enqueue in Django's thread for that).
+    """
+    params = _one_params(_make_call(target, args, kwargs, run_at, delay, priority, queue))
+    async with _atarget(connection, database_url, pool, connection_factory) as conn:
+        cursor = await conn.execute(query("insert_job"), params)
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def aenqueue_many(
+    calls: Iterable[JobCall],
+    *,
+    connection: psycopg.AsyncConnection[Any] | None = None,
+    database_url: str | None = None,
+    pool: AsyncConnectionPool[Any] | None = None,
+    connection_factory: ConnectionFactory | None = None,
+) -> list[int]:
+    """:func:`enqueue_many` on psycopg's ``AsyncConnection`` (targets of :func:`aenqueue`)."""
+    calls = _check_calls(calls)
+    if not calls:
+        return []
+    params = _many_params(calls)
+    async with _atarget(connection, database_url, pool, connection_factory) as conn:
+        cursor = await conn.execute(query("insert_jobs"), params)
+        rows = await cursor.fetchall()
+    return [int(row[0]) for row in rows]
+
+
+def _one_params(call: JobCall) -> dict[str, Any]:
+    return {
+        "handler": call.handler(),
+        "queue": call.queue,
+        "priority": call.priority,
+        "run_at": call.run_at,
+        "delay": _seconds(call.delay),
+    }
+
+
+def _check_calls(calls: Iterable[JobCall]) -> list[JobCall]:
+    calls = list(calls)
+    for call in calls:
+        if not isinstance(call, JobCall):
+            raise EnqueueError(f"enqueue_many takes JobCall objects, got {type(call).__name__}")
+        _check_schedule(call.run_at, call.delay)
+    return calls
+
+
+def _many_params(calls: Sequence[JobCall]) -> dict[str, Any]:
+    return {
+        "handlers": [call.handler() for call in calls],
+        "queues": [call.queue for call in calls],
+        "priorities": [call.priority for call in calls],
+        "run_ats": [call.run_at for call in calls],
+        "delays": [_seconds(call.delay) for call in calls],
+    }
+
+
+def _make_call(
+    target: Job[Any, Any] | Callable[..., Any] | str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any] | None,
+    run_at: dt.datetime | None,
+    delay: Delay | None,
+    priority: int | None,
+    queue: str | None,
+) -> JobCall:
+    if isinstance(target, Job):
+        path, defaults = target.path, target.options
+    elif isinstance(target, str):
+        path, defaults = target, DEFAULT_OPTIONS
+    elif callable(target):
+        path, defaults = handler_format.callable_path(target), DEFAULT_OPTIONS
+    else:
+        raise EnqueueError(f"cannot enqueue {target!r}: not a job, function or path")
+    if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
+        raise EnqueueError(f"args must be a list or tuple, got {type(args).__name__}")
+    _check_schedule(run_at, delay)
+    return JobCall(
+        path,
+        tuple(args),
+        dict(kwargs or {}),
+        queue=defaults.queue if queue is None else queue,
+        priority=defaults.priority if priority is None else priority,
+        run_at=run_at,
+        delay=delay,
+    )
+
+
+def _check_schedule(run_at: dt.datetime | None, delay: Delay | None) -> None:
+    if run_at is not None and delay is not None:
+        raise EnqueueError("give run_at or delay, not both")
+    if run_at is not None and run_at.tzinfo is None:
+        raise EnqueueError("run_at must be timezone-aware (the database compares with now())")
+
+
+def _seconds(delay: Delay | None) -> float:
+    if delay is None:
+        return 0.0
+    return delay.total_seconds() if isinstance(delay, dt.timedelta) else float(delay)
+
+
+@contextmanager
+def _connection(
+    connection: psycopg.Connection[Any] | None, database_url: str | None
+) -> Iterator[psycopg.Connection[Any]]:
+    if connection is not None:
+        yield connection
+        return
+    url = _default_url(database_url, "connection= or database_url=")
+    with psycopg.connect(url, autocommit=True, application_name="djmaster enqueue") as conn:
+        yield conn
+
+
+def _default_url(database_url: str | None, choices: str) -> str:
+    """``database_url``; else, inside a worker, its database (a job's follow-ups go where
+    the job came from); else ``$DJMASTER_DATABASE_URL``. EnqueueError if none."""
+    url = database_url or default_database_url() or os.environ.get(DATABASE_URL_ENV)
+    if not url:
+        raise EnqueueError(
+            f"no database to enqueue into: pass {choices}, or set {DATABASE_URL_ENV}"
+        )
+    return url
+
+
+def _one_target(**given: object) -> None:
+    chosen = [name for name, value in given.items() if value is not None]
+    if len(chosen) > 1:
+        raise EnqueueError(f"give one of {', '.join(given)}, not {' and '.join(chosen)}")
+
+
+@contextmanager
+def _target(
+    connection: psycopg.Connection[Any] | None,
+    database_url: str | None,
+    pool: ConnectionPool[Any] | None,
+    connection_factory: ConnectionFactory | None,
+    using: str | None,
+) -> Iterator[psycopg.Connection[Any]]:
+    """The connection an enqueue writes on (see :func:`enqueue`)."""
+    _one_target(
+        connection=connection,
+        database_url=database_url,
+        pool=pool,
+        connection_factory=connection_factory,
+        using=using,
+    )
+    if connection is not None and not isinstance(connection, psycopg.Connection):
+        raise EnqueueError(_wrong_connection(connection, asynchronous=False))
+    if pool is not None:
+        _check_pool(pool, asynchronous=False)
+        with pool.connection() as conn, _one_statement(conn):
+            yield conn
+    elif connection_factory is not None:
+        with _from_factory(connection_factory) as conn, _one_statement(conn):
+            yield conn
+    elif using is not None:
+        # Imported only when asked for: the worker's start never imports Django.
+        from circus_djmaster.contrib.django import connection_for
+
+        yield connection_for(using)
+    else:
+        with _connection(connection, database_url) as conn:
+            yield conn
+
+
+@contextmanager
+def _from_factory(factory: ConnectionFactory) -> Iterator[psycopg.Connection[Any]]:
+    if not callable(factory):
+        raise EnqueueError(f"connection_factory must be callable, got {type(factory).__name__}")
+    made = factory()
+    if not hasattr(made, "__enter__"):
+        raise EnqueueError(
+            "connection_factory must return a psycopg.Connection or a context manager "
+            f"yielding one, got {type(made).__name__}"
+        )
+    with made as conn:
+        if not isinstance(conn, psycopg.Connection):
+            raise EnqueueError(
+                _wrong_connection(conn, asynchronous=False, what="connection_factory")
+            )
+        yield conn
+
+
+@contextmanager
+def _one_statement(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Run the enqueue's one statement as its own transaction on an idle borrowed
+    connection (one round trip instead of BEGIN, INSERT, COMMIT); join a transaction in
+    progress."""
+    if conn.autocommit or conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        yield
+        return
+    conn.autocommit = True
+    try:
+        yield
+    finally:
+        # A broken connection refuses the change; its pool discards it anyway.
+        with suppress(psycopg.Error):
+            conn.autocommit = False
+
+
+@asynccontextmanager
+async def _atarget(
+    connection: psycopg.AsyncConnection[Any] | None,
+    database_url: str | None,
+    pool: AsyncConnectionPool[Any] | None,
+    connection_factory: ConnectionFactory | None,
+) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """The async connection an enqueue writes on (see :func:`aenqueue`)."""
+    _one_target(
+        connection=connection,
+        database_url=database_url,
+        pool=pool,
+        connection_factory=connection_factory,
+    )
+    if connection is not None:
+        if not isinstance(connection, psycopg.AsyncConnection):
+            raise EnqueueError(_wrong_connection(connection, asynchronous=True))
+        yield connection
+    elif pool is not None:
+        _check_pool(pool, asynchronous=True)
+        async with pool.connection() as conn, _aone_statement(conn):
+            yield conn
+    elif connection_factory is not None:
+        async with _afrom_factory(connection_factory) as conn, _aone_statement(conn):
+            yield conn
+    else:
+        url = _default_url(database_url, "connection=, pool= or database_url=")
+        conn = await psycopg.AsyncConnection.connect(
+            url, autocommit=True, application_name="djmaster enqueue"
+        )
+        async with conn:
+            yield conn
+
+
+@asynccontextmanager
+async def _afrom_factory(
+    factory: ConnectionFactory,
+) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    if not callable(factory):
+        raise EnqueueError(f"connection_factory must be callable, got {type(factory).__name__}")
+    made = factory()
+    if inspect.isawaitable(made) and not hasattr(made, "__aenter__"):
+        made = await made
+    if not hasattr(made, "__aenter__"):
+        raise EnqueueError(
+            "connection_factory must return an async context manager yielding a "
+            "psycopg.AsyncConnection, or an awaitable of one, got "
+            f"{type(made).__name__}"
+        )
+    async with made as conn:
+        if not isinstance(conn, psycopg.AsyncConnection):
+            raise EnqueueError(
+                _wrong_connection(conn, asynchronous=True, what="connection_factory")
+            )
+        yield conn
+
+
+@asynccontextmanager
+async def _aone_statement(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
+    """:func:`_one_statement` for an ``AsyncConnection``."""
+    if conn.autocommit or conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        yield
+        return
+    await conn.set_autocommit(True)
+    try:
+        yield
+    finally:
+        with suppress(psycopg.Error):
+            await conn.set_autocommit(False)
+
+
+def _check_pool(pool: object, *, asynchronous: bool) -> None:
+    try:
+        import psycopg_pool
+    except ImportError:
+        raise EnqueueError(
+            "pool= needs psycopg_pool: pip install 'circus-djmaster[pool]'"
+        ) from None
+    wanted = psycopg_pool.AsyncConnectionPool if asynchronous else psycopg_pool.ConnectionPool
+    if isinstance(pool, wanted):
+        return
+    if asynchronous and isinstance(pool, psycopg_pool.ConnectionPool):
+        raise EnqueueError("pool= is a ConnectionPool: use enqueue() (or an AsyncConnectionPool)")
+    if not asynchronous and isinstance(pool, psycopg_pool.AsyncConnectionPool):
+        raise EnqueueError("pool= is an AsyncConnectionPool: use aenqueue() (or a ConnectionPool)")
+    raise EnqueueError(f"pool= must be a psycopg_pool.{wanted.__name__}, got {type(pool).__name__}")
+
+
+def _wrong_connection(conn: object, *, asynchronous: bool, what: str = "connection") -> str:
+    kind = type(conn).__name__
+    if asynchronous:
+        if isinstance(conn, psycopg.Connection):
+            return f"{what} gave a psycopg.Connection: use enqueue() for it, or an AsyncConnection"
+        return f"{what} must be a psycopg.AsyncConnection, got {kind}"
+    if isinstance(conn, psycopg.AsyncConnection):
+        return f"{what} gave a psycopg.AsyncConnection: use aenqueue() for it"
+    if type(conn).__module__.startswith("django."):
+        return f"{what} must be a psycopg.Connection, got Django's {kind}: pass using='<alias>'"
+    return f"{what} must be a psycopg.Connection, got {kind}"

@@ -1,0 +1,316 @@
+"""``djmaster-config``: write the files circusd needs from the settings file.
+
+* ``init [DIR] [--force]``: write an annotated ``djmaster.toml`` and its ``circus.ini``;
+* ``check SETTINGS``: validate a settings file, reporting every problem at once;
+* ``render SETTINGS [-o FILE]``: render ``circus.ini`` from a settings file.
+
+Subcommands register themselves in :data:`SUBCOMMANDS` (name -> setup function).
+
+Exit codes: 0 success, 2 bad settings or bad command line (argparse's own code for
+usage errors), 1 when a file cannot be written or ``init`` would overwrite one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shlex
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from circus_djmaster.config.settings import Problem, Settings, SettingsError, load_settings
+from circus_djmaster.exceptions import DjmasterError
+
+EXIT_OK = 0
+EXIT_IO_ERROR = 1
+EXIT_SETTINGS_ERROR = 2  # same code argparse uses for a bad command line
+OUTPUT_MODE = 0o644  # circus.ini holds no secret; circusd may run as another user
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+# ----------------------------------------------------------------- render
+
+
+def _setup_render(parser: argparse.ArgumentParser) -> Handler:
+    parser.add_argument("settings", metavar="SETTINGS", help="the djmaster.toml settings file")
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write circus.ini here (atomically, mode 0644) instead of to stdout",
+    )
+    parser.add_argument(
+        "--python",
+        metavar="PATH",
+        default=sys.executable,
+        help="interpreter circusd runs workers with (default: this one, %(default)s)",
+    )
+    return _render
+
+
+def _render(args: argparse.Namespace) -> int:
+    # Imported here so that other subcommands do not pay for jinja2.
+    from circus_djmaster.config.render import render_ini
+
+    settings = load_settings(args.settings)
+    text = render_ini(settings, python=args.python)
+    _warn_missing_dirs(settings)
+    if args.output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        write_atomic(Path(args.output), text)
+    return EXIT_OK
+
+
+def _warn_missing_dirs(settings: Settings) -> None:
+    # circusd opens a watcher's FileStream when it loads the ini; if the folder is
+    # missing it drops the watcher with only a warning and no job would ever run.
+    if settings.log_file is not None and not settings.log_file.parent.is_dir():
+        print(
+            f"djmaster-config: warning: folder {settings.log_file.parent} of log_file does "
+            "not exist; create it before starting circusd",
+            file=sys.stderr,
+        )
+
+
+def write_atomic(path: Path, text: str, mode: int = OUTPUT_MODE) -> None:
+    """Replace ``path`` with ``text`` so that a reader (circusd reloading) sees the old
+    file or the new one, never a half-written one."""
+    path = path.absolute()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        # mkstemp creates 0600; chmod explicitly, the umask must not decide.
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+# ------------------------------------------------------------------- init
+
+INI_FILENAME = "circus.ini"
+
+
+def _setup_init(parser: argparse.ArgumentParser) -> Handler:
+    parser.add_argument(
+        "dir",
+        metavar="DIR",
+        nargs="?",
+        default=".",
+        help="folder to write djmaster.toml and circus.ini into (default: the current "
+        "one; created if missing)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="overwrite djmaster.toml and circus.ini"
+    )
+    parser.add_argument(
+        "--python",
+        metavar="PATH",
+        default=sys.executable,
+        help="interpreter circusd runs workers with (default: this one, %(default)s)",
+    )
+    return _init
+
+
+def _init(args: argparse.Namespace) -> int:
+    from circus_djmaster.config.init_template import FILENAME, annotated_toml, template_settings
+    from circus_djmaster.config.render import render_ini
+
+    shown = Path(args.dir).expanduser()  # as the user wrote it, for the next steps
+    folder = shown.absolute()
+    settings_path, ini_path = folder / FILENAME, folder / INI_FILENAME
+    if not args.force:
+        # Both checked before either is written: init writes both files or neither.
+        existing = [p for p in (settings_path, ini_path) if p.exists() or p.is_symlink()]
+        for path in existing:
+            print(
+                f"djmaster-config: {path} already exists; not overwriting it (--force overwrites)",
+                file=sys.stderr,
+            )
+        if existing:
+            return EXIT_IO_ERROR
+    text = annotated_toml()
+    # Rendered before anything is written: a folder circus.ini cannot name (a space
+    # in its path, say) fails here and leaves nothing behind.
+    settings = template_settings(settings_path, text)
+    ini = render_ini(settings, python=args.python)
+    folder.mkdir(parents=True, exist_ok=True)
+    _make_log_folder(settings)
+    write_atomic(settings_path, text)
+    write_atomic(ini_path, ini)
+    toml_arg = shlex.quote(str(shown / FILENAME))
+    ini_arg = shlex.quote(str(shown / INI_FILENAME))
+    print(f"wrote {settings_path}  (settings: every option, its default and what it does)")
+    print(f"wrote {ini_path}  (rendered from it)")
+    print(
+        f"""
+Next steps:
+  1. Edit {toml_arg}: set `app` to the module of your jobs and adjust the
+     worker groups, then check it and render circus.ini again:
+       djmaster-config check {toml_arg}
+       djmaster-config render {toml_arg} -o {ini_arg}
+  2. Say where the database is, in the shell that runs steps 3 and 4 (the
+     settings read it from the environment, so no password is in any file):
+       export DJMASTER_DATABASE_URL=postgresql://USER:PASSWORD@HOST:5432/DBNAME
+  3. Create the delayed_jobs table:
+       djmaster migrate --settings {toml_arg}
+  4. Run the master and its workers (add --daemon to detach):
+       circusd {ini_arg}"""
+    )
+    return EXIT_OK
+
+
+def _make_log_folder(settings: Settings) -> None:
+    # The template leaves log_file commented out; should it ever set one, create its
+    # folder, or circusd would drop every watcher writing there (see _warn_missing_dirs).
+    if settings.log_file is not None:
+        settings.log_file.parent.mkdir(parents=True, exist_ok=True)
+
+
+# ------------------------------------------------------------------ check
+
+
+def _setup_check(parser: argparse.ArgumentParser) -> Handler:
+    parser.add_argument("settings", metavar="SETTINGS", help="the djmaster.toml settings file")
+    parser.add_argument(
+        "--python",
+        metavar="PATH",
+        default=sys.executable,
+        help="interpreter circusd would run workers with (default: this one, %(default)s)",
+    )
+    return _check
+
+
+def _check(args: argparse.Namespace) -> int:
+    from circus_djmaster.config.render import watcher_name
+
+    try:
+        settings = load_settings(args.settings)
+    except SettingsError as error:
+        # The render-time checks need a loaded file; these are all the loader found.
+        return _report_problems(error)
+    for warning in _check_warnings(settings):
+        print(f"djmaster-config: warning: {warning}", file=sys.stderr)
+    try:
+        _render_problems(settings, args.python)
+    except SettingsError as error:
+        return _report_problems(error)
+    groups, databases = settings.workers, settings.databases
+    watchers = [watcher_name(g.name, d.name) for g in groups for d in databases]
+    queues = sorted({queue for group in groups for queue in group.queues})
+    print(f"{settings.path}: OK")
+    print(f"  databases: {len(databases)} ({', '.join(d.name for d in databases)})")
+    print(f"  worker groups: {len(groups)} ({', '.join(g.name for g in groups)})")
+    print(
+        f"  watchers: {_count(len(groups), 'group')} x {_count(len(databases), 'database')}"
+        f" = {len(watchers)} ({', '.join(watchers)})"
+    )
+    if any(not group.queues for group in groups):
+        print(f"  queues: all ({', '.join(queues) or 'none named'} and any other)")
+    else:
+        print(f"  queues: {', '.join(queues)}")
+    for group in groups:
+        served = ", ".join(group.queues) if group.queues else "all queues"
+        print(
+            f"    {group.name}: {served}; up to {_count(group.max_processes, 'process')}"
+            f" x {_count(group.max_threads, 'thread')}"
+        )
+    return EXIT_OK
+
+
+def _render_problems(settings: Settings, python: str) -> None:
+    """Raise what render_ini would raise for ``settings``, as a SettingsError."""
+    from circus_djmaster.config.render import RenderError, render_ini
+
+    try:
+        render_ini(settings, python=python)
+    except RenderError as error:
+        raise SettingsError(settings.path, [Problem("", str(error))]) from None
+
+
+def _report_problems(error: SettingsError) -> int:
+    # One "FILE: KEY: reason" line per problem, then a count.
+    print(error, file=sys.stderr)
+    count = len(error.problems)
+    print(f"djmaster-config: {_count(count, 'problem')} found", file=sys.stderr)
+    return EXIT_SETTINGS_ERROR
+
+
+def _check_warnings(settings: Settings) -> list[str]:
+    """Things that do not make the file invalid but will stop it from running here."""
+    warnings = []
+    for database in settings.databases:
+        # Expanded only to see whether its variables are set; never shown.
+        try:
+            database.url()
+        except SettingsError as error:
+            for problem in error.problems:
+                warnings.append(
+                    f"{settings.path}: {problem.key}: {problem.reason} (needed by "
+                    "djmaster migrate and circusd, not by check)"
+                )
+    if settings.log_file is not None and not settings.log_file.parent.is_dir():
+        warnings.append(
+            f"{settings.path}: log_file: folder {settings.log_file.parent} does not exist; "
+            "create it before starting circusd"
+        )
+    return warnings
+
+
+def _count(number: int, noun: str) -> str:
+    plural = noun + ("es" if noun.endswith("s") else "s")
+    return f"{number} {noun if number == 1 else plural}"
+
+
+# ------------------------------------------------------------------- main
+
+#: name -> (help, setup); setup adds the arguments and returns the handler.
+SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Handler]]] = {
+    "init": ("write an annotated djmaster.toml and its circus.ini", _setup_init),
+    "check": ("validate a settings file, reporting every problem", _setup_check),
+    "render": ("render circus.ini from the settings file", _setup_render),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="djmaster-config",
+        description="Write the files circusd needs from a circus-djmaster settings file.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help_text, setup) in SUBCOMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=setup(sub))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``djmaster-config``; returns (and, as a script, exits with) the code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except SettingsError as error:
+        # Already "FILE: KEY: reason" lines; a traceback would only hide them.
+        print(error, file=sys.stderr)
+        return EXIT_SETTINGS_ERROR
+    except DjmasterError as error:
+        print(f"djmaster-config: {error}", file=sys.stderr)
+        return EXIT_SETTINGS_ERROR
+    except OSError as error:
+        print(f"djmaster-config: {error}", file=sys.stderr)
+        return EXIT_IO_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,347 @@
+"""Value kinds of the settings file: how a raw TOML value becomes a duration
+(``"1h30m"``), a size (``"300MB"``), a path, an endpoint, …
+
+Parsers raise :class:`ValueError` with a message meant for a human reading a settings
+error, so :mod:`circus_djmaster.config.settings` can prefix it with the file and key as is.
+Messages show the offending value, except for URLs, which may hold a password.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BOOLEAN",
+    "CALLABLE",
+    "ENDPOINT",
+    "LOGOUTPUT",
+    "MODULE",
+    "NAME",
+    "NAME_PATTERN",
+    "PATH",
+    "SIZE",
+    "STRINGS",
+    "URL",
+    "Kind",
+    "choice",
+    "describe",
+    "duration",
+    "format_duration",
+    "format_size",
+    "integer",
+    "parse_duration",
+    "parse_size",
+    "toml_type",
+]
+
+# Seconds per duration unit. Months and years are left out on purpose: they
+# have no fixed length and nobody sets a job timeout in them.
+_DURATION_UNITS: dict[str, float] = {
+    "ms": 0.001,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+}
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_DURATION_PART = re.compile(rf"\s*({_NUMBER})\s*(ms|s|m|h|d)", re.IGNORECASE)
+_BARE_NUMBER = re.compile(rf"\s*{_NUMBER}\s*")
+
+# KB/MB/... are powers of 1024 like the seed's ``max_memory`` in MB and like
+# most people mean when talking about RSS; the IEC spellings are accepted too.
+_SIZE_UNITS: dict[str, int] = {"": 1, "b": 1}
+for _power, _letter in enumerate("kmgt", start=1):
+    for _suffix in (_letter, _letter + "b", _letter + "ib"):
+        _SIZE_UNITS[_suffix] = 1024**_power
+_SIZE = re.compile(rf"\s*({_NUMBER})\s*([a-z]*)\s*", re.IGNORECASE)
+
+DURATION_EXAMPLES = "examples: 30s, 5m, 1h30m, 500ms"
+SIZE_EXAMPLES = "examples: 300MB, 1GB"
+
+
+def describe(value: Any) -> str:
+    """Show a settings value the way it was (probably) written in TOML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(describe(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{...}"
+    return str(value)
+
+
+def _number(value: Any, what: str, unit: str, examples: str) -> float:
+    """A real, finite, non-negative number. Booleans are not numbers here even
+    though Python thinks so: ``max_run_time = true`` is a mistake, not 1 second."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(
+            f"{describe(value)} is not a {what}: expected a number of {unit} "
+            f"or a string ({examples})"
+        )
+    if not math.isfinite(value):
+        raise ValueError(f"{describe(value)} is not a {what}: it must be finite")
+    if value < 0:
+        raise ValueError(f"{describe(value)} is not a {what}: it must not be negative")
+    return float(value)
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number (``30``, ``0.5``) or a string (``"500ms"``, ``"1h30m"``).
+
+    A bare numeric string (``"30"``) means seconds, so ``"${TIMEOUT:-30}"`` works.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if _BARE_NUMBER.fullmatch(text):
+            return float(text)
+        total = 0.0
+        position = 0
+        while position < len(text):
+            match = _DURATION_PART.match(text, position)
+            if match is None:
+                break
+            total += float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+            position = match.end()
+        else:
+            if text:
+                return total
+        raise ValueError(f"{describe(value)} is not a duration ({DURATION_EXAMPLES})")
+    return _number(value, "duration", "seconds", DURATION_EXAMPLES)
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from an integer (``1048576``) or a string (``"300MB"``, ``"1.5GiB"``)."""
+    if isinstance(value, str):
+        match = _SIZE.fullmatch(value)
+        multiplier = _SIZE_UNITS.get(match.group(2).lower()) if match else None
+        if match is None or multiplier is None:
+            raise ValueError(f"{describe(value)} is not a size ({SIZE_EXAMPLES})")
+        return round(float(match.group(1)) * multiplier)
+    number = _number(value, "size", "bytes", SIZE_EXAMPLES)
+    if not number.is_integer():
+        raise ValueError(f"{describe(value)} is not a size: a number of bytes must be whole")
+    return int(number)
+
+
+def format_duration(seconds: float) -> str:
+    """A spelling that :func:`parse_duration` reads back exactly: 14400 -> ``"4h"``."""
+    if seconds == int(seconds):
+        remaining = int(seconds)
+        parts = []
+        for unit, length in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+            count, remaining = divmod(remaining, length)
+            if count:
+                parts.append(f"{count}{unit}")
+        return "".join(parts) or "0s"
+    milliseconds = seconds * 1000
+    if seconds < 1 and milliseconds == int(milliseconds):
+        return f"{int(milliseconds)}ms"
+    return f"{seconds!r}s"
+
+
+def format_size(size: int) -> str:
+    """The largest unit that divides the size exactly: 314572800 -> ``"300MB"``."""
+    for unit, multiplier in (("TB", 1024**4), ("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if size and size % multiplier == 0:
+            return f"{size // multiplier}{unit}"
+    return str(size)
+
+
+# Group and database names become part of circus watcher names ``djmaster-<group>-<db>``:
+# no dots there (spec §7), and no hyphens so that the name splits back unambiguously.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_]+")
+NAME_RULE = f"must match ^{NAME_PATTERN.pattern}$ (it becomes part of circus watcher names)"
+
+
+_TOML_TYPES = {bool: "boolean", int: "integer", float: "float", str: "string"}
+
+
+def toml_type(value: Any) -> str:
+    """The TOML name of a decoded value's type, for error messages."""
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "table"
+    return _TOML_TYPES.get(type(value), type(value).__name__)
+
+
+def _type_error(expected: str, value: Any) -> ValueError:
+    return ValueError(f"expected {expected}, got {toml_type(value)} {describe(value)}")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A value type: its name in the docs, its parser and how to write a value back."""
+
+    name: str
+    parse: Callable[[Any, Path], Any]  # (raw TOML value, folder of the file) -> value
+    to_toml: Callable[[Any], str] = describe
+
+
+def integer(*, minimum: int | None = None) -> Kind:
+    def parse(value: Any, _base: Path) -> int:
+        # Strings are accepted so that "${PROCESSES:-2}" works.
+        if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _type_error("an integer", value)
+        if minimum is not None and value < minimum:
+            raise ValueError(f"{value} is too small (minimum {minimum})")
+        return value
+
+    return Kind("integer" if minimum is None else f"integer ≥ {minimum}", parse)
+
+
+def _boolean(value: Any, _base: Path) -> bool:
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if not isinstance(value, bool):
+        raise _type_error("true or false", value)
+    return value
+
+
+def duration(*, positive: bool = False) -> Kind:
+    def parse(value: Any, _base: Path) -> float:
+        seconds = parse_duration(value)
+        if positive and seconds <= 0:
+            raise ValueError(f"{describe(value)} must be greater than 0")
+        return seconds
+
+    return Kind(
+        "duration > 0" if positive else "duration",
+        parse,
+        lambda seconds: json.dumps(format_duration(seconds)),
+    )
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _type_error("a string", value)
+    if not value.strip():
+        raise ValueError("must not be empty")
+    # A NUL in a path or queue name can never work (the OS and libpq refuse it), and
+    # other control characters only hide what a value really is.
+    if _CONTROL.search(value):
+        raise ValueError(f"{describe(value)} contains a control character")
+    return value
+
+
+def _is_dotted(text: str) -> bool:
+    return all(part.isidentifier() for part in text.split("."))
+
+
+def _module(value: Any, _base: Path) -> str:
+    text = _string(value).strip()
+    if not _is_dotted(text):
+        raise ValueError(f"{describe(value)} is not a module name (example: myapp.jobs)")
+    return text
+
+
+def _callable_ref(value: Any, _base: Path) -> str:
+    text = _string(value).strip()
+    module, colon, attr = text.partition(":")
+    if not (colon and _is_dotted(module) and _is_dotted(attr)):
+        raise ValueError(
+            f'{describe(value)} is not "module.path:attr" (example: myapp.hooks:after_fork)'
+        )
+    return text
+
+
+def choice(*choices: str) -> Kind:
+    def parse(value: Any, _base: Path) -> str:
+        text = _string(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"{describe(value)} is not one of {', '.join(choices)}")
+        return text
+
+    return Kind("one of " + ", ".join(choices), parse)
+
+
+def _path(value: Any, base: Path) -> Path:
+    path = Path(_string(value)).expanduser()
+    return Path(os.path.normpath(path if path.is_absolute() else base / path))
+
+
+def _logoutput(value: Any, base: Path) -> str:
+    return "-" if _string(value) == "-" else str(_path(value, base))
+
+
+# zmq endpoints. No spaces: circus pastes plugin options into a command line.
+_ENDPOINT = re.compile(r"tcp://(?:\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5})|ipc://\S+")
+
+
+_LOOPBACK_HOSTS = ("localhost", "[::1]")
+
+
+def _endpoint(value: Any, _base: Path) -> str:
+    text = _string(value)
+    match = _ENDPOINT.fullmatch(text)
+    if match is None or (match.group(1) and not 0 < int(match.group(1)) < 65536):
+        raise ValueError(f"{describe(value)} is not tcp://HOST:PORT or ipc://PATH")
+    if text.startswith("tcp://"):
+        host = text[len("tcp://") :].rsplit(":", 1)[0]
+        # circusd's control socket has no authentication: whoever reaches it runs any
+        # command. Keep it on this machine (SPEC §7).
+        if host not in _LOOPBACK_HOSTS and not re.fullmatch(r"127(?:\.\d{1,3}){3}", host):
+            raise ValueError(
+                f"{describe(value)} is not on loopback: circus endpoints must be "
+                "tcp://127.0.0.1:PORT (or localhost, [::1]) or ipc://PATH"
+            )
+    return text
+
+
+def _name(value: Any, _base: Path) -> str:
+    text = _string(value)
+    if not NAME_PATTERN.fullmatch(text):
+        raise ValueError(f"{describe(value)} {NAME_RULE}")
+    return text
+
+
+def _string_list(value: Any, _base: Path) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(item, str) and item.strip() for item in value
+    ):
+        raise _type_error("an array of non-empty strings", value)
+    return tuple(_string(item) for item in value)
+
+
+def _url(value: Any, _base: Path) -> str:
+    # Validated lazily by Database.url(); never echo the value, it may hold a password.
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {toml_type(value)}")
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+BOOLEAN = Kind("boolean", _boolean)
+
+
+def _positive_size(value: Any, _base: Path) -> int:
+    size = parse_size(value)
+    if size <= 0:
+        raise ValueError(f"{describe(value)} must be more than 0 ({SIZE_EXAMPLES})")
+    return size
+
+
+SIZE = Kind("size", _positive_size, lambda size: f'"{format_size(size)}"')
+PATH = Kind("path", _path)
+MODULE = Kind("module", _module)
+CALLABLE = Kind('"module:attr"', _callable_ref)
+ENDPOINT = Kind("endpoint", _endpoint)
+NAME = Kind("name", _name)
+STRINGS = Kind("array of strings", _string_list)
+URL = Kind("URL", _url)
+LOGOUTPUT = Kind('"-" or path', _logoutput)

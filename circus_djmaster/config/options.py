@@ -1,0 +1,184 @@
+"""The declarations of every settings option: section, name, kind, doc and default.
+
+Declared once, here; loading and validation (:mod:`circus_djmaster.config.settings`),
+``docs/settings.md`` (:mod:`circus_djmaster.config.docs`) and the annotated file of
+``djmaster-config init`` (:mod:`circus_djmaster.config.init_template`) are all driven by them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from circus_djmaster.config.kinds import (
+    BOOLEAN,
+    CALLABLE,
+    ENDPOINT,
+    LOGOUTPUT,
+    MODULE,
+    NAME,
+    PATH,
+    SIZE,
+    STRINGS,
+    URL,
+    Kind,
+    choice,
+    duration,
+    integer,
+)
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str  # "" for the top level
+    header: str  # as written in the file
+    doc: str
+
+
+@dataclass(frozen=True)
+class _Context:
+    base: Path  # folder holding the settings file
+    index: int = 0  # position in [[workers]]
+
+
+@dataclass(frozen=True)
+class Option:
+    section: str
+    name: str
+    kind: Kind
+    doc: str
+    default: Any = None  # used when the key is absent; None means unset
+    default_factory: Callable[[_Context], Any] | None = None
+    default_doc: str | None = None  # shown instead of the default in docs
+    expand_env: bool = True  # database URLs are expanded only when used
+
+    @property
+    def type(self) -> str:
+        return self.kind.name
+
+    @property
+    def default_toml(self) -> str | None:
+        """The default as a TOML literal, or None if it is unset or computed."""
+        if self.default is None or self.default_factory is not None:
+            return None
+        return self.kind.to_toml(self.default)
+
+    def default_for(self, context: _Context) -> Any:
+        if self.default_factory is not None:
+            return self.default_factory(context)
+        return self.default
+
+
+SECTIONS: tuple[Section, ...] = (
+    Section("", "top level", "Keys at the top of the file, before any table."),
+    Section(
+        "callbacks",
+        "[callbacks]",
+        "Hooks, each a callable named `module.path:attr`. Only the form is checked when "
+        "the file is loaded; the callable is imported where it runs. An exception in a "
+        "callback is logged and never stops polling or monitoring.",
+    ),
+    Section(
+        "databases",
+        "[databases]",
+        "One key per database holding `delayed_jobs`. A URL is expanded only when a "
+        "connection is made, so `djmaster-config render` works without the secrets.",
+    ),
+    Section(
+        "workers",
+        "[[workers]]",
+        "One table per worker group; each group runs as one circus watcher per "
+        "database, scaled from zero to `max_processes` on demand.",
+    ),
+    Section("circus", "[circus]", "Values for the generated `circus.ini`."),
+)
+
+_COUNT = integer(minimum=1)
+# 0 would make a loop spin, or retire every worker at once.
+_POSITIVE = duration(positive=True)
+_CALLBACKS = {
+    "before_fork": "master: before it starts worker processes for a watcher",
+    "after_fork": "worker: in a new worker process, after the `app` import",
+    "before_work": "worker: before its run loop starts",
+    "after_work": "worker: after its run loop ends",
+    "around_work": "worker: wraps its run loop",
+    "before_polling": "master: before each count of ready jobs",
+    "after_polling": "master: after each count of ready jobs",
+    "around_polling": "master: wraps each count of ready jobs",
+    "before_monitor": "master: before each memory and age check",
+    "after_monitor": "master: after each memory and age check",
+    "around_monitor": "master: wraps each memory and age check",
+}
+
+OPTIONS: tuple[Option, ...] = (
+    Option("", "working_directory", PATH, "worker processes chdir here",
+           default_factory=lambda context: context.base,
+           default_doc="the folder holding the settings file"),
+    Option("", "monitor_interval", _POSITIVE,
+           "how often the master checks each worker's memory and age", default=5.0),
+    Option("", "polling_interval", _POSITIVE,
+           "how often the master counts ready jobs when no NOTIFY arrives", default=30.0),
+    Option("", "pid_file", PATH, "where the master plugin writes its pid"),
+    Option("", "log_file", PATH, "log file of master and workers",
+           default_doc="unset (stderr)"),
+    Option("", "log_level", choice("debug", "info", "warning", "error"),
+           "level of the log file", default="info"),
+    Option("", "database_timeout", _POSITIVE, "bound on every database round trip of "
+           "workers and the master: the server's `statement_timeout`, and a deadline a "
+           "few seconds longer on the client for a server that stops answering (the "
+           "connection is then dropped and made again)", default=10.0),
+    Option("", "listen", BOOLEAN, "use LISTEN/NOTIFY to wake the master at once when "
+           "jobs are enqueued", default=True),
+    Option("", "app", MODULE, "module every worker imports (preloads) before it runs "
+           'jobs, e.g. `"myapp.jobs"`'),
+    *(Option("callbacks", name, CALLABLE, doc) for name, doc in _CALLBACKS.items()),
+    Option("databases", "<name>", URL, "connection URL of database `<name>` (letters, "
+           "digits, `_`); may read the environment with `${VAR}`",
+           default_doc='`primary = "${DJMASTER_DATABASE_URL}"` when the table is absent',
+           expand_env=False),
+    Option("workers", "name", NAME, "group name (letters, digits, `_`), unique",
+           default_factory=lambda context: f"worker{context.index}",
+           default_doc="`worker0`, `worker1`, … by position"),
+    Option("workers", "queues", STRINGS, "queues this group works on; empty means all",
+           default=()),
+    Option("workers", "max_processes", _COUNT, "most worker processes, across all "
+           "databases", default=1),
+    Option("workers", "max_threads", _COUNT, "threads running jobs in each process",
+           default=1),
+    Option("workers", "max_memory", SIZE, "a worker whose RSS exceeds this retires "
+           "after its current job"),
+    Option("workers", "hard_max_memory", SIZE, "a worker whose RSS exceeds this is "
+           "stopped at once; must be greater than `max_memory`"),
+    Option("workers", "max_execution", _POSITIVE, "a worker process this old "
+           "retires after its current job"),
+    Option("workers", "idle_timeout", duration(), "a worker exits when it has "
+           "found no job for this long (0: as soon as a pass finds none)", default=0.0),
+    Option("workers", "sleep_delay", _POSITIVE, "how long an idle worker thread "
+           "waits before looking for jobs again", default=5.0),
+    Option("workers", "read_ahead", _COUNT, "jobs reserved per database round trip",
+           default=1),
+    Option("workers", "max_attempts", _COUNT, "attempts before a job is marked failed",
+           default=25),
+    Option("workers", "max_run_time", _POSITIVE, "a job running longer fails "
+           "and its worker retires; older locks are stale", default=4 * 3600.0),
+    Option("workers", "min_priority", integer(), "only run jobs with priority ≥ this"),
+    Option("workers", "max_priority", integer(), "only run jobs with priority ≤ this"),
+    Option("workers", "destroy_failed_jobs", BOOLEAN, "delete jobs that fail for good "
+           "instead of keeping them with `failed_at`", default=False),
+    Option("circus", "endpoint", ENDPOINT, "circusd control socket (loopback or ipc:// only)",
+           default="tcp://127.0.0.1:5555"),
+    Option("circus", "pubsub_endpoint", ENDPOINT, "circusd event socket (loopback or ipc://)",
+           default="tcp://127.0.0.1:5556"),
+    Option("circus", "stats_endpoint", ENDPOINT, "circusd stats socket (loopback or ipc://)",
+           default="tcp://127.0.0.1:5557"),
+    Option("circus", "check_delay", _POSITIVE, "circusd's delay before it "
+           "checks (and respawns) processes", default=5.0),
+    Option("circus", "logoutput", LOGOUTPUT, 'circusd log; `"-"` means stdout',
+           default="-"),
+)  # fmt: skip
+
+
+def options_in(section: str) -> tuple[Option, ...]:
+    return tuple(option for option in OPTIONS if option.section == section)

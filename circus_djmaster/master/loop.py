@@ -1,0 +1,606 @@
+"""The master's loop: observe circus and the workers, decide (scaling.py), act.
+
+One asyncio task owns every decision and every circus command (gunicorn's arbiter
+pattern): signal handlers, circus events, NOTIFY and timers only record what happened
+and wake it. Each turn of the loop:
+
+1. handles recorded signals (signals.py documents the table);
+2. observes: circus ``status`` of every watcher, then ``get numprocesses`` and ``list``
+   of the running ones, and psutil readings of every worker pid (title state, RSS with
+   children, age). Events are hints; this observation is the truth;
+3. releases the jobs of workers that vanished since the last observation (kill -9, OOM,
+   a job calling ``os._exit``) for an immediate retry, an attempt charged;
+4. every ``monitor_interval``: memory and lifetime limits (scaling.plan_limits);
+5. when a scaling pass is due (a NOTIFY, a poll timer, a scheduled run_at, a worker
+   that exited, the start): asks every database for a ready count *after* the
+   observation, then grows watchers (scaling.plan_scaling).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import enum
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from circus_djmaster.circusd.async_client import (
+    SCALING_RETRY,
+    AsyncCircus,
+    CircusError,
+    CircusTimeout,
+)
+from circus_djmaster.circusd.hooks import is_retiring
+from circus_djmaster.common import logs
+from circus_djmaster.config.render import watcher_index, watcher_name
+from circus_djmaster.config.settings import Settings
+from circus_djmaster.contracts.exit_codes import ExitCode
+from circus_djmaster.contracts.running_jobs import forget, read_running
+from circus_djmaster.master import signals as master_signals
+from circus_djmaster.master.callbacks import ForkTarget, MasterCallbacks
+from circus_djmaster.master.listener import Listener
+from circus_djmaster.master.polling import DatabasePoller, Release
+from circus_djmaster.master.readings import describe_exit, read_worker, zombie_exit_code
+from circus_djmaster.master.scaling import (
+    Action,
+    GroupPolicy,
+    GrowWatcher,
+    KillWorker,
+    ParkWatcher,
+    RetireReason,
+    RetireWorker,
+    StartWatcher,
+    WatcherSnapshot,
+    WatcherStatus,
+    plan_limits,
+    plan_scaling,
+    vanished,
+)
+from circus_djmaster.store import async_executor as astore
+from circus_djmaster.store.statements import locked_by_for
+from circus_djmaster.worker.outcomes import charge_for_death
+
+log = logging.getLogger(__name__)
+
+#: How long a scaling pass waits for each database's count.
+COUNT_WAIT = 2.0
+#: Turns start at most this often: the first event after a quiet spell is handled at
+#: once (a NOTIFY must start a worker fast), the following ones of a burst (spawn,
+#: start, reap, a flood of NOTIFYs…) are gathered into the next turn.
+MIN_TURN_INTERVAL = 0.05
+#: Released pids are remembered this long, so a reap event and the vanished pid do
+#: not release the same worker's jobs twice.
+RELEASED_MEMORY = 120.0
+
+
+class Mode(enum.Enum):
+    RUNNING = "running"
+    DRAINING = "draining"  # WINCH: workers finish, then the master stops
+
+
+class Outcome(enum.Enum):
+    """How :meth:`Master.run` ended: what the plugin process does next."""
+
+    STOPPED = "stopped"  # the master's watcher is stopped in circus; exit
+    RELEASED = "released"  # circus stops or replaces this process; exit quietly
+    RESTART = "restart"  # exit; circus respawns the plugin (USR2, HUP)
+
+
+@dataclasses.dataclass
+class Block:
+    """A watcher whose workers exited with CONFIG_ERROR (78)."""
+
+    settings_mtime: int | None
+    parked: bool = False
+
+
+class Master:
+    def __init__(
+        self,
+        settings: Settings,
+        circus: AsyncCircus,
+        *,
+        own_watcher: str,
+        host: str | None = None,
+        probe_interval: float = 10.0,
+    ) -> None:
+        self.settings = settings
+        self.circus = circus
+        self.own_watcher = own_watcher
+        self.pid = os.getpid()
+        self.host = host or socket.gethostname()
+        self.probe_interval = probe_interval
+        self.index = watcher_index(settings)  # lower-cased watcher -> (group, database)
+        self.policies = {group.name: GroupPolicy.from_settings(group) for group in settings.workers}
+        self.callbacks = MasterCallbacks.load(settings.callbacks)
+        self.mode = Mode.RUNNING
+        self.snapshots: list[WatcherSnapshot] = []  # the last observation
+        self.blocked: dict[str, Block] = {}
+        self._known: dict[int, str] = {}  # pid -> watcher, as last observed
+        self._gone: dict[int, str] = {}  # pids that vanished in the last observation
+        self._retiring: dict[int, RetireReason] = {}  # SIGTERM sent by the master
+        self._killed: dict[int, RetireReason] = {}  # SIGKILL sent by the master
+        self._exit_codes: dict[int, int | None] = {}  # from circus reap events
+        self._released: dict[int, float] = {}  # pid -> when its jobs were released
+        self._missing_reported: set[str] = set()
+        self._signals: collections.deque[int] = collections.deque()
+        self._wake = asyncio.Event()
+        self._scale_due = True
+        self._next_monitor = 0.0
+        self._last_turn = 0.0
+        self._rotation = 0
+        self._circus_failures = 0
+        self.pollers: dict[str, DatabasePoller] = {}
+        self.listeners: dict[str, Listener] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        # A pending signal (TERM from circus' quit…) must not wait for circus retries.
+        circus.interrupted = lambda: bool(self._signals)
+
+    # --- inputs: record and wake, never act ----------------------------------------
+
+    def record_signal(self, signum: int) -> None:
+        self._signals.append(signum)
+        self._wake.set()
+
+    def request_scaling(self) -> None:
+        self._scale_due = True
+        self._wake.set()
+
+    def on_event(self, watcher: str, event: str, message: Any) -> None:
+        """A circus pubsub event (``watcher.<name>.<event>``): a hint to look again."""
+        watcher = watcher.lower()
+        if watcher not in self.index:
+            return
+        if event == "reap" and isinstance(message, dict):
+            self._on_reap(watcher, message)
+        if event in ("reap", "stop", "start"):
+            self._scale_due = True  # a slot was freed, or an operator acted
+        self._wake.set()
+
+    def _on_reap(self, watcher: str, message: dict[str, Any]) -> None:
+        try:
+            pid = int(message["process_pid"])
+        except (KeyError, TypeError, ValueError):
+            return
+        exit_code = message.get("exit_code")
+        exit_code = exit_code if isinstance(exit_code, int) else None
+        if pid in self._known:  # kept for the message when it vanishes from `list`
+            self._exit_codes[pid] = exit_code
+        if exit_code == ExitCode.CONFIG_ERROR:
+            self._block(watcher)
+        elif not is_retiring(exit_code):
+            # It died: release now (it may have lived between two observations).
+            self._release_jobs(pid, watcher, self._death_message(pid, exit_code))
+
+    # --- the loop ------------------------------------------------------------------
+
+    async def run(self) -> Outcome:
+        self._start_tasks()
+        log.info(
+            "master started (pid %d, settings %s): %d watcher(s), polling every %gs, "
+            "monitor every %gs, LISTEN %s",
+            self.pid,
+            self.settings.path,
+            len(self.index),
+            self.settings.polling_interval,
+            self.settings.monitor_interval,
+            "on" if self.settings.listen else "off",
+        )
+        try:
+            while True:
+                outcome = await self._handle_signals()
+                if outcome is not None:
+                    return outcome
+                pause = 0.0
+                try:
+                    outcome = await self._turn()
+                except (CircusError, CircusTimeout) as error:
+                    pause = self._circus_failed(error)
+                else:
+                    if self._circus_failures:
+                        log.info("circusd answers again")
+                    self._circus_failures = 0
+                if outcome is not None:
+                    return outcome
+                await self._wait(at_least=pause)
+        finally:
+            await self._stop_tasks()
+
+    async def _turn(self) -> Outcome | None:
+        self._last_turn = time.monotonic()
+        self._check_blocks()  # before observing: the snapshots carry the blocks
+        snapshots = await self.observe()
+        self._check_blocks(snapshots)  # parked watchers need a fresh status
+        self._release_vanished()
+        now = time.monotonic()
+        if now >= self._next_monitor:
+            self._next_monitor = now + self.settings.monitor_interval
+            await self._monitor(snapshots)
+            # Reconcile scaling too while workers live or are due: a decision may have
+            # waited (a worker still starting cannot be retired yet), and events are only
+            # hints. With nothing running, the polling timer and NOTIFY suffice: counting
+            # every database every tick would be most of an idle master's CPU.
+            if any(s.workers or s.numprocesses for s in snapshots):
+                self._scale_due = True
+        if self.mode is Mode.DRAINING:
+            return await self._drain(snapshots)
+        if self._scale_due:
+            self._scale_due = False
+            await self._scale(snapshots)
+        return None
+
+    async def _wait(self, at_least: float = 0.0) -> None:
+        """Until something happened (or the next monitor tick); signals cut it short."""
+        timeout = max(0.0, at_least, self._next_monitor - time.monotonic())
+        if at_least:
+            self._wake.clear()  # old wake-ups must not end a pause after a circus failure
+            if self._signals:
+                return
+        if not self._wake.is_set():
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                return
+        throttle = self._last_turn + MIN_TURN_INTERVAL - time.monotonic()
+        if throttle > 0:
+            await asyncio.sleep(throttle)
+        self._wake.clear()
+
+    def _circus_failed(self, error: Exception) -> float:
+        """Log (the first failure, then every 30th); return the pause before a retry."""
+        self._circus_failures += 1
+        pause = min(5.0, 0.5 * self._circus_failures)
+        if self._circus_failures == 1 or self._circus_failures % 30 == 0:
+            log.warning(
+                "circusd: %s (failure %d); trying again in %.1fs",
+                error,
+                self._circus_failures,
+                pause,
+            )
+        self._scale_due = True
+        return pause
+
+    # --- tasks -----------------------------------------------------------------------
+
+    def _start_tasks(self) -> None:
+        for database in self.settings.databases:
+
+            def connect(database: Any = database, role: str = "poll") -> Any:
+                return astore.connect(
+                    database.url(),
+                    application_name=f"djmaster-master-{role}",
+                    timeout=self.settings.database_timeout,
+                )
+
+            poller = DatabasePoller(
+                self.settings,
+                database.name,
+                connect,
+                self.request_scaling,
+                callbacks=self.callbacks,
+                master=self,
+                host=self.host,
+            )
+            self.pollers[database.name] = poller
+            self._tasks.append(asyncio.create_task(poller.run(), name=f"poll-{database.name}"))
+            if self.settings.listen:
+                listener = Listener(
+                    database.name,
+                    lambda database=database: connect(database, "listen"),
+                    poller.wake,
+                    probe_interval=self.probe_interval,
+                )
+                self.listeners[database.name] = listener
+                self._tasks.append(
+                    asyncio.create_task(listener.run(), name=f"listen-{database.name}")
+                )
+
+    async def _stop_tasks(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await asyncio.gather(*(poller.close() for poller in self.pollers.values()))
+
+    # --- observation -------------------------------------------------------------------
+
+    async def observe(self) -> list[WatcherSnapshot]:
+        statuses = await self.circus.statuses()
+        snapshots = []
+        current: dict[int, str] = {}
+        for name, (group, database) in self.index.items():
+            if name not in statuses:
+                if name not in self._missing_reported:
+                    self._missing_reported.add(name)
+                    log.error(
+                        "watcher %s is not in circusd: render circus.ini again from %s",
+                        watcher_name(group, database),
+                        self.settings.path,
+                    )
+                continue
+            status = WatcherStatus.parse(statuses[name])
+            pids: list[int] = []
+            numprocesses = 0
+            if status is not WatcherStatus.STOPPED:
+                numprocesses = await self.circus.numprocesses(name)
+                pids = await self.circus.pids(name)
+            workers = []
+            for pid in pids:
+                current[pid] = name
+                worker = read_worker(pid, retiring=pid in self._retiring)
+                if worker is not None:
+                    workers.append(worker)
+            block = self.blocked.get(name)
+            snapshots.append(
+                WatcherSnapshot(
+                    name=name,
+                    group=group,
+                    database=database,
+                    status=status,
+                    numprocesses=numprocesses,
+                    workers=tuple(workers),
+                    blocked=block is not None,
+                    parked=block is not None and block.parked,
+                )
+            )
+        self._gone.update(vanished(self._known, current))
+        self._known = current
+        self.snapshots = snapshots
+        return snapshots
+
+    # --- dead workers ------------------------------------------------------------------
+
+    def _release_vanished(self) -> None:
+        now = time.monotonic()
+        for pid, when in list(self._released.items()):
+            if now - when > RELEASED_MEMORY:
+                del self._released[pid]
+        for pid, watcher in self._gone.items():
+            self._retiring.pop(pid, None)
+            exit_code = self._exit_codes.get(pid)
+            if exit_code is None:  # not reaped by circus yet: ask the kernel
+                exit_code = zombie_exit_code(pid)
+            self._release_jobs(pid, watcher, self._death_message(pid, exit_code))
+            self._killed.pop(pid, None)
+            self._exit_codes.pop(pid, None)
+        self._gone = {}
+
+    def _death_message(self, pid: int, exit_code: int | None) -> str:
+        """How a worker died, e.g. "worker pid 12 on web1 was killed by SIGKILL"."""
+        killed = self._killed.get(pid)
+        if killed is not None:
+            return f"worker pid {pid} on {self.host} was killed by the master: {killed.value}"
+        how = "died" if exit_code is None else describe_exit(exit_code)
+        return f"worker pid {pid} on {self.host} {how}"
+
+    def _release_jobs(self, pid: int, watcher: str, message: str) -> None:
+        """Queue the release of a gone worker's jobs; a no-op in the database when it
+        exited cleanly (it holds no lock)."""
+        if pid in self._released:
+            return
+        self._released[pid] = time.monotonic()
+        _group, database = self.index[watcher]
+        # What it ran when it died (running.py) decides who is charged.
+        charge = charge_for_death(read_running(pid))
+        forget(pid)
+        poller = self.pollers.get(database)
+        if poller is not None:
+            poller.release([Release(locked_by_for(pid, self.host), message, charge)])
+
+    # --- configuration errors ------------------------------------------------------------
+
+    def _settings_mtime(self) -> int | None:
+        try:
+            return os.stat(self.settings.path).st_mtime_ns
+        except OSError:
+            return None
+
+    def _block(self, watcher: str) -> None:
+        if watcher in self.blocked:
+            return
+        self.blocked[watcher] = Block(self._settings_mtime())
+        group, database = self.index[watcher]
+        log.error(
+            "%s: a worker exited with code %d (settings or application preload error; "
+            "the worker's own error is in %s): not starting workers for it until %s "
+            "changes, `circusctl start %s`, or USR2 to the master",
+            watcher_name(group, database),
+            int(ExitCode.CONFIG_ERROR),
+            self.settings.log_file or "circusd's output",
+            self.settings.path,
+            watcher_name(group, database),
+        )
+
+    def _check_blocks(self, snapshots: Iterable[WatcherSnapshot] | None = None) -> None:
+        """Unblock watchers whose settings changed; with ``snapshots`` (a fresh
+        observation), also those an operator started after the master parked them."""
+        if not self.blocked:
+            return
+        mtime = self._settings_mtime()
+        statuses = {snapshot.name: snapshot.status for snapshot in snapshots or ()}
+        for watcher, block in list(self.blocked.items()):
+            if block.settings_mtime != mtime:
+                why = f"{self.settings.path} changed"
+            elif block.parked and statuses.get(watcher) not in (None, WatcherStatus.STOPPED):
+                why = "an operator started it"
+            else:
+                continue
+            del self.blocked[watcher]
+            self._scale_due = True
+            log.info("%s: scaling it again (%s)", watcher, why)
+
+    # --- monitor ---------------------------------------------------------------------------
+
+    async def _monitor(self, snapshots: list[WatcherSnapshot]) -> None:
+        async def block() -> None:
+            await self._execute(plan_limits(self.policies, snapshots))
+
+        await self.callbacks.call("before_monitor", self)
+        await self.callbacks.around("around_monitor", block, self)
+        await self.callbacks.call("after_monitor", self)
+
+    # --- scaling ---------------------------------------------------------------------------
+
+    async def _scale(self, snapshots: list[WatcherSnapshot]) -> None:
+        databases = list(self.pollers)
+        results = await asyncio.gather(
+            *(self.pollers[database].count(COUNT_WAIT) for database in databases)
+        )
+        counts = dict(zip(databases, results, strict=True))
+        ready = []
+        for snapshot in snapshots:
+            per_group = counts.get(snapshot.database)
+            count = None if per_group is None else per_group.get(snapshot.group)
+            ready.append(_with_ready(snapshot, count))
+        self.snapshots = ready
+        actions = plan_scaling(self.policies, ready, rotation=self._rotation)
+        self._rotation += 1
+        await self._execute(actions, ready)
+
+    async def _execute(
+        self, actions: list[Action], snapshots: list[WatcherSnapshot] | None = None
+    ) -> None:
+        by_name = {snapshot.name: snapshot for snapshot in snapshots or self.snapshots}
+        for action in actions:
+            try:
+                await self._act(action, by_name.get(action.watcher))
+            except (CircusError, CircusTimeout) as error:
+                log.warning("%s: %s failed: %s", action.watcher, type(action).__name__, error)
+                self._scale_due = True  # try again after the next observation
+
+    async def _act(self, action: Action, snapshot: WatcherSnapshot | None) -> None:
+        ready = snapshot.ready if snapshot is not None else None
+        if isinstance(action, StartWatcher):
+            await self._before_fork(action.watcher, action.numprocesses)
+            # Stopped: setting the target spawns nothing; start then spawns it (SPEC §9).
+            await self.circus.set_numprocesses(action.watcher, action.numprocesses)
+            await self.circus.start(action.watcher)
+            log.info(
+                "%s: started with %d worker(s) for %s ready job(s)",
+                action.watcher,
+                action.numprocesses,
+                ready,
+            )
+        elif isinstance(action, GrowWatcher):
+            await self._before_fork(action.watcher, action.count)
+            await self.circus.incr(action.watcher, action.count)
+            log.info(
+                "%s: %d more worker(s) for %s ready job(s)", action.watcher, action.count, ready
+            )
+        elif isinstance(action, RetireWorker):
+            if self.send_signal(action.pid, signal.SIGTERM):
+                self._retiring[action.pid] = action.reason
+                log.info(
+                    "%s: retiring worker pid %d after its current job (%s)",
+                    action.watcher,
+                    action.pid,
+                    action.reason.value,
+                )
+        elif isinstance(action, KillWorker):
+            if self.send_signal(action.pid, signal.SIGKILL):
+                self._killed[action.pid] = action.reason
+                self._wake.set()  # release its jobs as soon as it is gone
+                log.warning(
+                    "%s: killed worker pid %d (%s); its jobs are released",
+                    action.watcher,
+                    action.pid,
+                    action.reason.value,
+                )
+        elif isinstance(action, ParkWatcher):
+            await self.circus.stop(action.watcher, retry_for=SCALING_RETRY)
+            await self.circus.set_numprocesses(action.watcher, 1)
+            block = self.blocked.get(action.watcher)
+            if block is not None:
+                block.parked = True
+            log.info(
+                "%s: stopped; `circusctl start %s` runs one worker again",
+                action.watcher,
+                action.watcher,
+            )
+
+    async def _before_fork(self, watcher: str, count: int) -> None:
+        if "before_fork" not in self.callbacks:
+            return
+        group, database = self.index[watcher]
+        target = ForkTarget(self.settings.group(group), database, watcher, count)
+        await self.callbacks.call("before_fork", self, target)
+
+    # --- signals to workers ------------------------------------------------------------
+
+    def send_signal(self, pid: int, signum: int) -> bool:
+        """os.kill a worker directly (not circus' ``signal``: no global lock). Never
+        anything but a worker pid circus listed: circusd dies of USR1/USR2 (SPEC §9)."""
+        if pid <= 1 or pid in (self.pid, os.getppid()) or pid not in self._known:
+            log.error(
+                "refusing to send %s to pid %d: not a worker", signal.Signals(signum).name, pid
+            )
+            return False
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            return False
+        return True
+
+    async def signal_workers(
+        self, signum: int, *, skip_leaving: bool = False, patience: float = 0.0
+    ) -> int:
+        """Send ``signum`` to every live worker; returns how many got it.
+
+        A worker still starting has no signal handler yet (a TERM would kill it: a
+        crash, which circus respawns). It gets the signal once it shows its title,
+        observing circus again for up to ``patience`` seconds; with 0 it is skipped.
+        """
+        sent: set[int] = set()
+        deadline = time.monotonic() + patience
+        while True:
+            starting = False
+            for snapshot in self.snapshots:
+                for worker in snapshot.workers:
+                    if worker.pid in sent or (skip_leaving and worker.leaving):
+                        continue
+                    if not worker.signalable:
+                        starting = True
+                    elif self.send_signal(worker.pid, signum):
+                        sent.add(worker.pid)
+                        if signum == signal.SIGTERM:
+                            self._retiring.setdefault(worker.pid, RetireReason.MASTER_STOPS)
+            if not starting or time.monotonic() >= deadline:
+                return len(sent)
+            await asyncio.sleep(0.1)
+            try:
+                await self.observe()
+            except (CircusError, CircusTimeout):
+                return len(sent)
+
+    # --- the master's own signals --------------------------------------------------------
+
+    async def _handle_signals(self) -> Outcome | None:
+        while self._signals:
+            signum = self._signals.popleft()
+            outcome = await master_signals.handle(self, signum)
+            if outcome is not None:
+                return outcome
+        return None
+
+    async def _drain(self, snapshots: list[WatcherSnapshot]) -> Outcome | None:
+        """WINCH: no scaling; TERM any worker not leaving yet (a respawned one); stop
+        the master once every watcher is empty."""
+        await self.signal_workers(signal.SIGTERM, skip_leaving=True)
+        if any(snapshot.live or snapshot.pending for snapshot in snapshots):
+            return None
+        log.info("WINCH: every worker is gone")
+        await master_signals.stop_own_watcher(self.circus, self.own_watcher, self.pid)
+        return Outcome.STOPPED
+
+    def reopen_logs(self) -> None:
+        logs.reopen()
+
+
+def _with_ready(snapshot: WatcherSnapshot, ready: int | None) -> WatcherSnapshot:
+    return dataclasses.replace(snapshot, ready=ready)

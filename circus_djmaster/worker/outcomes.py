@@ -1,0 +1,224 @@
+"""Running one reserved job and recording its outcome: the rules of SPEC §3.
+
+* success deletes the row;
+* an exception charges an attempt and retries at ``attempts**4 + 5`` s (database clock),
+  or at the job's ``reschedule_at``, until ``max_attempts``; then ``failed_at`` is set (or
+  the row is deleted with ``destroy_failed_jobs``);
+* a handler that cannot be decoded or imported fails the job for good at once;
+* a job that runs past its ``max_run_time`` is charged an attempt (the worker's
+  watchdog interrupts it, see worker.py);
+* a job reserved with no attempt left (``attempts >= max_attempts``: its worker died on
+  its last attempt, or a deploy lowered max_attempts) fails without running;
+* the jobs of a worker that died are charged by :func:`charge_for_death`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import traceback
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from circus_djmaster.api import handler as handler_format
+from circus_djmaster.api import wrappers as job_wrappers
+from circus_djmaster.api.jobs import DEFAULT_OPTIONS, JobOptions, JobRecord, options_of
+from circus_djmaster.config.settings import WorkerGroup
+from circus_djmaster.contracts.running_jobs import JobLimits
+from circus_djmaster.exceptions import HandlerError
+from circus_djmaster.store.statements import ChargedJob, ReservedJob
+from circus_djmaster.worker.job_code import JobTimeout
+
+# last_error is for people: keep it readable and bounded.
+MAX_ERROR_LENGTH = 64 * 1024
+
+
+class Outcome(enum.Enum):
+    SUCCEEDED = "succeeded"
+    RETRY = "retry"
+    FAILED = "failed"  # failed_at set
+    DESTROYED = "destroyed"  # failed and deleted (destroy_failed_jobs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """A job ready to run: its callable, arguments and effective limits."""
+
+    function: Callable[..., Any]
+    record: JobRecord
+    options: JobOptions
+    max_attempts: int
+    max_run_time: float
+    destroy_failed_jobs: bool
+
+    @property
+    def limits(self) -> JobLimits:
+        """What the master needs to charge this job if its worker dies running it."""
+        return JobLimits(self.max_attempts, self.destroy_failed_jobs)
+
+    @property
+    def exhausted(self) -> bool:
+        """No attempt left before this run: fail it without running it."""
+        return self.record.attempts >= self.max_attempts
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """What to write for a failed run."""
+
+    outcome: Outcome
+    attempts: int
+    last_error: str
+    run_at: dt.datetime | None = None
+
+
+def resolve_job(job: ReservedJob, group: WorkerGroup) -> Resolved:
+    """Decode and import a job's handler; HandlerError if that is impossible."""
+    decoded = handler_format.decode(job.handler)
+    target = handler_format.resolve(decoded.callable)
+    options = options_of(target)
+    record = JobRecord(job.id, job.queue, job.priority, job.attempts, decoded)
+    return Resolved(
+        function=job_wrappers.wrap(target),
+        record=record,
+        options=options,
+        max_attempts=options.max_attempts or group.max_attempts,
+        # A job may ask for less time than its group gives, never more.
+        max_run_time=min(options.max_run_time or group.max_run_time, group.max_run_time),
+        destroy_failed_jobs=(
+            group.destroy_failed_jobs
+            if options.destroy_failed_jobs is None
+            else options.destroy_failed_jobs
+        ),
+    )
+
+
+def format_error(exc: BaseException, *, with_traceback: bool = True) -> str:
+    """``last_error`` for an exception: message and traceback, storable as it is."""
+    if isinstance(exc, SystemExit):
+        text = f"job called sys.exit({exc.code!r})"
+    else:
+        text = f"{type(exc).__name__}: {_message(exc)}"
+    if with_traceback and exc.__traceback__ is not None:
+        try:
+            text += "\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        except Exception:  # an exception whose __str__ raises breaks the formatter too
+            text += "\n" + "".join(traceback.format_tb(exc.__traceback__))
+    if len(text) > MAX_ERROR_LENGTH:
+        text = text[: MAX_ERROR_LENGTH - 20] + "\n... (truncated)"
+    return storable(text)
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception as broken:
+        return f"<str() of the exception raised {type(broken).__name__}>"
+
+
+def storable(text: str) -> str:
+    """Text PostgreSQL accepts: no NUL (refused in text), no lone surrogate (not UTF-8)."""
+    text = text.replace("\x00", "\\x00")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def unresolvable_failure(job: ReservedJob, error: HandlerError, group: WorkerGroup) -> Failure:
+    """A handler that can't be decoded or imported fails for good, whatever attempts remain."""
+    outcome = Outcome.DESTROYED if group.destroy_failed_jobs else Outcome.FAILED
+    return Failure(outcome, job.attempts + 1, f"HandlerError: {error}")
+
+
+def exhausted_failure(resolved: Resolved) -> Failure:
+    """A job reserved with no attempt left fails (or is deleted) without running."""
+    outcome = Outcome.DESTROYED if resolved.destroy_failed_jobs else Outcome.FAILED
+    note = (
+        f"failed without running: {resolved.record.attempts} attempt(s) already made, "
+        f"max_attempts is {resolved.max_attempts}"
+    )
+    return Failure(outcome, resolved.record.attempts, note)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeathCharge:
+    """What the jobs of a worker that died get (docs/RELIABILITY.md, "A worker dies").
+
+    ``charged``: the job it ran alone, charged an attempt against its own limits.
+    ``isolated``: the jobs it ran side by side, not charged, run alone from now on.
+    ``isolate_all``: nobody knows what it ran (no running-jobs file): every job it
+    held is isolated, none charged. Jobs it held without running go back as they were.
+    """
+
+    charged: tuple[ChargedJob, ...] = ()
+    isolated: tuple[int, ...] = ()
+    isolate_all: bool = False
+
+    @property
+    def beside(self) -> int:
+        """How many jobs ran beside each isolated one."""
+        return max(0, len(self.isolated) - 1)
+
+
+def charge_for_death(running: Mapping[int, JobLimits] | None) -> DeathCharge:
+    """Who pays for a worker's death, from what it was running (running.read_running).
+
+    Only a job that killed its worker while running alone is charged: when several ran
+    at once nobody can tell which one killed it, and charging them all would fail an
+    innocent job next to a poison one.
+    """
+    if running is None:
+        return DeathCharge(isolate_all=True)
+    if len(running) == 1:
+        ((job_id, limits),) = running.items()
+        return DeathCharge(
+            charged=(ChargedJob(job_id, limits.max_attempts, limits.destroy_failed_jobs),)
+        )
+    return DeathCharge(isolated=tuple(sorted(running)))
+
+
+def failure_after_error(
+    resolved: Resolved, last_error: str, database_now: Callable[[], dt.datetime]
+) -> Failure:
+    """Retry or fail a job whose run raised (or timed out)."""
+    attempts = resolved.record.attempts + 1
+    if attempts >= resolved.max_attempts:
+        outcome = Outcome.DESTROYED if resolved.destroy_failed_jobs else Outcome.FAILED
+        return Failure(outcome, attempts, last_error)
+    run_at = None
+    if resolved.options.reschedule_at is not None:
+        run_at = _reschedule(resolved.options, database_now(), attempts)
+    return Failure(Outcome.RETRY, attempts, last_error, run_at)
+
+
+def _reschedule(options: JobOptions, now: dt.datetime, attempts: int) -> dt.datetime:
+    assert options.reschedule_at is not None
+    value = options.reschedule_at(now, attempts)
+    if isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, dt.timedelta):
+        return now + value
+    return now + dt.timedelta(seconds=float(value))
+
+
+def call_hook(options: JobOptions, name: str, *args: Any) -> None:
+    """Run a job hook; hooks are part of the job, so their exceptions are the job's."""
+    hook = getattr(options, name)
+    if hook is not None:
+        hook(*args)
+
+
+__all__ = [
+    "DEFAULT_OPTIONS",
+    "DeathCharge",
+    "Failure",
+    "JobTimeout",
+    "Outcome",
+    "Resolved",
+    "call_hook",
+    "charge_for_death",
+    "exhausted_failure",
+    "failure_after_error",
+    "format_error",
+    "resolve_job",
+    "unresolvable_failure",
+]

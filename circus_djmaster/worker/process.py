@@ -1,0 +1,548 @@
+"""The worker process that a circus watcher runs (SPEC §4).
+
+``djmaster worker --settings FILE --group NAME --database NAME``
+
+The main thread is the arbiter (gunicorn's pattern): signal handlers only record the
+signal and wake it; it then acts, watches the job threads' deadlines and decides when the
+process exits. Job threads (job_thread.py) reserve and run jobs.
+
+Exits (exit_codes.py): 0 when it retires (idle, memory or lifetime limit, a stuck job,
+TERM/INT/USR2 after the running jobs, QUIT at once with its jobs handed back); 78 when the
+settings or the preload fail; anything else is a crash that circus respawns.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import enum
+import logging
+import os
+import select
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import psutil
+import psycopg
+
+from circus_djmaster.api.context import set_worker_database
+from circus_djmaster.common import logs
+from circus_djmaster.config.settings import (
+    Database,
+    Settings,
+    SettingsError,
+    WorkerGroup,
+    load_settings,
+)
+from circus_djmaster.contracts import titles as proctitle
+from circus_djmaster.contracts.exit_codes import ExitCode
+from circus_djmaster.contracts.running_jobs import RunningJobs
+from circus_djmaster.exceptions import PreloadError
+from circus_djmaster.store import statements as store
+from circus_djmaster.store.errors import describe_error
+from circus_djmaster.worker import early_signals
+from circus_djmaster.worker.callbacks import Callbacks
+from circus_djmaster.worker.db_deadlines import CallDeadlines
+from circus_djmaster.worker.job_code import install_fork_handler
+from circus_djmaster.worker.job_thread import JobThread, record_failure, timeout_message
+from circus_djmaster.worker.outcomes import failure_after_error
+from circus_djmaster.worker.run_alone import RunAloneGate
+from circus_djmaster.worker.wakeup import NotifyWakeup
+
+log = logging.getLogger("circus_djmaster.worker")
+
+WORKER_CALLBACKS = ("after_fork", "before_work", "after_work", "around_work")
+HANDLED_SIGNALS = early_signals.SIGNALS
+# How long an interrupted job gets to unwind before the worker gives up on its thread.
+STOP_GRACE = 2.0
+# How often the locks of stuck jobs are refreshed (well within settings.LOCK_MARGIN).
+LOCK_REFRESH = 10.0
+# The main loop wakes at least this often (parent check, deadlines).
+TICK = 0.5
+# A database call's client-side deadline is the server's statement_timeout plus this:
+# the server normally gives up first, with a clean error and a usable connection.
+CLIENT_SLACK = 2.0
+# A call unanswered this long counts as trouble: for the [NO DB] title, and a stopping
+# worker stops waiting for a reserve this old (a hung idle query is not a running job).
+STALLED_AFTER = 1.0
+
+
+class StopMode(enum.IntEnum):
+    NONE = 0
+    GRACEFUL = 1  # finish running jobs, take no new ones
+    IMMEDIATE = 2  # hand back every job and exit now
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerInfo:
+    """What worker callbacks receive."""
+
+    settings: Settings
+    group: WorkerGroup
+    database: Database
+    pid: int
+
+
+@dataclasses.dataclass
+class StuckJob:
+    thread: JobThread
+    last_touch: float
+
+
+class Worker:
+    def __init__(self, settings: Settings, group: WorkerGroup, database: Database) -> None:
+        self.settings = settings
+        self.group = group
+        self.database = database
+        self.database_url = database.url()
+        self.pid = os.getpid()
+        # In pg_stat_activity: which worker process a backend serves.
+        self.application_name = f"djmaster worker {self.pid}"
+        self.locked_by = store.locked_by_for(self.pid)
+        self.job_filter = store.JobFilter(group.queues, group.min_priority, group.max_priority)
+        self.info = WorkerInfo(settings, group, database, os.getpid())
+        self.started = time.monotonic()
+        self._ppid = os.getppid()
+        self._lock = threading.Lock()
+        # Threads reserving or holding jobs: the worker is idle only when none is.
+        self._active = 0
+        self._last_activity = time.monotonic()
+        self._empty_pass_at: float | None = None
+        self._stop = StopMode.NONE
+        self._term_received = False
+        self._retire_reason: str | None = None
+        self._crashed = False
+        self._old = False
+        self._busy_shown = False
+        self._no_db_shown = False
+        self._signals: collections.deque[int] = collections.deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._threads: list[JobThread] = []
+        self.running = RunningJobs(group.max_threads)
+        self.gate = RunAloneGate()
+        self.deadlines = CallDeadlines(settings.database_timeout + CLIENT_SLACK)
+        self._stuck: list[StuckJob] = []
+        self._conn: psycopg.Connection[Any] | None = None
+        # A worker that waits for work (idle_timeout > 0) listens, so it wakes at once.
+        self._wakeup = (
+            NotifyWakeup(
+                self.database_url,
+                group.queues,
+                database.name,
+                deadlines=self.deadlines,
+                application_name=f"{self.application_name} listen",
+                timeout=settings.database_timeout,
+            )
+            if settings.listen and group.idle_timeout > 0
+            else None
+        )
+        # Jobs enqueued in this process without a connection or URL go to its database.
+        set_worker_database(self.database_url)
+        install_fork_handler(HANDLED_SIGNALS, self._child_title)
+        self.set_title()
+
+    # --- signals: handlers only record ------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, self._record_signal)
+
+    def replay(self, signals: list[int]) -> None:
+        """Signals received before the handlers were in place (early_signals)."""
+        for signum in signals:
+            self._record_signal(signum, None)
+
+    @property
+    def crashed(self) -> bool:
+        return self._crashed
+
+    @property
+    def retire_reason(self) -> str | None:
+        return self._retire_reason
+
+    def _record_signal(self, signum: int, _frame: object) -> None:
+        self._signals.append(signum)
+        self._poke()
+
+    def _poke(self) -> None:
+        # A full pipe means the main loop is awake anyway.
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b".")
+
+    def _handle_signals(self) -> None:
+        if not self._signals:
+            return
+        while self._signals:
+            signum = self._signals.popleft()
+            name = signal.Signals(signum).name
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                # Only a second TERM/INT escalates: after USR2 (or a retirement) a TERM,
+                # from `circusctl quit` say, still lets the running jobs finish.
+                if not self._term_received:
+                    self._term_received = True
+                    log.info("%s: stopping after the running jobs", name)
+                    self._stop = max(self._stop, StopMode.GRACEFUL)
+                else:
+                    log.info("%s again: stopping now", name)
+                    self._stop = StopMode.IMMEDIATE
+            elif signum == signal.SIGQUIT:
+                log.info("QUIT: stopping now, handing back the jobs")
+                self._stop = StopMode.IMMEDIATE
+            elif signum == signal.SIGUSR1:
+                logs.reopen()
+                log.info("USR1: log reopened")
+            elif signum == signal.SIGUSR2:
+                log.info("USR2: old generation, stopping after the running jobs")
+                self._old = True
+                self._stop = max(self._stop, StopMode.GRACEFUL)
+                self.set_title()
+        self._wake_threads()
+
+    # --- state shared with job threads ------------------------------------------------
+
+    def accepting_jobs(self) -> bool:
+        return self._stop is StopMode.NONE and self._retire_reason is None
+
+    def pass_started(self) -> None:
+        """A thread is about to reserve: it is active until pass_ended()."""
+        with self._lock:
+            self._active += 1
+
+    def pass_ended(self, *, found: bool) -> None:
+        """A thread's reserve came back empty, or the jobs it found are done."""
+        with self._lock:
+            self._active -= 1
+            now = time.monotonic()
+            if found:
+                self._last_activity = now
+            else:
+                self._empty_pass_at = now
+        self.show_busy()
+        if not found:  # only an empty pass can make the worker idle: tell the main loop
+            self._poke()
+
+    def after_job(self) -> None:
+        """Check the process limits after a job (SPEC §4: retire after the current job)."""
+        group = self.group
+        if group.max_memory is not None:
+            rss = process_rss()
+            if rss > group.max_memory:
+                self.retire(f"memory {rss // 2**20} MB is over max_memory")
+        if group.max_execution is not None:
+            age = time.monotonic() - self.started
+            if age > group.max_execution:
+                self.retire(f"age {age:.0f}s is over max_execution")
+
+    def retire(self, reason: str) -> None:
+        with self._lock:
+            if self._retire_reason is None:
+                self._retire_reason = reason
+                log.info("retiring: %s", reason)
+        self._wake_threads()
+        self._poke()
+
+    def thread_exited(self) -> None:
+        self._poke()
+
+    def thread_crashed(self) -> None:
+        self._crashed = True
+        self.retire("a job thread crashed")
+
+    def show_busy(self) -> None:
+        busy = any(thread.slot.job_id is not None for thread in self._threads)
+        if busy != self._busy_shown:
+            self._busy_shown = busy
+            self.set_title()
+
+    def set_title(self) -> None:
+        proctitle.set_title(
+            proctitle.worker_title(
+                self.group.index,
+                self.group.queues,
+                self.database.name,
+                busy=self._busy_shown,
+                old=self._old,
+                no_db=self._no_db_shown,
+            )
+        )
+
+    def _child_title(self, parent: int) -> str:
+        """The title of a process forked by job code: not a worker (the master and
+        ``djmaster status`` must not take it for one)."""
+        return f"delayed_job: job process (forked by pid {parent}) @{self.database.name}"
+
+    def _show_database_trouble(self) -> None:
+        """[NO DB] while none of the job threads can reach the database: every thread
+        not running a job has a failed or long-unanswered call (the master then does
+        not count this worker as one that will take a ready job)."""
+        now = time.monotonic()
+        idle = [thread for thread in self._threads if thread.slot.job_id is None]
+        trouble = bool(idle) and all(
+            not thread.db_ok or self._stalled(thread, now) for thread in idle
+        )
+        if trouble != self._no_db_shown:
+            self._no_db_shown = trouble
+            if trouble:
+                log.warning("database %s: unreachable from every job thread", self.database.name)
+            else:
+                log.info("database %s: reachable again", self.database.name)
+            self.set_title()
+
+    def _stalled(self, thread: JobThread, now: float) -> bool:
+        since = self.deadlines.busy_since(thread)
+        return since is not None and now - since > STALLED_AFTER
+
+    def _wake_threads(self) -> None:
+        for thread in self._threads:
+            thread.wake.set()
+
+    # --- the main loop ----------------------------------------------------------------
+
+    def work(self) -> None:
+        """Run the job threads until the worker stops or retires."""
+        self._threads = [JobThread(self, n) for n in range(self.group.max_threads)]
+        for thread in self._threads:
+            thread.start()
+        while True:
+            self._handle_signals()
+            if self._stop is StopMode.IMMEDIATE:
+                self._exit_now(hand_back=True)
+            if os.getppid() != self._ppid:
+                log.warning("parent process went away: stopping after the running jobs")
+                self._ppid = os.getppid()
+                self._stop = max(self._stop, StopMode.GRACEFUL)
+                self._wake_threads()
+            self._watch_deadlines()
+            self._show_database_trouble()
+            self._check_idle()
+            if not self.accepting_jobs():
+                self._stop_waiting_on_database()
+                alive = [t for t in self._threads if t.is_alive()]
+                if all(any(s.thread is t for s in self._stuck) for t in alive):
+                    if self._stuck:
+                        self._exit_now(hand_back=False)
+                    break
+            self._sleep(self._next_wake())
+        for thread in self._threads:
+            thread.join()
+
+    def _stop_waiting_on_database(self) -> None:
+        """A stopping worker does not wait on a hung reserve: a thread that is not
+        running a job and whose reserve is unanswered has its call cut short."""
+        now = time.monotonic()
+        for thread in self._threads:
+            if thread.slot.job_id is None and self._stalled(thread, now):
+                self.deadlines.abort(thread, "stop", what="reserve")
+
+    def _check_idle(self) -> None:
+        with self._lock:
+            empty_at = self._empty_pass_at
+            idle = (
+                self._active == 0
+                and empty_at is not None
+                and empty_at >= self._last_activity
+                and time.monotonic() - self._last_activity >= self.group.idle_timeout
+            )
+        if idle and self.accepting_jobs():
+            self.retire("no job to do")
+
+    def _next_wake(self) -> float:
+        timeout = TICK
+        now = time.monotonic()
+        for thread in self._threads:
+            if thread.slot.job_id is not None:
+                timeout = min(timeout, max(thread.slot.deadline - now, 0.01))
+        return timeout
+
+    def _sleep(self, timeout: float) -> None:
+        readers = [self._wake_r]
+        listen_fd = self._wakeup.fileno() if self._wakeup is not None else None
+        if listen_fd is not None:
+            readers.append(listen_fd)
+        ready: list[int] = []
+        with contextlib.suppress(InterruptedError):
+            ready, _, _ = select.select(readers, [], [], timeout)
+        if listen_fd in ready and self._wakeup is not None and self._wakeup.drain():
+            self._wake_threads()
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    # --- max_run_time -----------------------------------------------------------------
+
+    def _watch_deadlines(self) -> None:
+        now = time.monotonic()
+        for thread in self._threads:
+            slot = thread.slot
+            if slot.job_id is None or now < slot.deadline:
+                continue
+            if any(s.thread is thread for s in self._stuck):
+                continue
+            if not slot.interrupt_sent:
+                log.warning(
+                    "job %s is past its max_run_time (%gs): interrupting it",
+                    slot.job_id,
+                    slot.max_run_time,
+                )
+                # Hold the lock while the job unwinds, so no other worker takes it.
+                self._control(
+                    "touch",
+                    lambda c, s=slot: store.touch_jobs(c, [s.job_id], locked_by=self.locked_by),
+                )
+                thread.slot.interrupt(thread.ident or 0)
+            elif now >= slot.deadline + STOP_GRACE / 2 and slot.interrupt_thread(thread.ident or 0):
+                # Async code that did not yield to its loop after the cancellation.
+                log.warning("job %s ignored its cancellation: interrupting its thread", slot.job_id)
+            elif now >= slot.deadline + STOP_GRACE and slot.claim_outcome():
+                log.error(
+                    "job %s could not be stopped: retiring this worker once the other "
+                    "jobs are done; the job stays locked until then",
+                    slot.job_id,
+                )
+                self._stuck.append(StuckJob(thread, now))
+                self.retire("a job ran past max_run_time and could not be stopped")
+        # Keep the stuck jobs' locks fresh while the other jobs finish.
+        for stuck in self._stuck:
+            if now - stuck.last_touch > LOCK_REFRESH:
+                self._control(
+                    "touch",
+                    lambda c, s=stuck: store.touch_jobs(
+                        c, [s.thread.slot.job_id], locked_by=self.locked_by
+                    ),
+                )
+                stuck.last_touch = now
+
+    def _exit_now(self, *, hand_back: bool) -> None:
+        """Record stuck jobs, hand back the rest if asked, and end the process."""
+        for stuck in self._stuck:
+            self._record_stuck(stuck.thread)
+        if hand_back:
+            released = self._control(
+                "hand back", lambda c: store.unlock_jobs(c, locked_by=self.locked_by)
+            )
+            log.info("handed back %d job(s)", len(released or []))
+        log.info("exiting now")
+        self.running.close()
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        code = 1 if self._crashed else int(ExitCode.RETIRED)
+        os._exit(code)
+
+    def _record_stuck(self, thread: JobThread) -> None:
+        resolved = thread.resolved
+        if resolved is None:
+            return
+        message = timeout_message(resolved.max_run_time, stopped=False)
+
+        def write(conn: psycopg.Connection[Any]) -> None:
+            failure = failure_after_error(resolved, message, lambda: store.database_now(conn))
+            record_failure(conn, resolved.record.id, failure)
+
+        self._control("record", write)
+
+    def _control(self, what: str, action: Any) -> Any:
+        """A write on the main thread's own connection (one reconnect on failure)."""
+        for attempt in range(2):
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = store.connect(
+                        self.database_url,
+                        application_name=f"{self.application_name} control",
+                        timeout=self.settings.database_timeout,
+                    )
+                with self.deadlines.bounded(self._conn, what, owner=self):
+                    return action(self._conn)
+            except psycopg.Error as exc:
+                log.warning("database %s: %s", self.database.name, describe_error(exc))
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = None
+                if attempt == 1:
+                    return None
+        return None
+
+    def close(self) -> None:
+        self.running.close()
+        if self._conn is not None:
+            self._conn.close()
+        if self._wakeup is not None:
+            self._wakeup.close()
+        self.deadlines.close()
+
+
+def process_rss() -> int:
+    """Resident memory of this process and its children, in bytes."""
+    me = psutil.Process()
+    total = me.memory_info().rss
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            total += child.memory_info().rss
+    return total
+
+
+def run(settings_path: str, group_name: str, database_name: str) -> int:
+    """The worker's whole life; returns the exit code."""
+    # Record signals from the start: a TERM during a slow preload is still graceful.
+    early_signals.install()
+    try:
+        settings = load_settings(settings_path)
+        group = settings.group(group_name)
+        database = settings.database(database_name)
+        database.url()  # fail now, with the key named, if its variable is unset
+    except SettingsError as exc:
+        print(f"djmaster worker: {exc}", file=sys.stderr)
+        return ExitCode.CONFIG_ERROR
+    logs.configure(
+        settings.log_file, settings.log_level, prefix=f"worker[{group.index}]@{database.name} "
+    )
+    proctitle.set_title(proctitle.worker_title(group.index, group.queues, database.name))
+    try:
+        callbacks = preload(settings)
+    except PreloadError as exc:
+        log.error("preload failed, this worker will not start: %s", exc)
+        return ExitCode.CONFIG_ERROR
+    worker = Worker(settings, group, database)
+    worker.install_signal_handlers()
+    worker.replay(early_signals.take())
+    log.info("worker started (group %s, database %s)", group.name, database.name)
+    callbacks.call("after_fork", worker.info)
+
+    def block() -> None:
+        callbacks.call("before_work", worker.info)
+        try:
+            worker.work()
+        finally:
+            callbacks.call("after_work", worker.info)
+
+    try:
+        callbacks.around("around_work", block, worker.info)
+    finally:
+        worker.close()
+    if worker.crashed:
+        return 1
+    log.info("worker exits (%s)", worker.retire_reason or "stopped")
+    return ExitCode.RETIRED
+
+
+def preload(settings: Settings) -> Callbacks:
+    """chdir to the working directory, import the app and the worker callbacks."""
+    import importlib
+
+    os.chdir(settings.working_directory)
+    if str(settings.working_directory) not in sys.path:
+        sys.path.insert(0, str(settings.working_directory))
+    if settings.app:
+        try:
+            importlib.import_module(settings.app)
+        except BaseException as exc:
+            log.exception("importing app %r failed", settings.app)
+            raise PreloadError(f"importing app {settings.app!r} failed: {exc!r}") from exc
+    return Callbacks.load(settings.callbacks, WORKER_CALLBACKS)
