@@ -19,8 +19,8 @@ import psycopg
 import pytest
 
 from circus_djmaster.store import pgserver
-from circus_djmaster.store import statements as store
 from circus_djmaster.store.queries import schema_sql
+from circus_djmaster.store.sync_executor import connect, migrate
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_LOCK = 0x646A7465  # any constant; serialises template creation across sessions
@@ -67,8 +67,8 @@ def template_database(pg_server_url: str) -> str:
             ).fetchone()
             if not exists:
                 url = pgserver.create_database(pg_server_url, name)
-                with store.connect(url) as conn:
-                    store.migrate(conn)
+                with connect(url) as conn:
+                    migrate(conn)
                     conn.execute(JOB_EVENTS_DDL)
         finally:
             admin.execute("SELECT pg_advisory_unlock(%s)", (TEMPLATE_LOCK,))
@@ -98,5 +98,5 @@ def database_url(make_database: Callable[..., str]) -> str:
 
 @pytest.fixture
 def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
-    with store.connect(database_url) as connection:
+    with connect(database_url) as connection:
         yield connection

@@ -19,7 +19,7 @@ from benchmarks.peers import (
     warm_up,
 )
 from circus_djmaster import JobCall, enqueue, enqueue_many
-from circus_djmaster.store import statements as store
+from circus_djmaster.store import sync_executor as store
 
 DATABASE = "djbench_ours"
 QUEUE = "bench"

@@ -20,7 +20,7 @@ from benchmarks.common import (
     wait_for,
 )
 from circus_djmaster import enqueue
-from circus_djmaster.store import statements as store
+from circus_djmaster.store import sync_executor as store
 
 GROUP = "b3"
 QUEUE = "b3"

@@ -10,9 +10,10 @@ import psycopg
 
 from benchmarks.common import Context, Row, Section, Table, connect, scalar
 from circus_djmaster.config.settings import LOCK_MARGIN
-from circus_djmaster.store import statements as store
+from circus_djmaster.store import sync_executor as store
 from circus_djmaster.store.async_executor import MASTER_SESSION_OPTIONS
 from circus_djmaster.store.queries import query
+from circus_djmaster.store.statements import JobFilter
 
 QUEUES = 8  # q0 .. q7
 GROUP_QUEUES = ("q1", "q2")  # the group whose queries are timed
@@ -56,7 +57,7 @@ reserve."""
 
 
 def params(limit: int, **extra: Any) -> dict[str, Any]:
-    job_filter = store.JobFilter(GROUP_QUEUES)
+    job_filter = JobFilter(GROUP_QUEUES)
     return job_filter.params() | {"lock_timeout": LOCK_TIMEOUT, "limit": limit} | extra
 
 
@@ -107,7 +108,8 @@ def run(ctx: Context) -> Section:
         for label, name, values, rollback in CASES
     ]
     table.rows += [row for row, *_ in timed]
-    # The master counts on a session with its own options (generic plans, see astore).
+    # The master counts on a session with its own options (generic plans: see
+    # circus_djmaster/store/async_executor.py).
     master_conn = psycopg.connect(url, autocommit=True, options=MASTER_SESSION_OPTIONS)
     with connect(url) as conn, master_conn:
         for row, name, values, _ in timed:
@@ -117,7 +119,7 @@ def run(ctx: Context) -> Section:
                 section.blocks.append((f"{row.setting}: custom plan", plan))
                 section.blocks.append((f"{row.setting}: generic plan", generic))
                 # The plan the system runs first: the master forces generic plans
-                # (astore.MASTER_SESSION_OPTIONS), workers get custom ones.
+                # (async_executor.MASTER_SESSION_OPTIONS), workers get custom ones.
                 plans = [("custom", plan), ("generic", generic)]
                 if name.startswith("count_ready"):
                     plans.reverse()

@@ -28,7 +28,7 @@ from benchmarks.common import (
     wait_for,
 )
 from circus_djmaster import JobCall, enqueue_many
-from circus_djmaster.store import statements as store
+from circus_djmaster.store import sync_executor as store
 
 GROUPS = 10
 DATABASES = 3

@@ -11,7 +11,7 @@ import psycopg
 
 from benchmarks.common import Context, Row, Section, Table, connect, percentile
 from circus_djmaster import aenqueue, enqueue
-from circus_djmaster.store import statements as store
+from circus_djmaster.store import sync_executor as store
 
 HOW = """\
 What a request handler pays to enqueue one job, one call at a time, with circus-djmaster's

@@ -21,7 +21,16 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 
-__all__ = ["JobContext", "current_job", "default_database_url", "set_worker_database"]
+__all__ = [
+    "DATABASE_URL_ENV",
+    "JobContext",
+    "current_job",
+    "default_database_url",
+    "set_worker_database",
+]
+
+#: Where an enqueue without a connection or URL goes, outside a worker process.
+DATABASE_URL_ENV = "DJMASTER_DATABASE_URL"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -100,3 +100,21 @@ def _check_path(path: str) -> None:
     module_name, sep, attr_path = path.partition(":")
     if not sep or not module_name or not attr_path:
         raise HandlerError(f'"callable" must look like "module.path:function", got {path!r}')
+
+
+def resolve_callbacks(
+    paths: Mapping[str, str], names: tuple[str, ...]
+) -> tuple[dict[str, Callable[..., Any]], dict[str, HandlerError]]:
+    """Import the settings callbacks among ``names`` that ``paths`` sets (``module:attr``
+    each, as handlers name callables): ``(loaded, failures)``."""
+    functions: dict[str, Callable[..., Any]] = {}
+    failures: dict[str, HandlerError] = {}
+    for name in names:
+        path = paths.get(name)
+        if path is None:
+            continue
+        try:
+            functions[name] = resolve(path)
+        except HandlerError as exc:
+            failures[name] = exc
+    return functions, failures

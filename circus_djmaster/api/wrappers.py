@@ -11,11 +11,13 @@ Register with :func:`around_every_job` while the app is imported, before any job
 from __future__ import annotations
 
 import functools
+import types
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, ExitStack
 from typing import Any
 
-from circus_djmaster.worker.job_code import is_awaitable
+# Generator-based coroutines (@types.coroutine) are awaitable without __await__.
+_CO_ITERABLE_COROUTINE = 0x100
 
 _FACTORIES: list[Callable[[], AbstractContextManager[object]]] = []
 
@@ -60,3 +62,12 @@ def wrap(function: Callable[..., Any]) -> Callable[..., Any]:
 async def _awaited_in(contexts: ExitStack, awaitable: Awaitable[Any]) -> Any:
     with contexts:
         return await awaitable
+
+
+def is_awaitable(value: object) -> bool:
+    """``inspect.isawaitable`` without importing inspect on a worker's start-up path."""
+    if isinstance(value, Awaitable):
+        return True
+    return isinstance(value, types.GeneratorType) and bool(
+        value.gi_code.co_flags & _CO_ITERABLE_COROUTINE
+    )

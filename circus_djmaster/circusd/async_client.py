@@ -9,9 +9,9 @@ Why not circus' own clients (measured on circus 0.19, see docs/master.md):
 
 This one sends one command at a time on a DEALER socket, matches the answer by id
 (dropping late answers of calls that timed out), and retries commands that circus
-refuses because its global command lock is busy (SPEC §9: "arbiter is already running
-…"). A timeout rebuilds the socket: a DEALER would otherwise queue requests for a
-circusd that went away.
+refuses because its global command lock is busy ("arbiter is already running …":
+docs/master.md, "circus 0.19, measured"). A timeout rebuilds the socket: a DEALER would
+otherwise queue requests for a circusd that went away.
 """
 
 from __future__ import annotations
@@ -27,34 +27,24 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-log = logging.getLogger(__name__)
+from circus_djmaster.common.backoff import Backoff
+from circus_djmaster.exceptions import CircusError, CircusTimeout
 
-#: Reasons circus gives when its global command lock is taken (circus.util.synchronized).
-BUSY_REASONS = ("arbiter is already running", "arbiter is restarting")
+__all__ = ["SCALING_RETRY", "AsyncCircus"]
+
+log = logging.getLogger(__name__)
 
 
 #: How long a scaling command is retried while circus is busy.
 SCALING_RETRY = 3.0
-
-
-class CircusError(Exception):
-    """circusd answered with ``status: error``."""
-
-    def __init__(self, command: str, reason: str) -> None:
-        super().__init__(f"circus {command}: {reason}")
-        self.command = command
-        self.reason = reason
-
-    @property
-    def busy(self) -> bool:
-        return any(self.reason.startswith(prefix) for prefix in BUSY_REASONS)
-
-
-class CircusTimeout(Exception):
-    """circusd did not answer in time (down, restarting, or stuck)."""
+#: Retries while circus is busy: 50 ms doubling up to 1 s.
+BUSY_RETRY_FIRST = 0.05
+BUSY_RETRY_CAP = 1.0
 
 
 class AsyncCircus:
+    """circusd's control socket, on the master's event loop (one command at a time)."""
+
     def __init__(self, endpoint: str, *, timeout: float = 5.0) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
@@ -120,16 +110,16 @@ class AsyncCircus:
         """``call`` retried with backoff while circus' command lock is busy, up to
         ``retry_for`` seconds; then the last CircusError is raised."""
         deadline = time.monotonic() + retry_for
-        delay = 0.05
+        backoff = Backoff(BUSY_RETRY_FIRST, BUSY_RETRY_CAP)
         while True:
             try:
                 return await self.call(command, **properties)
             except CircusError as error:
+                delay = backoff.current
                 if not error.busy or time.monotonic() + delay > deadline or self.interrupted():
                     raise
                 log.debug("circus busy (%s); %s again in %.2fs", error.reason, command, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            await asyncio.sleep(backoff.next())
 
     # --- queries (no lock in circus: they never wait) ----------------------------
 

@@ -26,22 +26,11 @@ import contextlib
 import logging
 from typing import Any
 
-from circus_djmaster.contracts.exit_codes import ExitCode
+from circus_djmaster.contracts.exit_codes import WorkerExit, is_retiring
 
 # circusd configures the "circus" logger (level and logoutput from circus.ini);
 # a line logged here lands next to circus' own "reaping process" lines.
 logger = logging.getLogger("circus")
-
-#: Exit codes after which the worker must not come back.
-RETIRING_CODES: frozenset[int] = frozenset({ExitCode.RETIRED, ExitCode.CONFIG_ERROR})
-
-
-def is_retiring(exit_code: object) -> bool:
-    """True if a worker that exited with ``exit_code`` asked not to be respawned."""
-    # bool is an int subclass; a bool here would be a caller bug, not a code.
-    if isinstance(exit_code, bool) or not isinstance(exit_code, int):
-        return False
-    return exit_code in RETIRING_CODES
 
 
 def after_reap(watcher: Any, arbiter: Any, hook_name: str, **kwargs: Any) -> bool:
@@ -80,7 +69,7 @@ def after_reap(watcher: Any, arbiter: Any, hook_name: str, **kwargs: Any) -> boo
             name,
             pid,
             exit_code,
-            " config error" if exit_code == ExitCode.CONFIG_ERROR else "",
+            " config error" if exit_code == WorkerExit.CONFIG_ERROR else "",
             before,
             watcher.numprocesses,
         )

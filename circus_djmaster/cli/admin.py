@@ -12,10 +12,16 @@ from typing import Any
 import psutil
 import psycopg
 
-from circus_djmaster.config.settings import Settings, SettingsError, load_settings
+from circus_djmaster.common.memory import rss_with_children
+from circus_djmaster.config.settings import Settings, load_settings
+from circus_djmaster.contracts.exit_codes import CliExit
 from circus_djmaster.contracts.titles import state_from_title
-from circus_djmaster.store import statements as store
+from circus_djmaster.contracts.watchers import watcher_name
+from circus_djmaster.exceptions import CircusError, CircusTimeout, SettingsError
+from circus_djmaster.store import statements
 from circus_djmaster.store.errors import describe_error
+from circus_djmaster.store.statements import JobFilter
+from circus_djmaster.store.sync_executor import connect, execute
 
 CIRCUS_TIMEOUT = 3.0
 
@@ -87,7 +93,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         settings = load_settings(args.settings)
     except SettingsError as exc:
         print(exc, file=sys.stderr)
-        return 2
+        return CliExit.USAGE
     circus_error, watchers = _circus_watchers(settings)
     databases = [_database_view(settings, db.name, watchers) for db in settings.databases]
     if args.json:
@@ -98,47 +104,43 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         _print_status(settings, circus_error, databases)
-    return 1 if circus_error or any(db.error for db in databases) else 0
+    return CliExit.FAILED if circus_error or any(db.error for db in databases) else CliExit.OK
 
 
 def _circus_watchers(settings: Settings) -> tuple[str | None, dict[str, tuple[str, list[int]]]]:
     """{watcher: (status, pids)} from circusd, or the reason it can't be reached."""
-    from circus.client import CircusClient
-    from circus.exc import CallError
+    from circus_djmaster.circusd.client import SyncCircus
 
-    from circus_djmaster.config.render import watcher_name
-
-    client = CircusClient(endpoint=settings.circus.endpoint, timeout=CIRCUS_TIMEOUT)
     watchers: dict[str, tuple[str, list[int]]] = {}
     try:
-        for group in settings.workers:
-            for database in settings.databases:
-                name = watcher_name(group.name, database.name)
-                status = client.call({"command": "status", "properties": {"name": name}})
-                pids = client.call({"command": "list", "properties": {"name": name}})
-                watchers[name] = (str(status.get("status")), list(pids.get("pids") or []))
-    except CallError as exc:
+        with SyncCircus(settings.circus.endpoint, timeout=CIRCUS_TIMEOUT) as circus:
+            for group in settings.workers:
+                for database in settings.databases:
+                    name = watcher_name(group.name, database.name)
+                    try:
+                        watchers[name] = (circus.status(name), circus.pids(name))
+                    except CircusError:  # not in circusd (circus.ini not rendered again)
+                        watchers[name] = ("error", [])
+    except CircusTimeout as exc:
         return (
             f"circusd is not reachable at {settings.circus.endpoint} ({exc}); is it running?",
             {},
         )
-    finally:
-        client.stop()
     return None, watchers
 
 
 def _database_view(
     settings: Settings, database: str, watchers: dict[str, tuple[str, list[int]]]
 ) -> DatabaseView:
-    from circus_djmaster.config.render import watcher_name
-
     error = None
     counts: dict[str, dict[str, Any]] = {}
     try:
-        with store.connect(settings.database(database).url(), application_name="status") as conn:
+        with connect(settings.database(database).url(), application_name="status") as conn:
             for group in settings.workers:
-                job_filter = store.JobFilter(group.queues, group.min_priority, group.max_priority)
-                stats = store.group_stats(conn, job_filter, lock_timeout=settings.lock_timeout)
+                stats = execute(
+                    conn,
+                    statements.group_stats(JobFilter.of(group), lock_timeout=settings.lock_timeout),
+                )
                 counts[group.name] = dataclasses.asdict(stats)
     except (psycopg.Error, SettingsError) as exc:
         error = f"unreachable: {describe_error(exc)}"
@@ -164,14 +166,11 @@ def _worker_view(pid: int) -> WorkerView | None:
     try:
         process = psutil.Process(pid)
         title = " ".join(process.cmdline())
-        rss = process.memory_info().rss + sum(
-            child.memory_info().rss for child in process.children(recursive=True)
-        )
+        rss = rss_with_children(process)  # a child exiting meanwhile is left out
         age = time.time() - process.create_time()
     except psutil.Error:
         return None
-    state = state_from_title(title)
-    return WorkerView(pid, state.value if state else "starting", rss, age)
+    return WorkerView(pid, state_from_title(title).value, rss, age)
 
 
 def _print_status(settings: Settings, circus_error: str | None, dbs: list[DatabaseView]) -> None:
@@ -218,19 +217,19 @@ def cmd_wait(args: argparse.Namespace) -> int:
         urls = [(db.name, db.url()) for db in settings.databases]
     except SettingsError as exc:
         print(exc, file=sys.stderr)
-        return 2
+        return CliExit.USAGE
     deadline = time.monotonic() + args.timeout
     while True:
         left = 0
         for name, url in urls:
             try:
-                with store.connect(url, application_name="djmaster wait") as conn:
+                with connect(url, application_name="djmaster wait") as conn:
                     for group in settings.workers:
-                        job_filter = store.JobFilter(
-                            group.queues, group.min_priority, group.max_priority
-                        )
-                        stats = store.group_stats(
-                            conn, job_filter, lock_timeout=settings.lock_timeout
+                        stats = execute(
+                            conn,
+                            statements.group_stats(
+                                JobFilter.of(group), lock_timeout=settings.lock_timeout
+                            ),
                         )
                         left += stats.ready + stats.running
                         left += stats.scheduled if args.scheduled else 0
@@ -239,10 +238,10 @@ def cmd_wait(args: argparse.Namespace) -> int:
                 left += 1
         if left == 0:
             print("no job left")
-            return 0
+            return CliExit.OK
         if time.monotonic() > deadline:
             print(f"{left} job(s) still to do after {args.timeout:g}s", file=sys.stderr)
-            return 1
+            return CliExit.FAILED
         time.sleep(0.2)
 
 
@@ -256,37 +255,39 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         url = database.url()
     except SettingsError as exc:
         print(exc, file=sys.stderr)
-        return 2
+        return CliExit.USAGE
     try:
-        with store.connect(url, application_name="djmaster jobs") as conn:
+        with connect(url, application_name="djmaster jobs") as conn:
             if args.action == "list":
                 return _list(conn, args)
             ids = None if args.all_failed else args.ids
             if args.action == "retry":
-                done = store.retry_failed_jobs(conn, ids)
+                done = execute(conn, statements.retry_failed_jobs(ids))
                 verb = "retried"
             else:
-                done = store.delete_failed_jobs(conn, ids)
+                done = execute(conn, statements.delete_failed_jobs(ids))
                 verb = "deleted"
     except psycopg.Error as exc:
         print(f"database {database.name}: {describe_error(exc)}", file=sys.stderr)
-        return 1
+        return CliExit.FAILED
     print(f"{verb} {len(done)} failed job(s)" + (f": {', '.join(map(str, done))}" if done else ""))
     missing = sorted(set(args.ids) - set(done))
     if missing:
         print(f"not failed or not found: {', '.join(map(str, missing))}", file=sys.stderr)
-        return 1
-    return 0
+        return CliExit.FAILED
+    return CliExit.OK
 
 
 def _list(conn: psycopg.Connection[Any], args: argparse.Namespace) -> int:
-    rows = store.list_jobs(conn, failed=not args.live, queue=args.queue, limit=args.limit)
+    rows = execute(
+        conn, statements.list_jobs(failed=not args.live, queue=args.queue, limit=args.limit)
+    )
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
-        return 0
+        return CliExit.OK
     if not rows:
         print("no failed jobs" if not args.live else "no jobs")
-        return 0
+        return CliExit.OK
     for row in rows:
         error = (row["last_error"] or "").strip().splitlines()
         when = f"failed {row['failed_at']}" if row["failed_at"] else f"run at {row['run_at']}"
@@ -294,4 +295,4 @@ def _list(conn: psycopg.Connection[Any], args: argparse.Namespace) -> int:
         print(f"    {row['handler'][:200]}")
         if error:
             print(f"    {error[0][:200]}")
-    return 0
+    return CliExit.OK

@@ -6,8 +6,9 @@
 
 Subcommands register themselves in :data:`SUBCOMMANDS` (name -> setup function).
 
-Exit codes: 0 success, 2 bad settings or bad command line (argparse's own code for
-usage errors), 1 when a file cannot be written or ``init`` would overwrite one.
+Exit codes (:class:`~circus_djmaster.contracts.exit_codes.CliExit`, shared with
+``djmaster``): 0 success, 2 bad settings or bad command line, 1 when a file cannot be
+written or ``init`` would overwrite one.
 """
 
 from __future__ import annotations
@@ -21,12 +22,10 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from circus_djmaster.config.settings import Problem, Settings, SettingsError, load_settings
-from circus_djmaster.exceptions import DjmasterError
+from circus_djmaster.config.settings import Settings, load_settings
+from circus_djmaster.contracts.exit_codes import CliExit
+from circus_djmaster.exceptions import DjmasterError, Problem, SettingsError
 
-EXIT_OK = 0
-EXIT_IO_ERROR = 1
-EXIT_SETTINGS_ERROR = 2  # same code argparse uses for a bad command line
 OUTPUT_MODE = 0o644  # circus.ini holds no secret; circusd may run as another user
 
 Handler = Callable[[argparse.Namespace], int]
@@ -64,7 +63,7 @@ def _render(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     else:
         write_atomic(Path(args.output), text)
-    return EXIT_OK
+    return CliExit.OK
 
 
 def _warn_missing_dirs(settings: Settings) -> None:
@@ -139,7 +138,7 @@ def _init(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         if existing:
-            return EXIT_IO_ERROR
+            return CliExit.FAILED
     text = annotated_toml()
     # Rendered before anything is written: a folder circus.ini cannot name (a space
     # in its path, say) fails here and leaves nothing behind.
@@ -168,7 +167,7 @@ Next steps:
   4. Run the master and its workers (add --daemon to detach):
        circusd {ini_arg}"""
     )
-    return EXIT_OK
+    return CliExit.OK
 
 
 def _make_log_folder(settings: Settings) -> None:
@@ -193,7 +192,7 @@ def _setup_check(parser: argparse.ArgumentParser) -> Handler:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from circus_djmaster.config.render import watcher_name
+    from circus_djmaster.contracts.watchers import watcher_name
 
     try:
         settings = load_settings(args.settings)
@@ -226,12 +225,13 @@ def _check(args: argparse.Namespace) -> int:
             f"    {group.name}: {served}; up to {_count(group.max_processes, 'process')}"
             f" x {_count(group.max_threads, 'thread')}"
         )
-    return EXIT_OK
+    return CliExit.OK
 
 
 def _render_problems(settings: Settings, python: str) -> None:
     """Raise what render_ini would raise for ``settings``, as a SettingsError."""
-    from circus_djmaster.config.render import RenderError, render_ini
+    from circus_djmaster.config.render import render_ini
+    from circus_djmaster.exceptions import RenderError
 
     try:
         render_ini(settings, python=python)
@@ -244,7 +244,7 @@ def _report_problems(error: SettingsError) -> int:
     print(error, file=sys.stderr)
     count = len(error.problems)
     print(f"djmaster-config: {_count(count, 'problem')} found", file=sys.stderr)
-    return EXIT_SETTINGS_ERROR
+    return CliExit.USAGE
 
 
 def _check_warnings(settings: Settings) -> list[str]:
@@ -303,13 +303,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         # Already "FILE: KEY: reason" lines; a traceback would only hide them.
         print(error, file=sys.stderr)
-        return EXIT_SETTINGS_ERROR
+        return CliExit.USAGE
     except DjmasterError as error:
         print(f"djmaster-config: {error}", file=sys.stderr)
-        return EXIT_SETTINGS_ERROR
+        return CliExit.USAGE
     except OSError as error:
         print(f"djmaster-config: {error}", file=sys.stderr)
-        return EXIT_IO_ERROR
+        return CliExit.FAILED
 
 
 if __name__ == "__main__":

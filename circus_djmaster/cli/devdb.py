@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from circus_djmaster.contracts.exit_codes import CliExit
 from circus_djmaster.store import pgserver
 
 FOLDER_ENV = "DJMASTER_DEVDB_FOLDER"
@@ -57,9 +58,9 @@ def cmd_devdb(args: argparse.Namespace) -> int:
             pgserver.stop_embedded(folder / "pgdata")
         except RuntimeError as exc:
             print(f"djmaster devdb: {exc}", file=sys.stderr)
-            return 1
+            return CliExit.FAILED
         print(f"# stopped the embedded PostgreSQL in {folder}")
-        return 0
+        return CliExit.OK
     try:
         url = pgserver.start_embedded(folder / "pgdata")
     except Exception as exc:
@@ -67,6 +68,6 @@ def cmd_devdb(args: argparse.Namespace) -> int:
         # `eval "$(djmaster devdb start)"` loses this command's exit status: make the
         # evaluated text itself fail, so a script under `set -e` stops here.
         print("false")
-        return 1
+        return CliExit.FAILED
     print(f"export DJMASTER_DATABASE_URL={shlex.quote(url)}")
-    return 0
+    return CliExit.OK

@@ -12,12 +12,16 @@ from typing import Any, TextIO
 
 import psycopg
 
-from circus_djmaster.api.jobs import DATABASE_URL_ENV, DEFAULT_QUEUE, JobCall, enqueue, enqueue_many
-from circus_djmaster.config.settings import SettingsError, load_settings, parse_duration
-from circus_djmaster.contracts.exit_codes import ExitCode
-from circus_djmaster.exceptions import DjmasterError
-from circus_djmaster.store import statements as store
+from circus_djmaster.api.context import DATABASE_URL_ENV
+from circus_djmaster.api.jobs import DEFAULT_QUEUE, JobCall, enqueue, enqueue_many
+from circus_djmaster.config.kinds import parse_duration
+from circus_djmaster.config.settings import load_settings
+from circus_djmaster.contracts.exit_codes import CliExit
+from circus_djmaster.exceptions import DjmasterError, SettingsError
 from circus_djmaster.store.errors import describe_error
+from circus_djmaster.store.sync_executor import connect, migrate
+
+__all__ = ["build_parser", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -25,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
-        sys.exit(2)
+        sys.exit(CliExit.USAGE)
     sys.exit(args.func(args))
 
 
@@ -115,7 +119,7 @@ def _database_urls(args: argparse.Namespace, *, all_by_default: bool) -> list[tu
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from circus_djmaster.worker.process import run
+    from circus_djmaster.worker.main import run
 
     return run(args.settings, args.group, args.database)
 
@@ -124,17 +128,17 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     try:
         targets = _database_urls(args, all_by_default=True)
     except (SettingsError, DjmasterError) as exc:
-        return _fail(exc, ExitCode.CONFIG_ERROR)
+        return _fail(exc, CliExit.USAGE)
     failed = 0
     for name, url in targets:
         try:
-            with store.connect(url, application_name="djmaster migrate") as conn:
-                store.migrate(conn)
+            with connect(url, application_name="djmaster migrate") as conn:
+                migrate(conn)
             print(f"{name}: delayed_jobs is up to date")
         except psycopg.Error as exc:
             failed += 1
             print(f"{name}: migration failed: {describe_error(exc)}", file=sys.stderr)
-    return 1 if failed else 0
+    return CliExit.FAILED if failed else CliExit.OK
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
@@ -147,7 +151,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
                 calls = list(_read_json_lines(stream))
             ids = enqueue_many(calls, database_url=url)
             print(f"enqueued {len(ids)} job(s)")
-            return 0
+            return CliExit.OK
         if not args.callable:
             raise DjmasterError("give CALLABLE (module.path:function) or --json-lines FILE")
         job_args = _json_arg("--args", args.args, list)
@@ -165,11 +169,11 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
             database_url=url,
         )
         print(job_id)
-        return 0
+        return CliExit.OK
     except (SettingsError, DjmasterError, ValueError) as exc:
-        return _fail(exc, 2)
+        return _fail(exc, CliExit.USAGE)
     except psycopg.Error as exc:
-        return _fail(describe_error(exc), 1)
+        return _fail(describe_error(exc), CliExit.FAILED)
 
 
 def _json_arg(option: str, text: str, kind: type) -> Any:

@@ -33,27 +33,18 @@ from pathlib import Path
 
 import jinja2
 
-from circus_djmaster.config.settings import Problem, Settings, SettingsError, WorkerGroup
-from circus_djmaster.exceptions import DjmasterError
+from circus_djmaster.config.settings import Settings, WorkerGroup
+from circus_djmaster.contracts.watchers import (
+    AFTER_REAP_HOOK,
+    PLUGIN_CLASS,
+    PLUGIN_SECTION,
+    watcher_name,
+)
+from circus_djmaster.exceptions import Problem, RenderError, SettingsError
 
-__all__ = [
-    "HOOK",
-    "PLUGIN_CLASS",
-    "PLUGIN_SECTION",
-    "WATCHER_PREFIX",
-    "RenderError",
-    "graceful_timeout",
-    "parse_watcher_name",
-    "render_ini",
-    "watcher_index",
-    "watcher_name",
-]
+__all__ = ["graceful_timeout", "render_ini", "watcher_index"]
 
 TEMPLATE = "circus.ini.j2"
-WATCHER_PREFIX = "djmaster"
-PLUGIN_SECTION = "djmaster"  # [plugin:djmaster]; circus names the plugin watcher "plugin:djmaster"
-PLUGIN_CLASS = "circus_djmaster.plugin.DelayedJobMaster"
-HOOK = "circus_djmaster.hooks.after_reap"
 
 #: Seconds added to a group's max_run_time for graceful_timeout: the worker notices a
 #: job running past max_run_time on its own check, records the failure in the database
@@ -65,8 +56,6 @@ PLUGIN_GRACEFUL_TIMEOUT = 10
 #: circus' plugin default, 1, so it is up before the workers it scales.
 WORKER_PRIORITY = 0
 
-# Group and database names are [A-Za-z0-9_]+ (settings.NAME_PATTERN), so "-" separates.
-_WATCHER_NAME = re.compile(rf"{WATCHER_PREFIX}-([A-Za-z0-9_]+)-([A-Za-z0-9_]+)", re.IGNORECASE)
 # What circus substitutes in option values (circus.util._CIRCUS_VAR), and $WID in cmd.
 _CIRCUS_SUBSTITUTION = re.compile(r"\$\(circus\.|\(\(circus\.|\$WID", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -74,28 +63,7 @@ _COMMENT = re.compile(r"\s;")
 _PLUGIN_UNSAFE = re.compile(r"\s|:::|['\"\\]")
 
 
-class RenderError(DjmasterError, ValueError):
-    """A value that is not part of the settings file cannot be written safely."""
-
-
 # ----------------------------------------------------------------------- names
-
-
-def watcher_name(group: str, database: str) -> str:
-    """The circus watcher of worker group ``group`` on database ``database``."""
-    return f"{WATCHER_PREFIX}-{group}-{database}"
-
-
-def parse_watcher_name(name: str) -> tuple[str, str] | None:
-    """``(group, database)`` of a djmaster watcher name, or None for any other watcher.
-
-    circus lower-cases watcher names in ``list`` and in event topics, so the parts
-    come back as given: use :func:`watcher_index` to get the settings' spelling.
-    """
-    match = _WATCHER_NAME.fullmatch(name)
-    if match is None:
-        return None
-    return match.group(1), match.group(2)
 
 
 def watcher_index(settings: Settings) -> dict[str, tuple[str, str]]:
@@ -192,7 +160,7 @@ def render_ini(settings: Settings, *, python: str = sys.executable) -> str:
             circus=settings.circus,
             watchers=watchers,
             plugin=plugin,
-            hook=HOOK,
+            hook=AFTER_REAP_HOOK,
             worker_priority=WORKER_PRIORITY,
         )
     )

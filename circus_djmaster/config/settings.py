@@ -33,7 +33,7 @@ from circus_djmaster.config.kinds import (
     toml_type,
 )
 from circus_djmaster.config.options import OPTIONS, SECTIONS, Option, Section, _Context, options_in
-from circus_djmaster.exceptions import DjmasterError
+from circus_djmaster.exceptions import Problem, SettingsError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -65,37 +65,6 @@ __all__ = [
 DEFAULT_DATABASES: Mapping[str, str] = types.MappingProxyType(
     {"primary": "${DJMASTER_DATABASE_URL}"}
 )
-
-
-# --------------------------------------------------------------------------- errors
-
-
-@dataclass(frozen=True)
-class Problem:
-    key: str  # dotted key, e.g. "workers[1].max_memory"; "" for the file as a whole
-    reason: str
-
-
-class SettingsError(DjmasterError):
-    """Everything wrong with a settings file; ``str()`` gives one problem per line."""
-
-    def __init__(self, path: Path | None, problems: list[Problem]) -> None:
-        self.path = path
-        self.problems = list(problems)
-        super().__init__(self._format())
-
-    def _format(self) -> str:
-        lines = []
-        for problem in self.problems:
-            parts = [str(self.path)] if self.path is not None else []
-            if problem.key:
-                parts.append(problem.key)
-            lines.append(": ".join([*parts, problem.reason]))
-        return "\n".join(lines)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Exceptions pickle as cls(*args); ours takes other arguments.
-        return (type(self), (self.path, self.problems))
 
 
 # ----------------------------------------------------------------- environment

@@ -1,17 +1,32 @@
-"""Process titles, as the seed shows them in ``ps``.
+"""Process titles (``ps``) and database application names (``pg_stat_activity``).
 
-``delayed_job: worker[0] (queue1, queue2) @primary [BUSY] [OLD]``; the master reads them
-back (psutil) to tell busy, idle and old workers apart. ``[NO DB]`` (instead of
-``[BUSY]``: a worker with a job running is busy whatever else happens) says that none of
-the worker's job threads can reach its database now (its calls fail or hang): the
-master does not count such a worker as one that will take a ready job.
+Workers show the seed's title, ``delayed_job: worker[0] (queue1, queue2) @primary``,
+with `` [BUSY]`` while a job runs, `` [NO DB]`` (instead of `` [BUSY]``: a worker with a
+job running is busy whatever else happens) while none of its job threads can reach its
+database, and `` [OLD]`` after USR2. The master reads titles back (psutil) to tell
+starting, idle, busy, old and cut-off workers apart (:class:`WorkerState`), and so does
+``djmaster status``: a title written by one version is read by another during a deploy.
 """
 
 from __future__ import annotations
 
 import enum
+from pathlib import Path
 
-import setproctitle
+__all__ = [
+    "BUSY_MARK",
+    "NO_DB_MARK",
+    "OLD_MARK",
+    "WORKER_PREFIX",
+    "WorkerState",
+    "forked_child_title",
+    "master_application_name",
+    "master_title",
+    "set_title",
+    "state_from_title",
+    "worker_application_name",
+    "worker_title",
+]
 
 WORKER_PREFIX = "delayed_job: worker["
 BUSY_MARK = " [BUSY]"
@@ -21,10 +36,13 @@ MAX_QUEUES_SHOWN = 60
 
 
 class WorkerState(enum.Enum):
+    """What a worker's process title says about it."""
+
+    STARTING = "starting"  # no worker title yet: still importing / preloading
     IDLE = "idle"
     BUSY = "busy"
-    OLD = "old"
-    NO_DB = "no db"  # cannot reach its database now
+    OLD = "old"  # told to retire by a restart (USR2): finishes its jobs, takes no more
+    NO_DB = "no db"  # cannot reach its database now: will not take a ready job
 
 
 def worker_title(
@@ -36,6 +54,7 @@ def worker_title(
     old: bool = False,
     no_db: bool = False,
 ) -> str:
+    """The title of worker ``index`` (its group's position in the settings)."""
     names = ", ".join(queues) if queues else "*"
     if len(names) > MAX_QUEUES_SHOWN:
         # The title must fit the process' argv area (setproctitle cuts it off there),
@@ -51,12 +70,12 @@ def worker_title(
     return title
 
 
-def state_from_title(title: str) -> WorkerState | None:
-    """The state a worker title shows; None when it is not (yet) a worker title."""
+def state_from_title(title: str) -> WorkerState:
+    """The state a process title shows; STARTING when it is not (yet) a worker title."""
     # setproctitle pads the argv area with spaces (and NULs) when the title is shorter.
     title = title.replace("\0", " ").strip()
     if not title.startswith(WORKER_PREFIX):
-        return None
+        return WorkerState.STARTING
     if title.endswith(OLD_MARK):
         return WorkerState.OLD
     if title.endswith(BUSY_MARK):
@@ -64,5 +83,28 @@ def state_from_title(title: str) -> WorkerState | None:
     return WorkerState.NO_DB if title.endswith(NO_DB_MARK) else WorkerState.IDLE
 
 
+def forked_child_title(parent: int, database: str) -> str:
+    """The title of a process forked by job code: not a worker (the master and
+    ``djmaster status`` must not take it for one)."""
+    return f"delayed_job: job process (forked by pid {parent}) @{database}"
+
+
+def master_title(settings_path: Path | str) -> str:
+    return f"djmaster: master ({settings_path})"
+
+
+def worker_application_name(pid: int, connection: str = "") -> str:
+    """``djmaster worker PID CONNECTION`` (``job-0``, ``listen``, ``control``)."""
+    return f"djmaster worker {pid} {connection}".rstrip()
+
+
+def master_application_name(role: str) -> str:
+    """``djmaster-master-ROLE`` (``poll``, ``listen``)."""
+    return f"djmaster-master-{role}"
+
+
 def set_title(title: str) -> None:
+    """Set this process' title (setproctitle, imported on first use)."""
+    import setproctitle
+
     setproctitle.setproctitle(title)

@@ -27,10 +27,14 @@ from typing import Any
 import psycopg
 
 from circus_djmaster.api.jobs import JobCall, enqueue, enqueue_many
-from circus_djmaster.config.render import render_ini, watcher_name
+from circus_djmaster.circusd.client import SyncCircus
+from circus_djmaster.config.render import render_ini
 from circus_djmaster.config.settings import load_settings
+from circus_djmaster.contracts.exit_codes import CliExit
+from circus_djmaster.contracts.watchers import PLUGIN_WATCHER, watcher_name
+from circus_djmaster.exceptions import CircusError, CircusTimeout, DemoError
 from circus_djmaster.store import pgserver
-from circus_djmaster.store import statements as store
+from circus_djmaster.store.sync_executor import connect, migrate
 
 DATABASE = "djmaster_demo"
 GROUPS = {"mail": 3, "reports": 2}  # group (= queue) -> max_processes
@@ -79,8 +83,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         server_url = pgserver.start_embedded(folder / "pgdata")
         pgserver.drop_database(server_url, DATABASE)
         url = pgserver.create_database(server_url, DATABASE)
-        with store.connect(url) as conn:
-            store.migrate(conn)
+        with connect(url) as conn:
+            migrate(conn)
             conn.execute("CREATE TABLE demo_failed_once (name text PRIMARY KEY)")
         os.environ["DJMASTER_DATABASE_URL"] = url
         write_settings(settings_path)
@@ -96,7 +100,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             start_new_session=True,  # --keep: it outlives this command
         )
         client = Circus(settings.circus.endpoint)
-        wait_for(lambda: client.pids("plugin:djmaster"), 20, "the master plugin to start")
+        wait_for(lambda: client.pids(PLUGIN_WATCHER), 20, "the master plugin to start")
         progress = enqueue_demo_jobs(url)
         watch(url, client, progress)
         say("all jobs done; waiting for the workers to retire ...")
@@ -104,20 +108,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         summary(progress, folder, settings.log_file)
         if keep:
             print_keep_hints(settings_path, settings.circus.endpoint, folder)
-            return 0
-        return 0
+            return CliExit.OK
+        return CliExit.OK
     except (DemoError, psycopg.Error, OSError) as exc:
         print(f"djmaster demo: {exc}", file=sys.stderr)
         print(f"  logs: {folder / 'log'}", file=sys.stderr)
         keep = False
-        return 1
+        return CliExit.FAILED
     finally:
         if not keep:
             shutdown(circusd, settings_path, folder)
-
-
-class DemoError(Exception):
-    pass
 
 
 def say(text: str) -> None:
@@ -302,25 +302,19 @@ def shutdown(circusd: subprocess.Popen[bytes] | None, settings_path: Path, folde
 
 
 class Circus:
-    """A few synchronous circusd commands; None when circusd does not answer."""
+    """The few circusd commands the demo needs; None when circusd does not answer."""
 
     def __init__(self, endpoint: str, timeout: float = 3.0) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
 
     def call(self, command: str, **props: Any) -> dict[str, Any] | None:
-        from circus.client import CircusClient
-        from circus.exc import CallError
-
-        client = CircusClient(endpoint=self.endpoint, timeout=self.timeout)
         try:
-            answer = client.call({"command": command, "properties": props})
-        except CallError:
+            with SyncCircus(self.endpoint, timeout=self.timeout) as circus:
+                return circus.call(command, **props)
+        except (CircusError, CircusTimeout):
             return None
-        finally:
-            client.stop()
-        return answer if answer.get("status") == "ok" else None
 
     def pids(self, watcher: str) -> list[int]:
         answer = self.call("list", name=watcher)
-        return list(answer.get("pids") or []) if answer else []
+        return [int(pid) for pid in answer.get("pids") or []] if answer else []

@@ -22,8 +22,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from circus_djmaster.api.handler import resolve_callbacks
 from circus_djmaster.config.settings import WorkerGroup
-from circus_djmaster.worker.callbacks import resolve_callbacks
 
 log = logging.getLogger(__name__)
 

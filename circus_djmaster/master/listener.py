@@ -1,8 +1,7 @@
 """LISTEN for new jobs on one database, on its own autocommit connection.
 
-The trigger of ``delayed_jobs`` sends, on channel ``delayed_jobs``, a JSON array of the
-queue names of inserted (or again available) jobs, ``""`` for the NULL queue, or the
-string ``"*"`` meaning every queue. The listener hands each payload to a callback that
+The trigger of ``delayed_jobs`` notifies the queues of new jobs (the channel and payload:
+:mod:`circus_djmaster.contracts.notify`). The listener hands each payload to a callback that
 only records it and wakes the database's poller: a burst of notifications costs one
 check (coalescing happens in the poller, which drains everything recorded at once).
 
@@ -17,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -25,43 +23,13 @@ from typing import Any
 
 import psycopg
 
-from circus_djmaster.store import async_executor as astore
+from circus_djmaster.common.backoff import Backoff
+from circus_djmaster.contracts.notify import queues_from_payload
+from circus_djmaster.store import statements
+from circus_djmaster.store.async_executor import execute
 from circus_djmaster.store.errors import describe_error
 
 log = logging.getLogger(__name__)
-
-#: The payload meaning "any queue may have new jobs".
-ALL_QUEUES = "*"
-
-
-class Backoff:
-    """Exponential delays: ``first``, doubled each time, capped at ``cap``."""
-
-    def __init__(self, first: float = 0.5, cap: float = 30.0) -> None:
-        self.first = first
-        self.cap = cap
-        self._next = first
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self._next * 2, self.cap)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self.first
-
-
-def queues_from_payload(payload: str) -> frozenset[str] | None:
-    """The queues a notification names; None means "every queue" (``"*"`` or a payload
-    this version does not understand: waking up too often is cheap, missing a job not)."""
-    try:
-        value: Any = json.loads(payload)
-    except ValueError:
-        return None
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return frozenset(value)
-    return None
-
 
 Connect = Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]
 
@@ -92,7 +60,7 @@ class Listener:
             conn: psycopg.AsyncConnection[Any] | None = None
             try:
                 conn = await asyncio.wait_for(self._connect(), self.probe_timeout * 2)
-                await asyncio.wait_for(astore.listen(conn), self.probe_timeout)
+                await asyncio.wait_for(execute(conn, statements.listen()), self.probe_timeout)
                 if failures:
                     log.info(
                         "database %s: listening again after %d failure(s)", self.database, failures
@@ -145,7 +113,7 @@ class Listener:
         wait for the query to end (5 s more, or longer if the server is unreachable).
         A connection that does not answer is dead: close its socket, then cancel.
         """
-        probe = asyncio.ensure_future(astore.probe(conn))
+        probe = asyncio.ensure_future(execute(conn, statements.probe()))
         done, _ = await asyncio.wait({probe}, timeout=self.probe_timeout)
         if probe in done:
             probe.result()  # raises if the probe failed

@@ -4,16 +4,18 @@ One asyncio task owns every decision and every circus command (gunicorn's arbite
 pattern): signal handlers, circus events, NOTIFY and timers only record what happened
 and wake it. Each turn of the loop:
 
-1. handles recorded signals (signals.py documents the table);
+1. handles recorded signals (signals.py: the table and its ``handle_<name>`` methods);
 2. observes: circus ``status`` of every watcher, then ``get numprocesses`` and ``list``
    of the running ones, and psutil readings of every worker pid (title state, RSS with
    children, age). Events are hints; this observation is the truth;
 3. releases the jobs of workers that vanished since the last observation (kill -9, OOM,
-   a job calling ``os._exit``) for an immediate retry, an attempt charged;
+   a job calling ``os._exit``) for an immediate retry, charged as releases.py says;
 4. every ``monitor_interval``: memory and lifetime limits (scaling.plan_limits);
 5. when a scaling pass is due (a NOTIFY, a poll timer, a scheduled run_at, a worker
    that exited, the start): asks every database for a ready count *after* the
    observation, then grows watchers (scaling.plan_scaling).
+
+What it remembers between turns is state.py; every decision is scaling.py.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import enum
 import logging
 import os
 import signal
@@ -30,23 +31,21 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from circus_djmaster.circusd.async_client import (
-    SCALING_RETRY,
-    AsyncCircus,
-    CircusError,
-    CircusTimeout,
-)
-from circus_djmaster.circusd.hooks import is_retiring
+from circus_djmaster.circusd.async_client import SCALING_RETRY, AsyncCircus
 from circus_djmaster.common import logs
-from circus_djmaster.config.render import watcher_index, watcher_name
+from circus_djmaster.config.render import watcher_index
 from circus_djmaster.config.settings import Settings
-from circus_djmaster.contracts.exit_codes import ExitCode
+from circus_djmaster.contracts.exit_codes import WorkerExit, is_retiring
+from circus_djmaster.contracts.locked_by import worker_locked_by
 from circus_djmaster.contracts.running_jobs import forget, read_running
-from circus_djmaster.master import signals as master_signals
+from circus_djmaster.contracts.titles import master_application_name
+from circus_djmaster.contracts.watchers import watcher_name
+from circus_djmaster.exceptions import CircusError, CircusTimeout
 from circus_djmaster.master.callbacks import ForkTarget, MasterCallbacks
 from circus_djmaster.master.listener import Listener
-from circus_djmaster.master.polling import DatabasePoller, Release
-from circus_djmaster.master.readings import describe_exit, read_worker, zombie_exit_code
+from circus_djmaster.master.polling import DatabasePoller
+from circus_djmaster.master.readings import read_worker, zombie_exit_code
+from circus_djmaster.master.releases import Release, charge_for_death
 from circus_djmaster.master.scaling import (
     Action,
     GroupPolicy,
@@ -60,11 +59,12 @@ from circus_djmaster.master.scaling import (
     WatcherStatus,
     plan_limits,
     plan_scaling,
-    vanished,
 )
-from circus_djmaster.store import async_executor as astore
-from circus_djmaster.store.statements import locked_by_for
-from circus_djmaster.worker.outcomes import charge_for_death
+from circus_djmaster.master.signals import SignalHandling, stop_own_watcher
+from circus_djmaster.master.state import Blocks, LoopExit, Mode, WorkerBook, mtime_ns
+from circus_djmaster.store import async_executor
+
+__all__ = ["Master"]
 
 log = logging.getLogger(__name__)
 
@@ -74,33 +74,11 @@ COUNT_WAIT = 2.0
 #: once (a NOTIFY must start a worker fast), the following ones of a burst (spawn,
 #: start, reap, a flood of NOTIFYs…) are gathered into the next turn.
 MIN_TURN_INTERVAL = 0.05
-#: Released pids are remembered this long, so a reap event and the vanished pid do
-#: not release the same worker's jobs twice.
-RELEASED_MEMORY = 120.0
 
 
-class Mode(enum.Enum):
-    RUNNING = "running"
-    DRAINING = "draining"  # WINCH: workers finish, then the master stops
+class Master(SignalHandling):
+    """The master of one settings file's watchers, on the plugin's event loop."""
 
-
-class Outcome(enum.Enum):
-    """How :meth:`Master.run` ended: what the plugin process does next."""
-
-    STOPPED = "stopped"  # the master's watcher is stopped in circus; exit
-    RELEASED = "released"  # circus stops or replaces this process; exit quietly
-    RESTART = "restart"  # exit; circus respawns the plugin (USR2, HUP)
-
-
-@dataclasses.dataclass
-class Block:
-    """A watcher whose workers exited with CONFIG_ERROR (78)."""
-
-    settings_mtime: int | None
-    parked: bool = False
-
-
-class Master:
     def __init__(
         self,
         settings: Settings,
@@ -121,13 +99,8 @@ class Master:
         self.callbacks = MasterCallbacks.load(settings.callbacks)
         self.mode = Mode.RUNNING
         self.snapshots: list[WatcherSnapshot] = []  # the last observation
-        self.blocked: dict[str, Block] = {}
-        self._known: dict[int, str] = {}  # pid -> watcher, as last observed
-        self._gone: dict[int, str] = {}  # pids that vanished in the last observation
-        self._retiring: dict[int, RetireReason] = {}  # SIGTERM sent by the master
-        self._killed: dict[int, RetireReason] = {}  # SIGKILL sent by the master
-        self._exit_codes: dict[int, int | None] = {}  # from circus reap events
-        self._released: dict[int, float] = {}  # pid -> when its jobs were released
+        self.blocks = Blocks()  # watchers blocked by configuration errors
+        self.book = WorkerBook()  # the workers it knows, and their deaths
         self._missing_reported: set[str] = set()
         self._signals: collections.deque[int] = collections.deque()
         self._wake = asyncio.Event()
@@ -170,17 +143,16 @@ class Master:
             return
         exit_code = message.get("exit_code")
         exit_code = exit_code if isinstance(exit_code, int) else None
-        if pid in self._known:  # kept for the message when it vanishes from `list`
-            self._exit_codes[pid] = exit_code
-        if exit_code == ExitCode.CONFIG_ERROR:
+        self.book.reaped(pid, exit_code)  # for the message when it vanishes from `list`
+        if exit_code == WorkerExit.CONFIG_ERROR:
             self._block(watcher)
         elif not is_retiring(exit_code):
             # It died: release now (it may have lived between two observations).
-            self._release_jobs(pid, watcher, self._death_message(pid, exit_code))
+            self._release_jobs(pid, watcher, self.book.death(pid, self.host, exit_code))
 
     # --- the loop ------------------------------------------------------------------
 
-    async def run(self) -> Outcome:
+    async def run(self) -> LoopExit:
         self._start_tasks()
         log.info(
             "master started (pid %d, settings %s): %d watcher(s), polling every %gs, "
@@ -194,25 +166,25 @@ class Master:
         )
         try:
             while True:
-                outcome = await self._handle_signals()
-                if outcome is not None:
-                    return outcome
+                ended = await self._handle_signals()
+                if ended is not None:
+                    return ended
                 pause = 0.0
                 try:
-                    outcome = await self._turn()
+                    ended = await self._turn()
                 except (CircusError, CircusTimeout) as error:
                     pause = self._circus_failed(error)
                 else:
                     if self._circus_failures:
                         log.info("circusd answers again")
                     self._circus_failures = 0
-                if outcome is not None:
-                    return outcome
+                if ended is not None:
+                    return ended
                 await self._wait(at_least=pause)
         finally:
             await self._stop_tasks()
 
-    async def _turn(self) -> Outcome | None:
+    async def _turn(self) -> LoopExit | None:
         self._last_turn = time.monotonic()
         self._check_blocks()  # before observing: the snapshots carry the blocks
         snapshots = await self.observe()
@@ -272,9 +244,9 @@ class Master:
         for database in self.settings.databases:
 
             def connect(database: Any = database, role: str = "poll") -> Any:
-                return astore.connect(
+                return async_executor.connect(
                     database.url(),
-                    application_name=f"djmaster-master-{role}",
+                    application_name=master_application_name(role),
                     timeout=self.settings.database_timeout,
                 )
 
@@ -333,10 +305,10 @@ class Master:
             workers = []
             for pid in pids:
                 current[pid] = name
-                worker = read_worker(pid, retiring=pid in self._retiring)
+                worker = read_worker(pid, retiring=pid in self.book.retiring)
                 if worker is not None:
                     workers.append(worker)
-            block = self.blocked.get(name)
+            block = self.blocks.get(name)
             snapshots.append(
                 WatcherSnapshot(
                     name=name,
@@ -349,69 +321,45 @@ class Master:
                     parked=block is not None and block.parked,
                 )
             )
-        self._gone.update(vanished(self._known, current))
-        self._known = current
+        self.book.observed(current)
         self.snapshots = snapshots
         return snapshots
 
     # --- dead workers ------------------------------------------------------------------
 
     def _release_vanished(self) -> None:
-        now = time.monotonic()
-        for pid, when in list(self._released.items()):
-            if now - when > RELEASED_MEMORY:
-                del self._released[pid]
-        for pid, watcher in self._gone.items():
-            self._retiring.pop(pid, None)
-            exit_code = self._exit_codes.get(pid)
+        for pid, watcher in self.book.take_gone().items():
+            exit_code = self.book.exit_codes.get(pid)
             if exit_code is None:  # not reaped by circus yet: ask the kernel
                 exit_code = zombie_exit_code(pid)
-            self._release_jobs(pid, watcher, self._death_message(pid, exit_code))
-            self._killed.pop(pid, None)
-            self._exit_codes.pop(pid, None)
-        self._gone = {}
+            self._release_jobs(pid, watcher, self.book.death(pid, self.host, exit_code))
+            self.book.buried(pid)
 
-    def _death_message(self, pid: int, exit_code: int | None) -> str:
-        """How a worker died, e.g. "worker pid 12 on web1 was killed by SIGKILL"."""
-        killed = self._killed.get(pid)
-        if killed is not None:
-            return f"worker pid {pid} on {self.host} was killed by the master: {killed.value}"
-        how = "died" if exit_code is None else describe_exit(exit_code)
-        return f"worker pid {pid} on {self.host} {how}"
-
-    def _release_jobs(self, pid: int, watcher: str, message: str) -> None:
+    def _release_jobs(self, pid: int, watcher: str, death: str) -> None:
         """Queue the release of a gone worker's jobs; a no-op in the database when it
         exited cleanly (it holds no lock)."""
-        if pid in self._released:
+        if not self.book.first_release(pid, time.monotonic()):
             return
-        self._released[pid] = time.monotonic()
         _group, database = self.index[watcher]
-        # What it ran when it died (running.py) decides who is charged.
+        # What it ran when it died (contracts/running_jobs.py) decides who is charged.
         charge = charge_for_death(read_running(pid))
         forget(pid)
         poller = self.pollers.get(database)
         if poller is not None:
-            poller.release([Release(locked_by_for(pid, self.host), message, charge)])
+            poller.release([Release(worker_locked_by(pid, self.host), death, charge)])
 
     # --- configuration errors ------------------------------------------------------------
 
-    def _settings_mtime(self) -> int | None:
-        try:
-            return os.stat(self.settings.path).st_mtime_ns
-        except OSError:
-            return None
-
     def _block(self, watcher: str) -> None:
-        if watcher in self.blocked:
+        if not self.blocks.block(watcher, mtime_ns(self.settings.path)):
             return
-        self.blocked[watcher] = Block(self._settings_mtime())
         group, database = self.index[watcher]
         log.error(
             "%s: a worker exited with code %d (settings or application preload error; "
             "the worker's own error is in %s): not starting workers for it until %s "
             "changes, `circusctl start %s`, or USR2 to the master",
             watcher_name(group, database),
-            int(ExitCode.CONFIG_ERROR),
+            int(WorkerExit.CONFIG_ERROR),
             self.settings.log_file or "circusd's output",
             self.settings.path,
             watcher_name(group, database),
@@ -420,19 +368,14 @@ class Master:
     def _check_blocks(self, snapshots: Iterable[WatcherSnapshot] | None = None) -> None:
         """Unblock watchers whose settings changed; with ``snapshots`` (a fresh
         observation), also those an operator started after the master parked them."""
-        if not self.blocked:
+        if not self.blocks:
             return
-        mtime = self._settings_mtime()
         statuses = {snapshot.name: snapshot.status for snapshot in snapshots or ()}
-        for watcher, block in list(self.blocked.items()):
-            if block.settings_mtime != mtime:
-                why = f"{self.settings.path} changed"
-            elif block.parked and statuses.get(watcher) not in (None, WatcherStatus.STOPPED):
-                why = "an operator started it"
-            else:
-                continue
-            del self.blocked[watcher]
+        unblocked = self.blocks.unblock(mtime_ns(self.settings.path), statuses)
+        for watcher, why in unblocked.items():
             self._scale_due = True
+            if why == "the settings file changed":
+                why = f"{self.settings.path} changed"
             log.info("%s: scaling it again (%s)", watcher, why)
 
     # --- monitor ---------------------------------------------------------------------------
@@ -478,7 +421,8 @@ class Master:
         ready = snapshot.ready if snapshot is not None else None
         if isinstance(action, StartWatcher):
             await self._before_fork(action.watcher, action.numprocesses)
-            # Stopped: setting the target spawns nothing; start then spawns it (SPEC §9).
+            # Stopped: setting the target spawns nothing; start then spawns it (only a
+            # stopped watcher is ever started: docs/master.md, "circus 0.19, measured").
             await self.circus.set_numprocesses(action.watcher, action.numprocesses)
             await self.circus.start(action.watcher)
             log.info(
@@ -495,7 +439,7 @@ class Master:
             )
         elif isinstance(action, RetireWorker):
             if self.send_signal(action.pid, signal.SIGTERM):
-                self._retiring[action.pid] = action.reason
+                self.book.retiring[action.pid] = action.reason
                 log.info(
                     "%s: retiring worker pid %d after its current job (%s)",
                     action.watcher,
@@ -504,7 +448,7 @@ class Master:
                 )
         elif isinstance(action, KillWorker):
             if self.send_signal(action.pid, signal.SIGKILL):
-                self._killed[action.pid] = action.reason
+                self.book.killed[action.pid] = action.reason
                 self._wake.set()  # release its jobs as soon as it is gone
                 log.warning(
                     "%s: killed worker pid %d (%s); its jobs are released",
@@ -515,9 +459,7 @@ class Master:
         elif isinstance(action, ParkWatcher):
             await self.circus.stop(action.watcher, retry_for=SCALING_RETRY)
             await self.circus.set_numprocesses(action.watcher, 1)
-            block = self.blocked.get(action.watcher)
-            if block is not None:
-                block.parked = True
+            self.blocks.parked(action.watcher)
             log.info(
                 "%s: stopped; `circusctl start %s` runs one worker again",
                 action.watcher,
@@ -535,8 +477,9 @@ class Master:
 
     def send_signal(self, pid: int, signum: int) -> bool:
         """os.kill a worker directly (not circus' ``signal``: no global lock). Never
-        anything but a worker pid circus listed: circusd dies of USR1/USR2 (SPEC §9)."""
-        if pid <= 1 or pid in (self.pid, os.getppid()) or pid not in self._known:
+        anything but a worker pid circus listed: circusd dies of USR1/USR2 (docs/master.md,
+        "circus 0.19, measured")."""
+        if pid <= 1 or pid in (self.pid, os.getppid()) or pid not in self.book.known:
             log.error(
                 "refusing to send %s to pid %d: not a worker", signal.Signals(signum).name, pid
             )
@@ -569,7 +512,7 @@ class Master:
                     elif self.send_signal(worker.pid, signum):
                         sent.add(worker.pid)
                         if signum == signal.SIGTERM:
-                            self._retiring.setdefault(worker.pid, RetireReason.MASTER_STOPS)
+                            self.book.retiring.setdefault(worker.pid, RetireReason.MASTER_STOPS)
             if not starting or time.monotonic() >= deadline:
                 return len(sent)
             await asyncio.sleep(0.1)
@@ -580,23 +523,23 @@ class Master:
 
     # --- the master's own signals --------------------------------------------------------
 
-    async def _handle_signals(self) -> Outcome | None:
+    async def _handle_signals(self) -> LoopExit | None:
         while self._signals:
             signum = self._signals.popleft()
-            outcome = await master_signals.handle(self, signum)
-            if outcome is not None:
-                return outcome
+            ended = await self.handle_signal(signum)
+            if ended is not None:
+                return ended
         return None
 
-    async def _drain(self, snapshots: list[WatcherSnapshot]) -> Outcome | None:
+    async def _drain(self, snapshots: list[WatcherSnapshot]) -> LoopExit | None:
         """WINCH: no scaling; TERM any worker not leaving yet (a respawned one); stop
         the master once every watcher is empty."""
         await self.signal_workers(signal.SIGTERM, skip_leaving=True)
         if any(snapshot.live or snapshot.pending for snapshot in snapshots):
             return None
         log.info("WINCH: every worker is gone")
-        await master_signals.stop_own_watcher(self.circus, self.own_watcher, self.pid)
-        return Outcome.STOPPED
+        await stop_own_watcher(self.circus, self.own_watcher, self.pid)
+        return LoopExit.STOPPED
 
     def reopen_logs(self) -> None:
         logs.reopen()

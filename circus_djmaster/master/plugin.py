@@ -9,9 +9,9 @@ through :meth:`DelayedJobMaster.handle_recv`.
 circus starts the plugin as ``python -c 'from circus import plugins; plugins.main()'
 --config settings:/abs/path.toml:::name:plugin:djmaster…``: every option of the
 section is pasted into that command line, so values must not hold spaces or ``:::``
-(SPEC §9). The plugin's stdout and stderr go nowhere: everything is logged to the
-settings' ``log_file``, or, when it is unset, to ``<settings stem>-master.log`` next to
-the settings file.
+(docs/master.md, "circus 0.19, measured"). The plugin's stdout and stderr go nowhere:
+everything is logged to the settings' ``log_file``, or, when it is unset, to
+``<settings stem>-master.log`` next to the settings file.
 """
 
 from __future__ import annotations
@@ -27,14 +27,18 @@ from circus.plugins import CircusPlugin
 
 from circus_djmaster.circusd.async_client import AsyncCircus
 from circus_djmaster.common import logs
-from circus_djmaster.config.settings import Settings, SettingsError, load_settings
-from circus_djmaster.contracts import titles as proctitle
-from circus_djmaster.master import signals as master_signals
-from circus_djmaster.master.loop import Master, Outcome
+from circus_djmaster.config.settings import Settings, load_settings
+from circus_djmaster.contracts import titles
+from circus_djmaster.contracts.watchers import PLUGIN_WATCHER
+from circus_djmaster.exceptions import SettingsError
+from circus_djmaster.master.loop import Master
+from circus_djmaster.master.signals import HANDLED_SIGNALS, circus_stops_me, stop_own_watcher
+from circus_djmaster.master.state import LoopExit, mtime_ns
+
+__all__ = ["DelayedJobMaster", "default_log_file", "remove_pid_file", "write_pid_file"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OWN_WATCHER = "plugin:djmaster"
 #: How often a master whose settings failed to load looks at the file again.
 SETTINGS_RECHECK = 1.0
 
@@ -44,11 +48,9 @@ def default_log_file(settings_path: Path) -> Path:
     return settings_path.with_name(f"{settings_path.stem}-master.log")
 
 
-def master_title(settings_path: Path | str) -> str:
-    return f"djmaster: master ({settings_path})"
+class DelayedJobMaster(CircusPlugin):  # type: ignore[misc]  # circus has no type hints
+    """The circus plugin: what ``[plugin:djmaster]`` runs (contracts.watchers.PLUGIN_CLASS)."""
 
-
-class DelayedJobMaster(CircusPlugin):
     name = "djmaster"
 
     def __init__(
@@ -61,9 +63,9 @@ class DelayedJobMaster(CircusPlugin):
     ) -> None:
         super().__init__(endpoint, pubsub_endpoint, check_delay, ssh_server=ssh_server, **config)
         self.settings_path = Path(str(config.get("settings", ""))).expanduser()
-        self.own_watcher = str(config.get("name") or DEFAULT_OWN_WATCHER)
+        self.own_watcher = str(config.get("name") or PLUGIN_WATCHER)
         self.master: Master | None = None
-        self.outcome: Outcome | None = None
+        self.loop_exit: LoopExit | None = None
 
     # --- CircusPlugin hooks ------------------------------------------------------------
 
@@ -90,7 +92,7 @@ class DelayedJobMaster(CircusPlugin):
         circus = AsyncCircus(self.endpoint, timeout=5.0)
         pid_file: Path | None = None
         try:
-            proctitle.set_title(master_title(self.settings_path))
+            titles.set_title(titles.master_title(self.settings_path))
             settings = await self._load_settings(circus)
             if settings is None:
                 return
@@ -100,13 +102,13 @@ class DelayedJobMaster(CircusPlugin):
             master = Master(settings, circus, own_watcher=self.own_watcher)
             self._install_signals(master.record_signal)
             self.master = master
-            self.outcome = await master.run()
-            log.info("master exits (%s)", self.outcome.value)
+            self.loop_exit = await master.run()
+            log.info("master exits (%s)", self.loop_exit.value)
         except Exception:
             log.exception("the master failed; circus will start it again")
         finally:
             self.master = None
-            if pid_file is not None and self.outcome is not Outcome.RESTART:
+            if pid_file is not None and self.loop_exit is not LoopExit.RESTART:
                 remove_pid_file(pid_file, os.getpid())
             circus.close()
             logging.shutdown()
@@ -114,7 +116,7 @@ class DelayedJobMaster(CircusPlugin):
 
     def _install_signals(self, record: Any) -> None:
         loop = asyncio.get_running_loop()
-        for signum in master_signals.HANDLED_SIGNALS:
+        for signum in HANDLED_SIGNALS:
             loop.add_signal_handler(signum, record, int(signum))
 
     async def _load_settings(self, circus: AsyncCircus) -> Settings | None:
@@ -136,39 +138,32 @@ class DelayedJobMaster(CircusPlugin):
             settings.log_level,
             prefix="master ",
         )
-        proctitle.set_title(master_title(settings.path))
+        titles.set_title(titles.master_title(settings.path))
         return settings
 
     async def _wait_for_settings(self, circus: AsyncCircus) -> None:
         signals: asyncio.Queue[int] = asyncio.Queue()
         self._install_signals(signals.put_nowait)
-        mtime = _mtime(self.settings_path)
-        while _mtime(self.settings_path) == mtime:
+        mtime = mtime_ns(self.settings_path)
+        while mtime_ns(self.settings_path) == mtime:
             try:
                 signum = await asyncio.wait_for(signals.get(), SETTINGS_RECHECK)
             except asyncio.TimeoutError:
                 continue
             if signum in (signal.SIGUSR2, signal.SIGHUP):
-                self.outcome = Outcome.RESTART
+                self.loop_exit = LoopExit.RESTART
                 return
             if signum == signal.SIGUSR1:
                 logs.reopen()
                 continue
-            if await master_signals.circus_stops_me(circus, self.own_watcher, os.getpid()):
-                self.outcome = Outcome.RELEASED
+            if await circus_stops_me(circus, self.own_watcher, os.getpid()):
+                self.loop_exit = LoopExit.RELEASED
                 return
-            await master_signals.stop_own_watcher(circus, self.own_watcher, os.getpid())
-            self.outcome = Outcome.STOPPED
+            await stop_own_watcher(circus, self.own_watcher, os.getpid())
+            self.loop_exit = LoopExit.STOPPED
             return
         log.info("%s changed: restarting the master to read it", self.settings_path)
-        self.outcome = Outcome.RESTART
-
-
-def _mtime(path: Path) -> int | None:
-    try:
-        return os.stat(path).st_mtime_ns
-    except OSError:
-        return None
+        self.loop_exit = LoopExit.RESTART
 
 
 def write_pid_file(path: Path, pid: int) -> None:

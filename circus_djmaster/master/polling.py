@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import enum
 import logging
 import socket
@@ -35,14 +34,16 @@ from typing import Any
 import psutil
 import psycopg
 
+from circus_djmaster.common.backoff import Backoff
 from circus_djmaster.config.settings import Settings, WorkerGroup
+from circus_djmaster.contracts.locked_by import host_prefix, pid_of
 from circus_djmaster.contracts.running_jobs import forget, read_running
 from circus_djmaster.master.callbacks import MasterCallbacks
-from circus_djmaster.master.listener import Backoff
-from circus_djmaster.store import async_executor as astore
+from circus_djmaster.master.releases import Release, charge_for_death
+from circus_djmaster.store import statements
+from circus_djmaster.store.async_executor import execute
 from circus_djmaster.store.errors import describe_error
 from circus_djmaster.store.statements import JobFilter, ReleaseOutcome
-from circus_djmaster.worker.outcomes import DeathCharge, charge_for_death
 
 log = logging.getLogger(__name__)
 
@@ -62,38 +63,6 @@ class Health(enum.Enum):
     BACKING_OFF = "backing off"  # failed: counts are "unknown" until it reconnects
 
 
-@dataclasses.dataclass(frozen=True)
-class Release:
-    """Jobs locked by a worker of this host that died: release them, charging as
-    ``charge`` says (execution.charge_for_death). ``death`` says how it died, e.g.
-    "worker pid 12 on web1 was killed by SIGKILL"."""
-
-    locked_by: str
-    death: str
-    charge: DeathCharge = dataclasses.field(default_factory=lambda: DeathCharge(isolate_all=True))
-
-    def charged_error(self) -> str:
-        return f"{self.death} while running this job"
-
-    def isolated_error(self) -> str:
-        if self.charge.isolate_all:
-            return (
-                f"{self.death} while it held this job (what it ran is unknown): it runs "
-                "alone from now on; no attempt charged"
-            )
-        return (
-            f"{self.death} while running this job beside {self.charge.beside} other "
-            "job(s): nobody can tell which one killed it, so it runs alone from now on; "
-            "no attempt charged"
-        )
-
-
-def pid_of(locked_by: str) -> int | None:
-    """The pid in ``host:HOST pid:PID`` (delayed_job's locked_by form), if any."""
-    _, sep, pid = locked_by.rpartition(" pid:")
-    return int(pid) if sep and pid.isdigit() else None
-
-
 def groups_for_queues(queues: frozenset[str] | None, groups: Iterable[WorkerGroup]) -> set[str]:
     """Names of the groups that serve any of ``queues`` (None: every group). A group with
     no queues serves every queue; ``""`` stands for jobs without a queue, which only such
@@ -105,10 +74,6 @@ def groups_for_queues(queues: frozenset[str] | None, groups: Iterable[WorkerGrou
         if queues is None or not group.queues or queues & set(group.queues):
             names.add(group.name)
     return names
-
-
-def job_filter(group: WorkerGroup) -> JobFilter:
-    return JobFilter(group.queues, group.min_priority, group.max_priority)
 
 
 class DatabasePoller:
@@ -255,7 +220,9 @@ class DatabasePoller:
         every (re)connect. A pid that still exists is left alone: it is a live worker,
         or a reused pid whose lock will expire by itself.
         """
-        owners = await self._timed(astore.locked_by_on_host(conn, self.host))
+        owners = await self._timed(
+            execute(conn, statements.locked_by_on_host(host_prefix(self.host)))
+        )
         releases = []
         for owner in owners:
             pid = pid_of(owner)
@@ -285,14 +252,13 @@ class DatabasePoller:
         async def block() -> None:
             nonlocal soonest
             for group in self.settings.workers:
-                flt = job_filter(group)
+                flt = JobFilter.of(group)
                 limit = group.max_processes * group.max_threads
-                counts[group.name] = await self._timed(
-                    astore.count_ready(
-                        conn, flt, lock_timeout=self.settings.lock_timeout, limit=limit
-                    )
+                count = statements.count_ready(
+                    flt, lock_timeout=self.settings.lock_timeout, limit=limit
                 )
-                next_due = await self._timed(astore.seconds_to_next(conn, flt))
+                counts[group.name] = await self._timed(execute(conn, count))
+                next_due = await self._timed(execute(conn, statements.seconds_to_next(flt)))
                 if next_due is not None:
                     soonest = min(soonest, max(0.0, next_due) + SCHEDULE_SLACK)
 
@@ -308,18 +274,7 @@ class DatabasePoller:
         released_any = False
         while self._releases:
             release = self._releases[0]
-            charge = release.charge
-            released = await self._timed(
-                astore.release_dead_workers_jobs(
-                    conn,
-                    [release.locked_by],
-                    charged=charge.charged,
-                    isolated=charge.isolated,
-                    isolate_all=charge.isolate_all,
-                    charged_error=release.charged_error(),
-                    isolated_error=release.isolated_error(),
-                )
-            )
+            released = await self._timed(execute(conn, release.statement()))
             self._releases.pop(0)  # only once done: a failure retries it
             for job in released:
                 released_any = True

@@ -1,38 +1,59 @@
-"""psutil readings of worker processes: state (from the title), RSS and age.
+"""psutil readings of worker processes: the state their title shows, RSS (children
+included) and age; and how a dead worker ended.
 
-circus' ``stats`` rounds memory into strings (SPEC §9), so the master reads the pids
-circus lists itself. RSS includes the worker's children (a job may start processes).
+circus' ``stats`` rounds memory into strings, so the master reads the pids circus lists
+itself (docs/master.md, "circus 0.19, measured"). RSS includes the worker's children (a
+job may start processes): common/memory.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
-from circus_djmaster.contracts.titles import WorkerState as TitleState
-from circus_djmaster.contracts.titles import state_from_title
-from circus_djmaster.master.scaling import Worker, WorkerState
+from circus_djmaster.common.memory import rss_with_children
+from circus_djmaster.contracts.titles import WorkerState, state_from_title
 
-_FROM_TITLE = {
-    TitleState.IDLE: WorkerState.IDLE,
-    TitleState.BUSY: WorkerState.BUSY,
-    TitleState.OLD: WorkerState.OLD,
-    TitleState.NO_DB: WorkerState.NO_DB,
-}
+__all__ = ["WorkerReading", "describe_exit", "read_worker", "zombie_exit_code"]
 
 
-def title_state(title: str) -> WorkerState:
-    """A worker's state from its process title; STARTING before it set one."""
-    state = state_from_title(title)
-    return WorkerState.STARTING if state is None else _FROM_TITLE[state]
+@dataclass(frozen=True)
+class WorkerReading:
+    """A worker process as the master reads it with psutil, each turn."""
+
+    pid: int
+    state: WorkerState
+    rss: int | None = None  # bytes, children included; None when unreadable
+    age: float | None = None  # seconds since the process started
+    retiring: bool = False  # the master already sent it SIGTERM (a second one is immediate)
+
+    @property
+    def leaving(self) -> bool:
+        """Already on its way out: it finishes its jobs and takes no new ones."""
+        return self.retiring or self.state is WorkerState.OLD
+
+    @property
+    def spare(self) -> bool:
+        """Will take a ready job without a new process being started for it."""
+        return not self.leaving and self.state in (WorkerState.STARTING, WorkerState.IDLE)
+
+    @property
+    def busy(self) -> bool:
+        return not self.leaving and self.state is WorkerState.BUSY
+
+    @property
+    def signalable(self) -> bool:
+        """Its signal handlers are in place: a worker sets its title after installing
+        them. Before that, TERM would kill it outright (a crash that circus respawns)."""
+        return self.state is not WorkerState.STARTING
 
 
-def read_worker(pid: int, *, retiring: bool = False) -> Worker | None:
+def read_worker(pid: int, *, retiring: bool = False) -> WorkerReading | None:
     """The worker's reading, or None if the process is gone (or a zombie)."""
     try:
         process = psutil.Process(pid)
@@ -40,32 +61,14 @@ def read_worker(pid: int, *, retiring: bool = False) -> Worker | None:
             if process.status() == psutil.STATUS_ZOMBIE:
                 return None
             title = " ".join(process.cmdline())
-            rss = process.memory_info().rss
             age = max(0.0, time.time() - process.create_time())
-        for child in _children(process):
-            with contextlib.suppress(psutil.Error):  # the child exited meanwhile
-                rss += child.memory_info().rss
+            rss = rss_with_children(process)
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return None
     except psutil.AccessDenied:
         # Not ours to read (should not happen: circus runs workers as our user).
-        return Worker(pid, WorkerState.STARTING, retiring=retiring)
-    return Worker(pid, title_state(title), rss=rss, age=age, retiring=retiring)
-
-
-def _children(process: psutil.Process) -> list[psutil.Process]:
-    try:
-        return process.children(recursive=True)
-    except psutil.Error:
-        return []
-
-
-def is_alive(pid: int) -> bool:
-    """True if ``pid`` runs and is not a zombie."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+        return WorkerReading(pid, WorkerState.STARTING, retiring=retiring)
+    return WorkerReading(pid, state_from_title(title), rss=rss, age=age, retiring=retiring)
 
 
 def zombie_exit_code(pid: int) -> int | None:

@@ -1,6 +1,6 @@
 """Scaling and limit decisions: pure functions from a snapshot to actions, no I/O.
 
-The master (``master.py``) observes circus (watcher status, ``numprocesses``, pids),
+The master (loop.py) observes circus (watcher status, ``numprocesses``, pids),
 reads each worker with psutil (title state, RSS, age) and keeps the latest ready-job
 counts of each database; it builds :class:`WatcherSnapshot` values from that and asks
 this module what to do. Everything here is deterministic and testable with tables.
@@ -32,6 +32,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from circus_djmaster.config.settings import WorkerGroup
+from circus_djmaster.contracts.titles import WorkerState
+from circus_djmaster.master.readings import WorkerReading
 
 __all__ = [
     "Action",
@@ -44,13 +46,10 @@ __all__ = [
     "StartWatcher",
     "WatcherSnapshot",
     "WatcherStatus",
-    "Worker",
-    "WorkerState",
     "fair_level",
     "plan_limits",
     "plan_scaling",
     "processes_needed",
-    "vanished",
     "water_fill",
 ]
 
@@ -72,16 +71,6 @@ class WatcherStatus(enum.Enum):
             return cls.UNKNOWN
 
 
-class WorkerState(enum.Enum):
-    """What a worker's process title says (``proctitle.py``)."""
-
-    STARTING = "starting"  # no worker title yet: still importing / preloading
-    IDLE = "idle"
-    BUSY = "busy"
-    OLD = "old"  # told to retire by a restart (USR2): finishes its jobs, takes no more
-    NO_DB = "no db"  # cannot reach its database now: will not take a ready job
-
-
 class RetireReason(enum.Enum):
     MAX_MEMORY = "RSS over max_memory"
     HARD_MAX_MEMORY = "RSS over hard_max_memory"
@@ -91,42 +80,13 @@ class RetireReason(enum.Enum):
 
 
 @dataclass(frozen=True)
-class Worker:
-    pid: int
-    state: WorkerState
-    rss: int | None = None  # bytes, children included; None when unreadable
-    age: float | None = None  # seconds since the process started
-    retiring: bool = False  # the master already sent it SIGTERM (a second one is immediate)
-
-    @property
-    def leaving(self) -> bool:
-        """Already on its way out: it finishes its jobs and takes no new ones."""
-        return self.retiring or self.state is WorkerState.OLD
-
-    @property
-    def spare(self) -> bool:
-        """Will take a ready job without a new process being started for it."""
-        return not self.leaving and self.state in (WorkerState.STARTING, WorkerState.IDLE)
-
-    @property
-    def busy(self) -> bool:
-        return not self.leaving and self.state is WorkerState.BUSY
-
-    @property
-    def signalable(self) -> bool:
-        """Its signal handlers are in place: a worker sets its title after installing
-        them. Before that, TERM would kill it outright (a crash that circus respawns)."""
-        return self.state is not WorkerState.STARTING
-
-
-@dataclass(frozen=True)
 class WatcherSnapshot:
     name: str  # circus watcher name, djmaster-<group>-<database>
     group: str
     database: str
     status: WatcherStatus
     numprocesses: int  # circus' target
-    workers: tuple[Worker, ...] = ()
+    workers: tuple[WorkerReading, ...] = ()
     ready: int | None = None  # capped ready count; None: unknown (database down, not polled)
     blocked: bool = False  # workers failed at start (exit 78): do not scale
     parked: bool = False  # blocked and already stopped by the master
@@ -300,7 +260,7 @@ class _Plan:
     want: int
     demand: int
     give: int = 0
-    retire: list[Worker] = field(default_factory=list)
+    retire: list[WorkerReading] = field(default_factory=list)
 
     @property
     def can_grow(self) -> bool:
@@ -417,7 +377,7 @@ def _rebalance(group: GroupPolicy, plans: list[_Plan]) -> None:
         deficit -= len(plan.retire)
 
 
-def _pick_to_retire(workers: Sequence[Worker], count: int) -> list[Worker]:
+def _pick_to_retire(workers: Sequence[WorkerReading], count: int) -> list[WorkerReading]:
     """Idle workers first, they lose nothing; then busy ones, oldest first (a graceful
     retire lets the current job finish either way). Workers still starting are left for
     a later pass: they cannot take a signal yet."""
@@ -446,7 +406,7 @@ def plan_limits(
     return actions
 
 
-def _limit_for(group: GroupPolicy, watcher: str, worker: Worker) -> Action | None:
+def _limit_for(group: GroupPolicy, watcher: str, worker: WorkerReading) -> Action | None:
     rss = worker.rss
     # The hard limit applies to everyone, old and retiring workers included: it exists
     # for the process that would take the host down before its job ends.
@@ -465,9 +425,3 @@ def _limit_for(group: GroupPolicy, watcher: str, worker: Worker) -> Action | Non
     ):
         return RetireWorker(watcher, worker.pid, RetireReason.MAX_EXECUTION)
     return None
-
-
-def vanished(previous: Mapping[int, str], current: Mapping[int, str]) -> dict[int, str]:
-    """Pids seen before (pid -> watcher) that circus no longer lists: they died or
-    exited. Releasing the jobs of one that exited cleanly is a harmless no-op."""
-    return {pid: watcher for pid, watcher in previous.items() if pid not in current}

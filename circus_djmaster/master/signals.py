@@ -1,8 +1,10 @@
-"""The master's signals (SPEC §6), as the seed defines them, on the plugin's pid.
+"""The master's signals, as the seed (delayed_job_master) defines them, on the plugin's pid.
 
-Handlers only record the signal and wake the master's loop; the loop then calls
-:func:`handle`. Worker signals are sent with ``os.kill`` to the pids circus lists for
-the master's watchers (never circus' ``signal`` command: it takes circus' global lock).
+Handlers only record the signal and wake the master's loop; the loop then calls the
+``handle_<name>`` method that :data:`SignalHandling.SIGNAL_HANDLERS` names for it
+(gunicorn's arbiter does the same). Worker signals are sent with ``os.kill`` to the pids
+circus lists for the master's watchers (never circus' ``signal`` command: it takes
+circus' global lock).
 
 ======  ==========================================  ====================================
 signal  master                                      workers
@@ -33,13 +35,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import TYPE_CHECKING
 
-from circus_djmaster.circusd.async_client import AsyncCircus, CircusError, CircusTimeout
-from circus_djmaster.master.scaling import WatcherStatus
+from circus_djmaster.circusd.async_client import AsyncCircus
+from circus_djmaster.exceptions import CircusError, CircusTimeout
+from circus_djmaster.master.scaling import WatcherSnapshot, WatcherStatus
+from circus_djmaster.master.state import LoopExit, Mode
 
-if TYPE_CHECKING:
-    from circus_djmaster.master.loop import Master, Outcome
+__all__ = ["HANDLED_SIGNALS", "PATIENCE", "SignalHandling", "circus_stops_me", "stop_own_watcher"]
 
 log = logging.getLogger(__name__)
 
@@ -47,74 +49,118 @@ log = logging.getLogger(__name__)
 #: become able to take the signal, before the master goes.
 PATIENCE = 5.0
 
-HANDLED_SIGNALS: tuple[signal.Signals, ...] = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGQUIT,
-    signal.SIGWINCH,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGHUP,
-)
 
+class SignalHandling:
+    """The master's signal table and its ``handle_<name>`` methods (a base of
+    :class:`~circus_djmaster.master.loop.Master`, which provides what is declared here).
 
-async def handle(master: Master, signum: int) -> Outcome | None:
-    """Act on one recorded signal; an Outcome ends the master's loop."""
-    from circus_djmaster.master.loop import Mode, Outcome
+    A handler returns a :class:`LoopExit` to end the loop, or None to go on.
+    """
 
-    name = signal.Signals(signum).name
-    if signum in (signal.SIGTERM, signal.SIGINT):
-        if await circus_stops_me(master.circus, master.own_watcher, master.pid):
+    #: Signal -> the method that handles it.
+    SIGNAL_HANDLERS: dict[int, str] = {
+        signal.SIGTERM: "handle_term",
+        signal.SIGINT: "handle_term",
+        signal.SIGQUIT: "handle_quit",
+        signal.SIGWINCH: "handle_winch",
+        signal.SIGUSR1: "handle_usr1",
+        signal.SIGUSR2: "handle_usr2",
+        signal.SIGHUP: "handle_hup",
+    }
+
+    circus: AsyncCircus
+    own_watcher: str
+    pid: int
+    mode: Mode
+
+    async def observe(self) -> list[WatcherSnapshot]:
+        raise NotImplementedError
+
+    async def signal_workers(
+        self, signum: int, *, skip_leaving: bool = False, patience: float = 0.0
+    ) -> int:
+        raise NotImplementedError
+
+    def reopen_logs(self) -> None:
+        raise NotImplementedError
+
+    async def handle_signal(self, signum: int) -> LoopExit | None:
+        """Act on one recorded signal; a LoopExit ends the master's loop."""
+        name = signal.Signals(signum).name
+        handler = self.SIGNAL_HANDLERS.get(signum)
+        if handler is None:
+            log.warning("ignoring signal %s", name)
+            return None
+        result: LoopExit | None = await getattr(self, handler)(name)
+        return result
+
+    async def handle_term(self, name: str) -> LoopExit | None:
+        """TERM, INT: stop now (unless circus is stopping us: then only exit); the
+        workers finish their current jobs."""
+        if await circus_stops_me(self.circus, self.own_watcher, self.pid):
             log.info("%s from circus (quit, stop, restart or reload): exiting", name)
-            return Outcome.RELEASED
-        await _refresh(master)
-        sent = await master.signal_workers(signal.SIGTERM, skip_leaving=True, patience=PATIENCE)
+            return LoopExit.RELEASED
+        await self._refresh()
+        sent = await self.signal_workers(signal.SIGTERM, skip_leaving=True, patience=PATIENCE)
         log.info("%s: the master stops now; %d worker(s) finish their current jobs", name, sent)
-        await stop_own_watcher(master.circus, master.own_watcher, master.pid)
-        return Outcome.STOPPED
-    if signum == signal.SIGQUIT:
-        await _refresh(master)
-        sent = await master.signal_workers(signal.SIGQUIT, patience=PATIENCE)
+        await stop_own_watcher(self.circus, self.own_watcher, self.pid)
+        return LoopExit.STOPPED
+
+    async def handle_quit(self, name: str) -> LoopExit | None:
+        """QUIT: stop now; the workers stop now and hand their jobs back."""
+        await self._refresh()
+        sent = await self.signal_workers(signal.SIGQUIT, patience=PATIENCE)
         log.info("QUIT: the master stops now; %d worker(s) stop now and hand back their jobs", sent)
-        await stop_own_watcher(master.circus, master.own_watcher, master.pid)
-        return Outcome.STOPPED
-    if signum == signal.SIGWINCH:
-        if master.mode is Mode.DRAINING:
+        await stop_own_watcher(self.circus, self.own_watcher, self.pid)
+        return LoopExit.STOPPED
+
+    async def handle_winch(self, name: str) -> LoopExit | None:
+        """WINCH: no more scaling; the workers finish, then the master stops."""
+        if self.mode is Mode.DRAINING:
             log.info("WINCH: already waiting for the workers to finish")
             return None
-        master.mode = Mode.DRAINING
-        await _refresh(master)
-        sent = await master.signal_workers(signal.SIGTERM, skip_leaving=True)
+        self.mode = Mode.DRAINING
+        await self._refresh()
+        sent = await self.signal_workers(signal.SIGTERM, skip_leaving=True)
         log.info("WINCH: no more scaling; waiting for %d worker(s) to finish, then stopping", sent)
         return None
-    if signum == signal.SIGUSR1:
-        master.reopen_logs()
-        await _refresh(master)
-        sent = await master.signal_workers(signal.SIGUSR1)
+
+    async def handle_usr1(self, name: str) -> LoopExit | None:
+        """USR1: reopen the log, and tell the workers to reopen theirs."""
+        self.reopen_logs()
+        await self._refresh()
+        sent = await self.signal_workers(signal.SIGUSR1)
         log.info("USR1: log reopened; %d worker(s) reopen theirs", sent)
         return None
-    if signum == signal.SIGUSR2:
-        await _refresh(master)
-        sent = await master.signal_workers(signal.SIGUSR2, patience=PATIENCE)
+
+    async def handle_usr2(self, name: str) -> LoopExit | None:
+        """USR2: exit for circus to start a new master; the workers become old."""
+        await self._refresh()
+        sent = await self.signal_workers(signal.SIGUSR2, patience=PATIENCE)
         log.info(
             "USR2: restarting; %d old worker(s) finish their jobs; circus starts a new master",
             sent,
         )
-        return Outcome.RESTART
-    if signum == signal.SIGHUP:
+        return LoopExit.RESTART
+
+    async def handle_hup(self, name: str) -> LoopExit | None:
+        """HUP: exit for circus to start a new master, which reads the settings again."""
         log.info("HUP: restarting the master to read its settings again; workers keep running")
-        return Outcome.RESTART
-    log.warning("ignoring signal %s", name)
-    return None
+        return LoopExit.RESTART
+
+    async def _refresh(self) -> None:
+        """Look at circus once more, so the signal reaches workers spawned since the
+        last turn; on failure the last observation is used."""
+        try:
+            await self.observe()
+        except (CircusError, CircusTimeout) as error:
+            log.warning("circusd: %s; signalling the workers seen last", error)
 
 
-async def _refresh(master: Master) -> None:
-    """Look at circus once more, so the signal reaches workers spawned since the last
-    turn; on failure the last observation is used."""
-    try:
-        await master.observe()
-    except (CircusError, CircusTimeout) as error:
-        log.warning("circusd: %s; signalling the workers seen last", error)
+#: The signals the plugin installs handlers for.
+HANDLED_SIGNALS: tuple[signal.Signals, ...] = tuple(
+    signal.Signals(signum) for signum in SignalHandling.SIGNAL_HANDLERS
+)
 
 
 async def circus_stops_me(circus: AsyncCircus, own_watcher: str, pid: int) -> bool:

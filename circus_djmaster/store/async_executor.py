@@ -1,35 +1,23 @@
-"""Async twins of the store functions the master needs, for its asyncio loop.
+"""The asynchronous executor: psycopg ``AsyncConnection``\\ s of the master's loop (and
+``aenqueue``). The master never blocks its loop on a database.
 
-Same named queries (``sql/queries.sql``) and parameters as :mod:`circus_djmaster.store.statements`,
-run on a psycopg ``AsyncConnection``; the master never blocks its loop on a database.
+The statements are those of :mod:`.statements`, shared with the workers'
+:mod:`.sync_executor`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
+from psycopg.rows import dict_row
 
-from circus_djmaster.store.queries import query
-from circus_djmaster.store.statements import (
-    ChargedJob,
-    JobFilter,
-    ReleasedJob,
-    bounded_session,
-    release_params,
-    released_jobs,
-)
+from circus_djmaster.store.session import bounded_session
+from circus_djmaster.store.statements import Statement
 
-__all__ = [
-    "connect",
-    "count_ready",
-    "listen",
-    "probe",
-    "release_dead_workers_jobs",
-    "seconds_to_next",
-]
+__all__ = ["MASTER_SESSION_OPTIONS", "AsyncConnection", "connect", "execute"]
 
+T = TypeVar("T")
 AsyncConnection = psycopg.AsyncConnection[Any]
 
 # The master's counts run as prepared statements with generic plans. Failed jobs keep
@@ -47,9 +35,9 @@ async def connect(
     application_name: str = "djmaster-master",
     timeout: float = 10.0,
 ) -> AsyncConnection:
-    """An autocommit connection whose waits are bounded by ``timeout`` seconds
-    (store.bounded_session: connect and statement timeouts, TCP keepalives), so a slow
-    or unreachable database costs a bounded wait. The URL is never logged."""
+    """An autocommit connection of the master whose waits are bounded by ``timeout``
+    seconds (:func:`.session.bounded_session`), so a slow or unreachable database costs
+    a bounded wait. The URL is never logged."""
     return await psycopg.AsyncConnection.connect(
         url,
         autocommit=True,
@@ -58,59 +46,14 @@ async def connect(
     )
 
 
-async def count_ready(
-    conn: AsyncConnection, job_filter: JobFilter, *, lock_timeout: float, limit: int
-) -> int:
-    params = job_filter.params() | {"lock_timeout": lock_timeout, "limit": limit}
-    cursor = await conn.execute(job_filter.query("count_ready"), params, prepare=True)
-    row = await cursor.fetchone()
-    return int(row[0]) if row else 0
+async def execute(conn: psycopg.AsyncConnection[Any], statement: Statement[T]) -> T:
+    """Run ``statement`` on ``conn`` and return what it reads from its rows.
 
-
-async def seconds_to_next(conn: AsyncConnection, job_filter: JobFilter) -> float | None:
-    """Seconds until the next scheduled job of the filter is due (database clock)."""
-    cursor = await conn.execute(
-        job_filter.query("seconds_to_next"), job_filter.params(), prepare=True
-    )
-    row = await cursor.fetchone()
-    return None if row is None or row[0] is None else float(row[0])
-
-
-async def release_dead_workers_jobs(
-    conn: AsyncConnection,
-    locked_by: Sequence[str],
-    *,
-    charged: Sequence[ChargedJob] = (),
-    isolated: Sequence[int] = (),
-    isolate_all: bool = False,
-    charged_error: str,
-    isolated_error: str,
-) -> list[ReleasedJob]:
-    """Release dead workers' jobs: the rules are in the query's comment (queries.sql)."""
-    if not locked_by:
-        return []
-    params = release_params(
-        locked_by,
-        charged=charged,
-        isolated=isolated,
-        isolate_all=isolate_all,
-        charged_error=charged_error,
-        isolated_error=isolated_error,
-    )
-    cursor = await conn.execute(query("release_dead_workers_jobs"), params)
-    return released_jobs(await cursor.fetchall())
-
-
-async def locked_by_on_host(conn: AsyncConnection, host: str) -> list[str]:
-    """Distinct ``locked_by`` values of live locked jobs of ``host``'s workers."""
-    cursor = await conn.execute(query("locked_by_on_host"), {"prefix": f"host:{host} pid:"})
-    return [row[0] for row in await cursor.fetchall()]
-
-
-async def listen(conn: AsyncConnection) -> None:
-    await conn.execute(query("listen"))
-
-
-async def probe(conn: AsyncConnection) -> None:
-    """A round trip: fails if the connection died silently."""
-    await conn.execute("SELECT 1")
+    Raises psycopg's errors. A statement marked ``skip`` makes no round trip.
+    """
+    if statement.skip:
+        return statement.read([])
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(statement.sql, statement.params, prepare=statement.prepare)
+        rows = await cursor.fetchall() if statement.returns_rows else []
+    return statement.read(rows)

@@ -1,8 +1,14 @@
-"""The job store: thin functions over the named queries, one per operation.
+"""Every statement on ``delayed_jobs``, built once: which named query, with which
+parameters, and how its rows read back.
 
-Workers and the master call these with their own psycopg connections (autocommit, so
-each statement is its own short transaction); enqueue can also run them on a caller's
-connection inside the caller's transaction.
+A :class:`Statement` is plain data. The two executors run it: the synchronous one
+(:mod:`.sync_executor`: workers, the CLI, ``enqueue``) and the asynchronous one
+(:mod:`.async_executor`: the master's loop, ``aenqueue``). So a statement has one
+parameter builder whichever side runs it, and the integration tests run the very
+statements production runs, on the executor production runs them with.
+
+Builders never touch a connection. A statement with nothing to do (no ids, no owner)
+is marked ``skip``: the executors then make no round trip and read an empty result.
 """
 
 from __future__ import annotations
@@ -10,23 +16,109 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
-import math
-import socket
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Generic, Protocol, TypeVar
 
-import psycopg
-from psycopg import conninfo
-from psycopg.rows import dict_row
+from circus_djmaster.store.queries import query
 
-from circus_djmaster.store.queries import query, schema_sql
+__all__ = [
+    "INT4_MAX",
+    "INT4_MIN",
+    "ChargedJob",
+    "GroupStats",
+    "JobFilter",
+    "ReleaseOutcome",
+    "ReleasedJob",
+    "ReservedJob",
+    "Row",
+    "Statement",
+]
+
+#: A result row: column name -> value (the executors read rows as dicts).
+Row = dict[str, Any]
+T = TypeVar("T")
 
 # Unset priority bounds become the int4 range, so the SQL is always a plain range.
 INT4_MIN = -(2**31)
 INT4_MAX = 2**31 - 1
 
-# Serialises concurrent migrations (an arbitrary constant: "djmaster" in ASCII).
-MIGRATION_LOCK_KEY = 0x646A6D6173746572
+
+def _nothing(_rows: list[Row]) -> None:
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Statement(Generic[T]):
+    """One statement: the named query of ``sql/queries.sql``, its parameters, and
+    ``read``, which turns the result rows into the value the caller gets.
+
+    ``returns_rows`` is False for statements without a result (UPDATE without
+    RETURNING...): the executor then fetches nothing. ``prepare`` is psycopg's
+    ``prepare=`` (None: psycopg decides). ``skip``: nothing to do, no round trip.
+    """
+
+    name: str
+    params: Mapping[str, Any]
+    read: Callable[[list[Row]], T]
+    returns_rows: bool = True
+    prepare: bool | None = None
+    skip: bool = False
+
+    @property
+    def sql(self) -> str:
+        return query(self.name)
+
+
+def _write(name: str, params: Mapping[str, Any], *, skip: bool = False) -> Statement[None]:
+    return Statement(name, params, _nothing, returns_rows=False, skip=skip)
+
+
+def _ids(rows: list[Row]) -> list[int]:
+    return [int(row["id"]) for row in rows]
+
+
+# --------------------------------------------------------------------- filters
+
+
+class GroupFilterFields(Protocol):
+    """What a worker group (``config.settings.WorkerGroup``) says about the jobs it takes."""
+
+    @property
+    def queues(self) -> tuple[str, ...]: ...
+    @property
+    def min_priority(self) -> int | None: ...
+    @property
+    def max_priority(self) -> int | None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class JobFilter:
+    """Which jobs a worker group takes: its queues (empty: all) and priority range."""
+
+    queues: tuple[str, ...] = ()
+    min_priority: int | None = None
+    max_priority: int | None = None
+
+    @classmethod
+    def of(cls, group: GroupFilterFields) -> JobFilter:
+        """The filter of a worker group of the settings."""
+        return cls(tuple(group.queues), group.min_priority, group.max_priority)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "queues": list(self.queues),
+            "min_priority": INT4_MIN if self.min_priority is None else self.min_priority,
+            "max_priority": INT4_MAX if self.max_priority is None else self.max_priority,
+        }
+
+    def variant(self, stem: str) -> str:
+        """The name of the query of ``stem`` for this filter: ``stem_in_queues`` (an
+        index range scan per queue) or ``stem_any_queue`` (queries.py makes each
+        ``_any_queue`` twin from its ``_in_queues`` query)."""
+        return f"{stem}_in_queues" if self.queues else f"{stem}_any_queue"
+
+
+# ---------------------------------------------------------------- the worker's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,145 +132,109 @@ class ReservedJob:
     run_alone: bool = False  # its worker died running it beside others: run it alone
 
 
-@dataclasses.dataclass(frozen=True)
-class JobFilter:
-    """Which jobs a worker group takes: its queues (empty: all) and priority range."""
-
-    queues: tuple[str, ...] = ()
-    min_priority: int | None = None
-    max_priority: int | None = None
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "queues": list(self.queues),
-            "min_priority": INT4_MIN if self.min_priority is None else self.min_priority,
-            "max_priority": INT4_MAX if self.max_priority is None else self.max_priority,
-        }
-
-    def query(self, stem: str) -> str:
-        return query(f"{stem}_in_queues" if self.queues else f"{stem}_any_queue")
-
-
-def locked_by_for(pid: int, host: str | None = None) -> str:
-    """delayed_job's ``locked_by`` form: ``host:HOST pid:PID``."""
-    return f"host:{host or socket.gethostname()} pid:{pid}"
-
-
-def connect(
-    url: str, *, application_name: str = "djmaster", timeout: float | None = None
-) -> psycopg.Connection[Any]:
-    """An autocommit connection; the URL is never logged or put in an error message.
-
-    With ``timeout`` (seconds) the connection is bounded as :func:`bounded_session`
-    says; without it (migrations, the CLI), only the server's own settings apply.
-    """
-    extra = bounded_session(url, timeout) if timeout is not None else {}
-    return psycopg.connect(url, autocommit=True, application_name=application_name, **extra)
-
-
-def bounded_session(url: str, timeout: float, *, options: str = "") -> dict[str, Any]:
-    """libpq parameters that bound a session's waits by ``timeout`` seconds.
-
-    ``connect_timeout`` (half of it: connecting is a few round trips, and a server that
-    accepts connections but never answers is then noticed sooner); ``statement_timeout``
-    (the server cancels a statement running longer); on TCP, keepalives that notice a
-    dead peer of an idle connection within about twice ``timeout`` and
-    ``tcp_user_timeout``, which drops a connection whose
-    sent data stays unacknowledged that long. libpq ignores the TCP ones on Unix
-    sockets. Parameters the URL sets itself win, and its ``options`` are kept (the
-    ``-c`` settings here and ``options`` are appended to them). A backend that stops
-    answering is beyond all of these: a worker's calls also have a client-side
-    deadline (db_deadlines.py), the master's asyncio timeouts.
-    """
-    given = conninfo.conninfo_to_dict(url)
-    seconds = max(1, math.ceil(timeout))
-    params: dict[str, Any] = {
-        "connect_timeout": max(1, math.ceil(timeout / 2)),
-        "keepalives": 1,
-        "keepalives_idle": seconds,
-        "keepalives_interval": max(1, seconds // 3),
-        "keepalives_count": 3,
-        "tcp_user_timeout": seconds * 1000,
-    }
-    bounded = {key: value for key, value in params.items() if key not in given}
-    session = f"-c statement_timeout={int(timeout * 1000)} {options}".strip()
-    bounded["options"] = f"{given.get('options') or ''} {session}".strip()
-    return bounded
-
-
-def migrate(conn: psycopg.Connection[Any]) -> None:
-    """Create or update the schema. Idempotent; safe to run from several hosts at once."""
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
-        conn.execute(schema_sql())  # type: ignore[arg-type]
-
-
-def reserve_jobs(
-    conn: psycopg.Connection[Any],
-    job_filter: JobFilter,
-    *,
-    locked_by: str,
-    limit: int,
-    lock_timeout: float,
-    done: Sequence[int] = (),
-) -> list[ReservedJob]:
-    """Lock up to ``limit`` ready jobs; delete the ``done`` ones in the same statement."""
-    params = job_filter.params() | {
-        "locked_by": locked_by,
-        "limit": limit,
-        "lock_timeout": lock_timeout,
-        "done": list(done),
-    }
-    with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(job_filter.query("reserve_jobs"), params).fetchall()
+def _reserved(rows: list[Row]) -> list[ReservedJob]:
     jobs = [ReservedJob(**row) for row in rows]
     # UPDATE ... RETURNING does not keep the subquery's order.
     jobs.sort(key=lambda job: (job.priority, job.run_at))
     return jobs
 
 
-def complete_jobs(conn: psycopg.Connection[Any], job_ids: Sequence[int]) -> None:
-    if job_ids:
-        conn.execute(query("complete_jobs"), {"ids": list(job_ids)})
+def reserve_jobs(
+    job_filter: JobFilter,
+    *,
+    locked_by: str,
+    limit: int,
+    lock_timeout: float,
+    done: Sequence[int] = (),
+) -> Statement[list[ReservedJob]]:
+    """Lock up to ``limit`` ready jobs (highest priority, then oldest, first); delete
+    the ``done`` ones in the same round trip."""
+    params = job_filter.params() | {
+        "locked_by": locked_by,
+        "limit": limit,
+        "lock_timeout": lock_timeout,
+        "done": list(done),
+    }
+    return Statement(job_filter.variant("reserve_jobs"), params, _reserved)
 
 
-def touch_jobs(conn: psycopg.Connection[Any], job_ids: Sequence[int], *, locked_by: str) -> None:
-    if job_ids:
-        conn.execute(query("touch_jobs"), {"ids": list(job_ids), "locked_by": locked_by})
+def complete_jobs(job_ids: Sequence[int]) -> Statement[None]:
+    """Delete succeeded jobs (when they could not wait for the next reserve)."""
+    return _write("complete_jobs", {"ids": list(job_ids)}, skip=not job_ids)
+
+
+def touch_jobs(job_ids: Sequence[int], *, locked_by: str) -> Statement[None]:
+    """Refresh the locks ``locked_by`` holds on ``job_ids``."""
+    return _write("touch_jobs", {"ids": list(job_ids), "locked_by": locked_by}, skip=not job_ids)
 
 
 def retry_job(
-    conn: psycopg.Connection[Any],
-    job_id: int,
-    *,
-    attempts: int,
-    last_error: str,
-    run_at: dt.datetime | None = None,
-) -> None:
-    conn.execute(
-        query("retry_job"),
-        {"id": job_id, "attempts": attempts, "last_error": last_error, "run_at": run_at},
+    job_id: int, *, attempts: int, last_error: str, run_at: dt.datetime | None = None
+) -> Statement[None]:
+    """Unlock a failed job and schedule it again: at ``run_at``, or after
+    ``attempts**4 + 5`` seconds on the database clock (delayed_job's back-off)."""
+    params = {"id": job_id, "attempts": attempts, "last_error": last_error, "run_at": run_at}
+    return _write("retry_job", params)
+
+
+def fail_job(job_id: int, *, attempts: int, last_error: str) -> Statement[None]:
+    """Fail a job for good: ``failed_at`` set, kept for inspection."""
+    return _write("fail_job", {"id": job_id, "attempts": attempts, "last_error": last_error})
+
+
+def delete_job(job_id: int) -> Statement[None]:
+    """Delete a job that failed for good (``destroy_failed_jobs``)."""
+    return _write("delete_job", {"id": job_id})
+
+
+def fail_exhausted_job(job_id: int, *, note: str) -> Statement[None]:
+    """Fail, unrun, a job reserved with no attempt left; ``note`` goes above its error."""
+    return _write("fail_exhausted_job", {"id": job_id, "note": note})
+
+
+def unlock_jobs(*, locked_by: str) -> Statement[list[int]]:
+    """Hand back every live job ``locked_by`` holds (QUIT); the ids handed back."""
+    return Statement("unlock_jobs", {"locked_by": locked_by}, _ids)
+
+
+def unlock_job_ids(job_ids: Sequence[int], *, locked_by: str) -> Statement[None]:
+    """Hand back jobs reserved ahead and never started."""
+    params = {"ids": list(job_ids), "locked_by": locked_by}
+    return _write("unlock_job_ids", params, skip=not job_ids)
+
+
+def database_now() -> Statement[dt.datetime]:
+    """The database's ``now()`` (aware)."""
+    return Statement("database_now", {}, lambda rows: rows[0]["now"])
+
+
+# ---------------------------------------------------------------- the master's
+
+# The master's counts run as prepared statements with generic plans (its sessions set
+# plan_cache_mode, async_executor.MASTER_SESSION_OPTIONS): see there why.
+
+
+def count_ready(job_filter: JobFilter, *, lock_timeout: float, limit: int) -> Statement[int]:
+    """Ready jobs of the filter, counted up to ``limit`` (a capped count stays cheap)."""
+    params = job_filter.params() | {"lock_timeout": lock_timeout, "limit": limit}
+    return Statement(
+        job_filter.variant("count_ready"),
+        params,
+        lambda rows: int(rows[0]["ready"]) if rows else 0,
+        prepare=True,
     )
 
 
-def fail_job(conn: psycopg.Connection[Any], job_id: int, *, attempts: int, last_error: str) -> None:
-    conn.execute(query("fail_job"), {"id": job_id, "attempts": attempts, "last_error": last_error})
+def _seconds(rows: list[Row]) -> float | None:
+    value = rows[0]["seconds"] if rows else None
+    return None if value is None else float(value)
 
 
-def delete_job(conn: psycopg.Connection[Any], job_id: int) -> None:
-    conn.execute(query("delete_job"), {"id": job_id})
-
-
-def unlock_jobs(conn: psycopg.Connection[Any], *, locked_by: str) -> list[int]:
-    rows = conn.execute(query("unlock_jobs"), {"locked_by": locked_by}).fetchall()
-    return [row[0] for row in rows]
-
-
-def unlock_job_ids(
-    conn: psycopg.Connection[Any], job_ids: Sequence[int], *, locked_by: str
-) -> None:
-    if job_ids:
-        conn.execute(query("unlock_job_ids"), {"ids": list(job_ids), "locked_by": locked_by})
+def seconds_to_next(job_filter: JobFilter) -> Statement[float | None]:
+    """Seconds until the next scheduled job of the filter is due (database clock)."""
+    return Statement(
+        job_filter.variant("seconds_to_next"), job_filter.params(), _seconds, prepare=True
+    )
 
 
 class ReleaseOutcome(enum.Enum):
@@ -207,7 +263,14 @@ class ChargedJob:
     destroy_failed_jobs: bool
 
 
-def release_params(
+def _released(rows: list[Row]) -> list[ReleasedJob]:
+    return [
+        ReleasedJob(int(row["id"]), int(row["attempts"]), ReleaseOutcome(row["outcome"]))
+        for row in rows
+    ]
+
+
+def release_dead_workers_jobs(
     locked_by: Sequence[str],
     *,
     charged: Sequence[ChargedJob] = (),
@@ -215,9 +278,10 @@ def release_params(
     isolate_all: bool = False,
     charged_error: str,
     isolated_error: str,
-) -> dict[str, Any]:
-    """Parameters of the ``release_dead_workers_jobs`` query (its comment has the rules)."""
-    return {
+) -> Statement[list[ReleasedJob]]:
+    """Release the jobs of dead workers (``locked_by``): the rules are in the query's
+    comment (queries.sql) and docs/RELIABILITY.md."""
+    params = {
         "locked_by": list(locked_by),
         "charged_ids": [job.id for job in charged],
         "charged_max_attempts": [job.max_attempts for job in charged],
@@ -227,34 +291,70 @@ def release_params(
         "charged_error": charged_error,
         "isolated_error": isolated_error,
     }
+    return Statement("release_dead_workers_jobs", params, _released, skip=not locked_by)
 
 
-def released_jobs(rows: Sequence[Sequence[Any]]) -> list[ReleasedJob]:
-    return [ReleasedJob(int(row[0]), int(row[1]), ReleaseOutcome(row[2])) for row in rows]
+def locked_by_on_host(prefix: str) -> Statement[list[str]]:
+    """Distinct owners (``locked_by``) of live locked jobs that start with ``prefix``
+    (``contracts.locked_by.host_prefix``: one host's workers)."""
+    return Statement(
+        "locked_by_on_host",
+        {"prefix": prefix},
+        lambda rows: [str(row["locked_by"]) for row in rows],
+    )
 
 
-def fail_exhausted_job(conn: psycopg.Connection[Any], job_id: int, *, note: str) -> None:
-    conn.execute(query("fail_exhausted_job"), {"id": job_id, "note": note})
+def listen() -> Statement[None]:
+    """LISTEN on the channel the trigger notifies (contracts.notify.CHANNEL)."""
+    return _write("listen", {})
 
 
-def count_ready(
-    conn: psycopg.Connection[Any], job_filter: JobFilter, *, lock_timeout: float, limit: int
-) -> int:
-    params = job_filter.params() | {"lock_timeout": lock_timeout, "limit": limit}
-    row = conn.execute(job_filter.query("count_ready"), params).fetchone()
-    return int(row[0]) if row else 0
+def probe() -> Statement[None]:
+    """A round trip: fails if the connection died silently."""
+    return _write("probe", {})
 
 
-def seconds_to_next(conn: psycopg.Connection[Any], job_filter: JobFilter) -> float | None:
-    """Seconds until the next scheduled job of the filter is due (database clock)."""
-    row = conn.execute(job_filter.query("seconds_to_next"), job_filter.params()).fetchone()
-    return None if row is None or row[0] is None else float(row[0])
+# -------------------------------------------------------------- enqueue
 
 
-def database_now(conn: psycopg.Connection[Any]) -> dt.datetime:
-    row = conn.execute(query("database_now")).fetchone()
-    assert row is not None
-    return row[0]
+def insert_job(
+    *, handler: str, queue: str, priority: int, run_at: dt.datetime | None, delay: float
+) -> Statement[int]:
+    """Enqueue one job; due at ``run_at``, or ``delay`` seconds from the database's now."""
+    params = {
+        "handler": handler,
+        "queue": queue,
+        "priority": priority,
+        "run_at": run_at,
+        "delay": delay,
+    }
+    return Statement("insert_job", params, lambda rows: int(rows[0]["id"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class NewJob:
+    """One row of :func:`insert_jobs`."""
+
+    handler: str
+    queue: str
+    priority: int
+    run_at: dt.datetime | None
+    delay: float
+
+
+def insert_jobs(jobs: Sequence[NewJob]) -> Statement[list[int]]:
+    """Enqueue many jobs in one statement (one round trip, one NOTIFY); ids in order."""
+    params = {
+        "handlers": [job.handler for job in jobs],
+        "queues": [job.queue for job in jobs],
+        "priorities": [job.priority for job in jobs],
+        "run_ats": [job.run_at for job in jobs],
+        "delays": [job.delay for job in jobs],
+    }
+    return Statement("insert_jobs", params, _ids, skip=not jobs)
+
+
+# ------------------------------------------------------- status and admin
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,46 +366,33 @@ class GroupStats:
     oldest_ready_age: float | None
 
 
-def group_stats(
-    conn: psycopg.Connection[Any], job_filter: JobFilter, *, lock_timeout: float
-) -> GroupStats:
+def group_stats(job_filter: JobFilter, *, lock_timeout: float) -> Statement[GroupStats]:
+    """Counts for ``djmaster status`` (a full pass over the group's jobs)."""
     params = job_filter.params() | {"lock_timeout": lock_timeout}
-    row = conn.execute(job_filter.query("stats"), params).fetchone()
-    assert row is not None
-    return GroupStats(*row)
+    return Statement(job_filter.variant("stats"), params, lambda rows: GroupStats(**rows[0]))
 
 
-def list_jobs(
-    conn: psycopg.Connection[Any], *, failed: bool, queue: str | None, limit: int
-) -> list[dict[str, Any]]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(
-            query("list_jobs"), {"failed": failed, "queue": queue, "limit": limit}
-        ).fetchall()
+def list_jobs(*, failed: bool, queue: str | None, limit: int) -> Statement[list[Row]]:
+    """Failed (or live) jobs, newest first, for ``djmaster jobs list``."""
+    params = {"failed": failed, "queue": queue, "limit": limit}
+    return Statement("list_jobs", params, list)
 
 
-def retry_failed_jobs(conn: psycopg.Connection[Any], ids: Sequence[int] | None) -> list[int]:
-    """Make failed jobs due again (all of them when ``ids`` is None)."""
-    rows = conn.execute(
-        query("retry_failed_jobs"), {"ids": None if ids is None else list(ids)}
-    ).fetchall()
-    return [row[0] for row in rows]
+def retry_failed_jobs(ids: Sequence[int] | None) -> Statement[list[int]]:
+    """Make failed jobs due again (all of them when ``ids`` is None); the ids changed."""
+    return Statement("retry_failed_jobs", {"ids": None if ids is None else list(ids)}, _ids)
 
 
-def delete_failed_jobs(conn: psycopg.Connection[Any], ids: Sequence[int] | None) -> list[int]:
-    rows = conn.execute(
-        query("delete_failed_jobs"), {"ids": None if ids is None else list(ids)}
-    ).fetchall()
-    return [row[0] for row in rows]
+def delete_failed_jobs(ids: Sequence[int] | None) -> Statement[list[int]]:
+    """Delete failed jobs (all of them when ``ids`` is None); the ids deleted."""
+    return Statement("delete_failed_jobs", {"ids": None if ids is None else list(ids)}, _ids)
 
 
-def due_now_jobs(conn: psycopg.Connection[Any], ids: Sequence[int]) -> list[int]:
+def due_now_jobs(ids: Sequence[int]) -> Statement[list[int]]:
     """Make waiting jobs of ``ids`` (not failed, not locked) due now; the ids changed."""
-    rows = conn.execute(query("due_now_jobs"), {"ids": list(ids)}).fetchall()
-    return [row[0] for row in rows]
+    return Statement("due_now_jobs", {"ids": list(ids)}, _ids)
 
 
-def delete_waiting_jobs(conn: psycopg.Connection[Any], ids: Sequence[int]) -> list[int]:
+def delete_waiting_jobs(ids: Sequence[int]) -> Statement[list[int]]:
     """Delete the jobs of ``ids`` that are neither failed nor locked; the ids deleted."""
-    rows = conn.execute(query("delete_waiting_jobs"), {"ids": list(ids)}).fetchall()
-    return [row[0] for row in rows]
+    return Statement("delete_waiting_jobs", {"ids": list(ids)}, _ids)

@@ -1,7 +1,9 @@
-"""Callbacks named in the settings (``module:attr``): loaded once, called safely.
+"""The worker's callbacks (settings ``[callbacks]``: ``after_fork``, ``before_work``,
+``after_work``, ``around_work``): loaded once at start, called safely.
 
-An exception raised by a callback is logged with its traceback and never stops the
-caller (SPEC §5: a callback must not kill polling, monitoring or the worker loop).
+A callback that cannot be imported stops the worker from starting (exit 78); an
+exception raised by one is logged with its traceback and never stops the worker's
+loop. The master's callbacks are master/callbacks.py.
 """
 
 from __future__ import annotations
@@ -10,37 +12,25 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from circus_djmaster.api.handler import resolve
-from circus_djmaster.exceptions import HandlerError, PreloadError
+from circus_djmaster.api.handler import resolve_callbacks
+from circus_djmaster.exceptions import PreloadError
 
 log = logging.getLogger(__name__)
 
 
-def resolve_callbacks(
-    paths: Mapping[str, str], names: tuple[str, ...]
-) -> tuple[dict[str, Callable[..., Any]], dict[str, HandlerError]]:
-    """Import the callbacks among ``names`` that ``paths`` sets: (loaded, failures)."""
-    functions: dict[str, Callable[..., Any]] = {}
-    failures: dict[str, HandlerError] = {}
-    for name in names:
-        path = paths.get(name)
-        if path is None:
-            continue
-        try:
-            functions[name] = resolve(path)
-        except HandlerError as exc:
-            failures[name] = exc
-    return functions, failures
+WORKER_CALLBACKS = ("after_fork", "before_work", "after_work", "around_work")
 
 
-class Callbacks:
+class WorkerCallbacks:
+    """The worker's callbacks that the settings name, imported."""
+
     def __init__(self, functions: Mapping[str, Callable[..., Any]]) -> None:
         self._functions = dict(functions)
 
     @classmethod
-    def load(cls, paths: Mapping[str, str], names: tuple[str, ...]) -> Callbacks:
+    def load(cls, paths: Mapping[str, str]) -> WorkerCallbacks:
         """The worker's callbacks; PreloadError if one cannot be imported (exit 78)."""
-        functions, failures = resolve_callbacks(paths, names)
+        functions, failures = resolve_callbacks(paths, WORKER_CALLBACKS)
         for name, exc in failures.items():
             raise PreloadError(f"callbacks.{name}: {exc}") from exc
         return cls(functions)

@@ -34,9 +34,11 @@ import signal
 import sys
 import threading
 import traceback
-import types
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NoReturn
+
+from circus_djmaster.api.wrappers import is_awaitable
+from circus_djmaster.exceptions import JobTimeout
 
 if TYPE_CHECKING:
     import asyncio
@@ -44,24 +46,6 @@ if TYPE_CHECKING:
 # Exit status of a forked child whose job code raised KeyboardInterrupt (128 + SIGINT,
 # what a shell reports for a process ended by Ctrl-C).
 KEYBOARD_INTERRUPT_STATUS = 130
-# Generator-based coroutines (@types.coroutine) are awaitable without __await__.
-_CO_ITERABLE_COROUTINE = 0x100
-
-
-class JobTimeout(BaseException):
-    """Raised inside a job's thread by the watchdog when max_run_time is exceeded.
-
-    A BaseException, so that a job's own ``except Exception`` does not swallow it.
-    """
-
-
-def is_awaitable(value: object) -> bool:
-    """``inspect.isawaitable`` without importing inspect on a worker's start-up path."""
-    if isinstance(value, Awaitable):
-        return True
-    return isinstance(value, types.GeneratorType) and bool(
-        value.gi_code.co_flags & _CO_ITERABLE_COROUTINE
-    )
 
 
 def set_async_exc(thread_id: int, exc: type[BaseException] | None) -> int:
@@ -256,9 +240,9 @@ def install_fork_handler(signals: tuple[int, ...], title: Callable[[int], str]) 
                 handler = signal.default_int_handler if signum == signal.SIGINT else None
                 signal.signal(signum, handler or signal.SIG_DFL)
         with contextlib.suppress(Exception):
-            from circus_djmaster.contracts import titles as proctitle
+            from circus_djmaster.contracts import titles
 
-            proctitle.set_title(title(os.getppid()))
+            titles.set_title(title(os.getppid()))
         in_parent()  # the same mask as the thread that forked: signals pending arrive now
 
     os.register_at_fork(before=before, after_in_parent=in_parent, after_in_child=in_child)

@@ -1,140 +1,141 @@
-"""A worker thread: reserve jobs, run them, record outcomes, on its own connection.
+"""A job thread: reserve jobs, run them, record their outcomes, on its own connection.
 
-The process (worker.py) owns the threads' life: it says when to stop taking jobs, and its
-watchdog may interrupt a job past its max_run_time (see :meth:`JobSlot.interrupt`).
-Job code (the job's function and hooks, sync or async) is called through
-:class:`~circus_djmaster.worker.job_code.JobCode`, which awaits async code on the thread's own
-event loop and ends any process the code forked when control comes back into it.
-Every database call is bounded by the worker's :class:`~circus_djmaster.worker.db_deadlines.
-CallDeadlines`.
+A job thread gets what it uses, not its worker: the fixed facts of its worker
+(:class:`ThreadSetup`), the few things it tells the worker and asks of it
+(:class:`WorkerLink`, which the worker implements: process.py), the worker's database
+call deadlines (db_deadlines.py), its running-jobs file and its run-alone gate. The
+worker says when to stop taking jobs, and its watchdog may interrupt a job past its
+``max_run_time`` (interruption.py). Job code (the job's function and hooks, sync or
+async) is called through :class:`~circus_djmaster.worker.job_code.JobCode`, which
+awaits async code on the thread's own event loop and ends any process the code forked
+when control comes back into it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 
 from circus_djmaster.api.context import JobContext, enter_job, leave_job
-from circus_djmaster.exceptions import HandlerError
-from circus_djmaster.store import statements as store
+from circus_djmaster.common.backoff import Backoff
+from circus_djmaster.config.settings import WorkerGroup
+from circus_djmaster.contracts.running_jobs import RunningJobs
+from circus_djmaster.contracts.titles import worker_application_name
+from circus_djmaster.exceptions import HandlerError, JobTimeout
+from circus_djmaster.store import statements
 from circus_djmaster.store.errors import describe_error
-from circus_djmaster.worker.job_code import JobCode, JobTimeout
+from circus_djmaster.store.statements import JobFilter, ReservedJob, Statement
+from circus_djmaster.store.sync_executor import connect, execute
+from circus_djmaster.worker.db_deadlines import CallDeadlines
+from circus_djmaster.worker.interruption import JobSlot
+from circus_djmaster.worker.job_code import JobCode
 from circus_djmaster.worker.outcomes import (
     Failure,
-    Outcome,
+    JobOutcome,
     Resolved,
     exhausted_failure,
     failure_after_error,
+    failure_statement,
     format_error,
     resolve_job,
+    timeout_message,
     unresolvable_failure,
 )
+from circus_djmaster.worker.run_alone import RunAloneGate
 
-if TYPE_CHECKING:
-    from circus_djmaster.worker.process import Worker
+__all__ = ["JobThread", "ThreadSetup", "WorkerLink"]
 
 log = logging.getLogger("circus_djmaster.worker")
+T = TypeVar("T")
 
 # A succeeded job waits at most this long for its deletion to share a round trip.
 FLUSH_AFTER = 0.05
-# Reconnect backoff after a database error: from 0.5 s doubling up to 30 s.
-RECONNECT_MIN = 0.5
-RECONNECT_MAX = 30.0
 # How often a thread waiting to run a job alone looks whether its worker is stopping.
 GATE_POLL = 0.2
+# Tries of a write of a job's outcome before giving up (backing off between them).
+WRITE_TRIES = 5
 
 
-class JobSlot:
-    """The job a thread is running, shared with the watchdog under one lock."""
+@dataclasses.dataclass(frozen=True)
+class ThreadSetup:
+    """What a job thread knows of its worker; fixed for the worker's life."""
 
-    def __init__(self, code: JobCode) -> None:
-        self.lock = threading.Lock()
-        self.code = code
-        self.job_id: int | None = None
-        self.started: float = 0.0
-        self.deadline: float = 0.0
-        self.max_run_time: float = 0.0
-        self.in_user_code = False
-        self.interrupt_sent = False
-        self.thread_interrupt_sent = False
-        self.outcome_claimed = False  # by the thread (it finished) or the watchdog (stuck)
+    group: WorkerGroup
+    database_name: str
+    database_url: str
+    worker_pid: int
+    locked_by: str  # contracts.locked_by
+    job_filter: JobFilter
+    lock_timeout: float  # seconds: Settings.lock_timeout
+    database_timeout: float  # seconds: the settings' database_timeout
 
-    def begin(self, job_id: int, max_run_time: float) -> None:
-        with self.lock:
-            self.job_id = job_id
-            self.started = time.monotonic()
-            self.max_run_time = max_run_time
-            self.deadline = self.started + max_run_time
-            self.in_user_code = True
-            self.interrupt_sent = False
-            self.thread_interrupt_sent = False
-            self.outcome_claimed = False
 
-    def leave_user_code(self) -> None:
-        """Called by the job's own thread when the job's code is done.
+class WorkerLink(Protocol):
+    """What a job thread tells its worker, and asks of it (process.Worker)."""
 
-        If the watchdog sent an interrupt that has not fired yet, cancel it, so that it
-        can never fire inside the worker's own bookkeeping.
-        """
-        with self.lock:
-            self.in_user_code = False
-            if self.thread_interrupt_sent:
-                self.code.cancel_thread_interrupt(threading.get_ident())
+    def accepting_jobs(self) -> bool:
+        """False once the worker stops or retires: take no new job."""
+        ...
 
-    def claim_outcome(self) -> bool:
-        """Whoever claims first records the job's outcome: its thread or the watchdog."""
-        with self.lock:
-            if self.outcome_claimed:
-                return False
-            self.outcome_claimed = True
-            return True
+    def pass_started(self) -> None:
+        """About to reserve: the thread is active until :meth:`pass_ended`."""
+        ...
 
-    def end(self) -> None:
-        with self.lock:
-            self.job_id = None
-            self.in_user_code = False
+    def pass_ended(self, *, found: bool) -> None:
+        """The reserve came back empty (``found`` False), or its jobs are done."""
+        ...
 
-    def interrupt(self, thread_id: int) -> bool:
-        """Stop the job's code, once: cancel its task if it is async (waking its event
-        loop), else raise JobTimeout in its thread."""
-        with self.lock:
-            if not self.in_user_code or self.interrupt_sent:
-                return False
-            self.interrupt_sent = True
-            if self.code.awaiting:
-                return self.code.interrupt(thread_id)
-            self.thread_interrupt_sent = True
-            return self.code.interrupt_thread(thread_id)
+    def show_busy(self) -> None:
+        """A job started or ended: the title may change."""
+        ...
 
-    def interrupt_thread(self, thread_id: int) -> bool:
-        """Second step for async code that ignored its cancellation (it does not yield to
-        the loop): raise JobTimeout in its thread, once."""
-        with self.lock:
-            if not self.in_user_code or self.thread_interrupt_sent:
-                return False
-            self.thread_interrupt_sent = True
-            return self.code.interrupt_thread(thread_id)
+    def after_job(self) -> None:
+        """A job ended: check the process' memory and age limits."""
+        ...
+
+    def thread_crashed(self) -> None:
+        """The thread's loop raised: the worker retires (and exits as crashed)."""
+        ...
+
+    def thread_exited(self) -> None:
+        """The thread ended (it stopped taking jobs)."""
+        ...
 
 
 class JobThread(threading.Thread):
-    def __init__(self, worker: Worker, number: int) -> None:
+    """Job thread ``number`` of a worker (its slot in the running-jobs file)."""
+
+    def __init__(
+        self,
+        number: int,
+        setup: ThreadSetup,
+        link: WorkerLink,
+        *,
+        deadlines: CallDeadlines,
+        running: RunningJobs,
+        gate: RunAloneGate,
+    ) -> None:
         super().__init__(name=f"job-{number}", daemon=True)
         self.number = number
-        self.worker = worker
-        self.code = JobCode(worker.pid)
+        self.setup = setup
+        self.link = link
+        self.deadlines = deadlines
+        self.running = running
+        self.gate = gate
+        self.code = JobCode(setup.worker_pid)
         self.slot = JobSlot(self.code)
         self.wake = threading.Event()
         self.resolved: Resolved | None = None  # the job running now, for the watchdog
         # False from a failed (or timed-out) database call to the next one that works.
         self.db_ok = True
         self._conn: psycopg.Connection[Any] | None = None
-        self._backoff = RECONNECT_MIN
+        self._backoff = Backoff()  # reconnecting after a database error
         # Succeeded jobs not deleted yet: the next reserve deletes them in its round trip.
         self._completed: list[int] = []
         self._completed_since = 0.0
@@ -145,9 +146,9 @@ class JobThread(threading.Thread):
 
     def run(self) -> None:
         try:
-            while self.worker.accepting_jobs():
-                self.worker.pass_started()
-                jobs: list[store.ReservedJob] | None = None
+            while self.link.accepting_jobs():
+                self.link.pass_started()
+                jobs: list[ReservedJob] | None = None
                 try:
                     jobs = self._reserve()
                     if jobs:
@@ -155,31 +156,30 @@ class JobThread(threading.Thread):
                 finally:
                     # A database error (None) is not an empty pass: it says nothing
                     # about the queue, so it must not make the worker retire.
-                    self.worker.pass_ended(found=jobs is None or bool(jobs))
+                    self.link.pass_ended(found=jobs is None or bool(jobs))
                 if jobs is None:  # database trouble: back off, then try again
-                    self._pause(self._backoff)
-                    self._backoff = min(self._backoff * 2, RECONNECT_MAX)
+                    self._pause(self._backoff.next())
                 elif not jobs:
-                    self._pause(self.worker.group.sleep_delay)
+                    self._pause(self.setup.group.sleep_delay)
                 else:
-                    self._backoff = RECONNECT_MIN
+                    self._backoff.reset()
             self._flush_completed()
         except BaseException:  # even SystemExit: a dead thread must not go unnoticed
             log.exception("job thread %s crashed", self.name)
-            self.worker.thread_crashed()
+            self.link.thread_crashed()
         finally:
             self.code.close()
             if self._conn is not None:
                 self._conn.close()
-            self.worker.thread_exited()
+            self.link.thread_exited()
 
     def _pause(self, seconds: float) -> None:
         self.wake.wait(seconds)
         self.wake.clear()
 
-    def _run_batch(self, jobs: list[store.ReservedJob]) -> None:
+    def _run_batch(self, jobs: list[ReservedJob]) -> None:
         for index, job in enumerate(jobs):
-            if not self.worker.accepting_jobs():
+            if not self.link.accepting_jobs():
                 # Stopping: hand back the jobs reserved ahead and not started.
                 self._flush_completed()
                 self._hand_back([j.id for j in jobs[index:]])
@@ -202,26 +202,21 @@ class JobThread(threading.Thread):
         batch has run for longer than the margin allows, the remaining locks are renewed.
         """
         age = time.monotonic() - self._locks_taken
-        budget = self.worker.settings.lock_timeout - self.worker.group.max_run_time
+        budget = self.setup.lock_timeout - self.setup.group.max_run_time
         if age > budget / 2:
-            self._with_connection(
-                "touch",
-                lambda conn: store.touch_jobs(conn, job_ids, locked_by=self.worker.locked_by),
-            )
+            self._write("touch", statements.touch_jobs(job_ids, locked_by=self.setup.locked_by))
             self._locks_taken = time.monotonic()
 
     def _flush_completed(self) -> None:
-        if self._completed:
-            done = self._completed
-            if self._with_connection("delete", lambda c: store.complete_jobs(c, done)) is not None:
-                self._completed = []
+        if self._completed and self._write("delete", statements.complete_jobs(self._completed)):
+            self._completed = []
 
     # --- one job ----------------------------------------------------------------------
 
-    def _run_one(self, job: store.ReservedJob) -> bool:
+    def _run_one(self, job: ReservedJob) -> bool:
         """Run one reserved job and record its outcome. False if the worker began to
         stop while the job waited for its turn (it did not run: hand it back)."""
-        group = self.worker.group
+        group = self.setup.group
         try:
             resolved = resolve_job(job, group)
         except HandlerError as exc:
@@ -237,14 +232,14 @@ class JobThread(threading.Thread):
         try:
             self._run_resolved(resolved, alone=job.run_alone)
         finally:
-            self.worker.gate.leave(alone=job.run_alone)
+            self.gate.leave(alone=job.run_alone)
         return True
 
-    def _enter_gate(self, job: store.ReservedJob) -> bool:
+    def _enter_gate(self, job: ReservedJob) -> bool:
         waited = False
-        while not self.worker.gate.enter(alone=job.run_alone, timeout=GATE_POLL):
+        while not self.gate.enter(alone=job.run_alone, timeout=GATE_POLL):
             waited = True
-            if not self.worker.accepting_jobs():
+            if not self.link.accepting_jobs():
                 return False
         if waited:  # its lock aged while it waited for the jobs beside it to end
             self._keep_locks_fresh([job.id])
@@ -258,8 +253,8 @@ class JobThread(threading.Thread):
             priority=record.priority,
             attempts=record.attempts,
             callable=record.handler.callable,
-            database=self.worker.database.name,
-            group=self.worker.group.name,
+            database=self.setup.database_name,
+            group=self.setup.group.name,
         )
         token = enter_job(context)
         try:
@@ -271,9 +266,9 @@ class JobThread(threading.Thread):
         record = resolved.record
         self.resolved = resolved
         # Before the job's code runs: if it kills the process, the master charges it.
-        self.worker.running.set(self.number, record.id, resolved.limits)
+        self.running.set(self.number, record.id, resolved.limits)
         self.slot.begin(record.id, resolved.max_run_time)
-        self.worker.show_busy()
+        self.link.show_busy()
         log.debug(
             "job %s (%s) started%s", record.id, record.handler.callable, " alone" if alone else ""
         )
@@ -295,9 +290,9 @@ class JobThread(threading.Thread):
             # retiring; nothing more to do here.
             return
         self.slot.end()
-        self.worker.running.clear(self.number)
+        self.running.clear(self.number)
         self.resolved = None
-        self.worker.show_busy()
+        self.link.show_busy()
         if error is None:
             log.debug("job %s succeeded in %.3fs", record.id, elapsed)
             if not self._completed:
@@ -305,7 +300,7 @@ class JobThread(threading.Thread):
             self._completed.append(record.id)
         else:
             self._job_failed(resolved, error, elapsed)
-        self.worker.after_job()
+        self.link.after_job()
 
     def _hook(self, resolved: Resolved, name: str, *extra: Any) -> None:
         """Run a job hook (sync or async); hooks are job code, their errors the job's."""
@@ -338,7 +333,7 @@ class JobThread(threading.Thread):
             failure = failure_after_error(
                 plain, f"{last_error}\n(reschedule_at raised {exc!r})", self._database_now
             )
-        if failure.outcome is not Outcome.RETRY:
+        if failure.outcome is not JobOutcome.RETRY:
             try:
                 self._hook(resolved, "failure")
             except BaseException:
@@ -359,56 +354,46 @@ class JobThread(threading.Thread):
         could not tell its limits, or max_attempts was lowered): fail it unrun."""
         failure = exhausted_failure(resolved)
         log.error("job %s: %s", resolved.record.id, failure.last_error)
-        if failure.outcome is Outcome.DESTROYED:
+        if failure.outcome is JobOutcome.DESTROYED:
             self._record_failure(resolved.record.id, failure)
             return
-        self._with_connection(
-            "fail",
-            lambda conn: store.fail_exhausted_job(
-                conn, resolved.record.id, note=failure.last_error
-            ),
+        self._write(
+            "fail", statements.fail_exhausted_job(resolved.record.id, note=failure.last_error)
         )
 
-    def _database_now(self) -> Any:
-        now = self._with_connection("clock", store.database_now)
-        if now is None:
+    def _database_now(self) -> dt.datetime:
+        done, now = self._attempt("clock", statements.database_now())
+        if not done or now is None:
             raise RuntimeError("the database clock could not be read")
         return now
 
     def _record_failure(self, job_id: int, failure: Failure) -> None:
-        def write(failure: Failure) -> Any:
-            return self._with_connection(
-                "record", lambda conn: record_failure(conn, job_id, failure) or 1
-            )
-
-        if write(failure) is None and self._write_refused:
+        if not self._write("record", failure_statement(job_id, failure)) and self._write_refused:
             # The database refused this last_error (format_error makes that unlikely):
             # record the outcome without it rather than leave the job locked.
-            write(dataclasses.replace(failure, last_error="(the job's error could not be stored)"))
+            plain = dataclasses.replace(failure, last_error="(the job's error could not be stored)")
+            self._write("record", failure_statement(job_id, plain))
 
     def _hand_back(self, job_ids: list[int]) -> None:
-        self._with_connection(
-            "hand back",
-            lambda conn: store.unlock_job_ids(conn, job_ids, locked_by=self.worker.locked_by),
-        )
+        self._write("hand back", statements.unlock_job_ids(job_ids, locked_by=self.setup.locked_by))
 
     # --- database ---------------------------------------------------------------------
 
-    def _reserve(self) -> list[store.ReservedJob] | None:
-        group = self.worker.group
+    def _reserve(self) -> list[ReservedJob] | None:
+        group = self.setup.group
         conn: psycopg.Connection[Any] | None = None
         try:
             conn = self._connection()
-            with self.worker.deadlines.bounded(conn, "reserve", owner=self) as call:
+            with self.deadlines.bounded(conn, "reserve", owner=self) as call:
+                reserve = statements.reserve_jobs(
+                    self.setup.job_filter,
+                    locked_by=self.setup.locked_by,
+                    limit=group.read_ahead,
+                    lock_timeout=self.setup.lock_timeout,
+                    done=self._completed,
+                )
                 try:
-                    jobs = store.reserve_jobs(
-                        conn,
-                        self.worker.job_filter,
-                        locked_by=self.worker.locked_by,
-                        limit=group.read_ahead,
-                        lock_timeout=self.worker.settings.lock_timeout,
-                        done=self._completed,
-                    )
+                    jobs = execute(conn, reserve)
                 except psycopg.Error as exc:
                     self._drop_connection(exc, call.aborted)
                     return None
@@ -422,10 +407,10 @@ class JobThread(threading.Thread):
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = store.connect(
-                self.worker.database_url,
-                application_name=f"{self.worker.application_name} {self.name}",
-                timeout=self.worker.settings.database_timeout,
+            self._conn = connect(
+                self.setup.database_url,
+                application_name=worker_application_name(self.setup.worker_pid, self.name),
+                timeout=self.setup.database_timeout,
             )
         return self._conn
 
@@ -434,80 +419,61 @@ class JobThread(threading.Thread):
         if aborted == "stop":
             log.info(
                 "database %s: stopped waiting for an answer (the worker stops)",
-                self.worker.database.name,
+                self.setup.database_name,
             )
         elif aborted == "timeout":
             log.warning(
                 "database %s: no answer within %gs: connection dropped, reconnecting in %.1fs",
-                self.worker.database.name,
-                self.worker.deadlines.timeout,
-                self._backoff,
+                self.setup.database_name,
+                self.deadlines.timeout,
+                self._backoff.current,
             )
         else:
             log.warning(
                 "database %s: %s (retrying in %.1fs)",
-                self.worker.database.name,
+                self.setup.database_name,
                 describe_error(exc),
-                self._backoff,
+                self._backoff.current,
             )
         if self._conn is not None:
             self._conn.close()
         self._conn = None
 
-    def _with_connection(self, what: str, action: Callable[[psycopg.Connection[Any]], Any]) -> Any:
-        """Run a write, reconnecting a few times: a job's outcome is worth a retry.
+    def _write(self, what: str, statement: Statement[Any]) -> bool:
+        """Run a write (see :meth:`_attempt`); True once done."""
+        done, _result = self._attempt(what, statement)
+        return done
+
+    def _attempt(self, what: str, statement: Statement[T]) -> tuple[bool, T | None]:
+        """Run a statement, reconnecting a few times: a job's outcome is worth a retry.
+        ``(True, its result)`` once done, ``(False, None)`` when it could not be.
 
         If the database stays away, give up: the job stays locked by this worker, and
         the master (or the lock timeout) releases it once this worker is gone.
         """
-        delay = RECONNECT_MIN
+        backoff = Backoff()
         self._write_refused = False
-        for attempt in range(5):
+        for attempt in range(WRITE_TRIES):
             aborted: str | None = None
             try:
                 conn = self._connection()
-                with self.worker.deadlines.bounded(conn, what, owner=self) as call:
+                with self.deadlines.bounded(conn, what, owner=self) as call:
                     try:
-                        result = action(conn)
+                        result = execute(conn, statement)
                     finally:
                         aborted = call.aborted
                 self.db_ok = True
-                return result
+                return True, result
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 self._drop_connection(exc, aborted)
-                if attempt == 4:
+                if attempt == WRITE_TRIES - 1:
                     log.error("giving up writing a job outcome: %s", describe_error(exc))
-                    return None
-                time.sleep(delay)
-                delay = min(delay * 2, RECONNECT_MAX)
+                    return False, None
+                time.sleep(backoff.next())
             except psycopg.Error as exc:
                 # Not the connection: the statement itself was refused, and would be
                 # again. Log it; the job stays locked until the master releases it.
                 log.error("writing a job outcome failed: %s", describe_error(exc))
                 self._write_refused = True
-                return None
-        return None
-
-
-def record_failure(conn: psycopg.Connection[Any], job_id: int, failure: Failure) -> None:
-    if failure.outcome is Outcome.RETRY:
-        store.retry_job(
-            conn,
-            job_id,
-            attempts=failure.attempts,
-            last_error=failure.last_error,
-            run_at=failure.run_at,
-        )
-    elif failure.outcome is Outcome.DESTROYED:
-        store.delete_job(conn, job_id)
-    else:
-        store.fail_job(conn, job_id, attempts=failure.attempts, last_error=failure.last_error)
-
-
-def timeout_message(max_run_time: float, *, stopped: bool) -> str:
-    if stopped:
-        return f"JobTimeout: job ran past its max_run_time of {max_run_time:g}s and was stopped"
-    return (
-        f"JobTimeout: job ran past its max_run_time of {max_run_time:g}s and could not be "
-        "stopped; its worker retired to end it"
-    )
+                return False, None
+        return False, None

@@ -1,15 +1,17 @@
-"""Running one reserved job and recording its outcome: the rules of SPEC §3.
+"""The outcome rules of a reserved job, and what each outcome writes (delayed_job's
+rules, docs/design.md "Job outcomes"):
 
-* success deletes the row;
+* success deletes the row (batched into the next reserve: job_thread.py);
 * an exception charges an attempt and retries at ``attempts**4 + 5`` s (database clock),
   or at the job's ``reschedule_at``, until ``max_attempts``; then ``failed_at`` is set (or
   the row is deleted with ``destroy_failed_jobs``);
 * a handler that cannot be decoded or imported fails the job for good at once;
 * a job that runs past its ``max_run_time`` is charged an attempt (the worker's
-  watchdog interrupts it, see worker.py);
+  watchdog interrupts it: process.py, interruption.py);
 * a job reserved with no attempt left (``attempts >= max_attempts``: its worker died on
-  its last attempt, or a deploy lowered max_attempts) fails without running;
-* the jobs of a worker that died are charged by :func:`charge_for_death`.
+  its last attempt, or a deploy lowered max_attempts) fails without running.
+
+The jobs of a worker that died are charged by the master (master/releases.py).
 """
 
 from __future__ import annotations
@@ -18,23 +20,25 @@ import dataclasses
 import datetime as dt
 import enum
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from circus_djmaster.api import handler as handler_format
 from circus_djmaster.api import wrappers as job_wrappers
-from circus_djmaster.api.jobs import DEFAULT_OPTIONS, JobOptions, JobRecord, options_of
+from circus_djmaster.api.jobs import JobOptions, JobRecord, options_of
 from circus_djmaster.config.settings import WorkerGroup
 from circus_djmaster.contracts.running_jobs import JobLimits
 from circus_djmaster.exceptions import HandlerError
-from circus_djmaster.store.statements import ChargedJob, ReservedJob
-from circus_djmaster.worker.job_code import JobTimeout
+from circus_djmaster.store import statements
+from circus_djmaster.store.statements import ReservedJob, Statement
 
 # last_error is for people: keep it readable and bounded.
 MAX_ERROR_LENGTH = 64 * 1024
 
 
-class Outcome(enum.Enum):
+class JobOutcome(enum.Enum):
+    """How one run of a job ended, as recorded in ``delayed_jobs``."""
+
     SUCCEEDED = "succeeded"
     RETRY = "retry"
     FAILED = "failed"  # failed_at set
@@ -67,7 +71,7 @@ class Resolved:
 class Failure:
     """What to write for a failed run."""
 
-    outcome: Outcome
+    outcome: JobOutcome
     attempts: int
     last_error: str
     run_at: dt.datetime | None = None
@@ -125,55 +129,18 @@ def storable(text: str) -> str:
 
 def unresolvable_failure(job: ReservedJob, error: HandlerError, group: WorkerGroup) -> Failure:
     """A handler that can't be decoded or imported fails for good, whatever attempts remain."""
-    outcome = Outcome.DESTROYED if group.destroy_failed_jobs else Outcome.FAILED
+    outcome = JobOutcome.DESTROYED if group.destroy_failed_jobs else JobOutcome.FAILED
     return Failure(outcome, job.attempts + 1, f"HandlerError: {error}")
 
 
 def exhausted_failure(resolved: Resolved) -> Failure:
     """A job reserved with no attempt left fails (or is deleted) without running."""
-    outcome = Outcome.DESTROYED if resolved.destroy_failed_jobs else Outcome.FAILED
+    outcome = JobOutcome.DESTROYED if resolved.destroy_failed_jobs else JobOutcome.FAILED
     note = (
         f"failed without running: {resolved.record.attempts} attempt(s) already made, "
         f"max_attempts is {resolved.max_attempts}"
     )
     return Failure(outcome, resolved.record.attempts, note)
-
-
-@dataclasses.dataclass(frozen=True)
-class DeathCharge:
-    """What the jobs of a worker that died get (docs/RELIABILITY.md, "A worker dies").
-
-    ``charged``: the job it ran alone, charged an attempt against its own limits.
-    ``isolated``: the jobs it ran side by side, not charged, run alone from now on.
-    ``isolate_all``: nobody knows what it ran (no running-jobs file): every job it
-    held is isolated, none charged. Jobs it held without running go back as they were.
-    """
-
-    charged: tuple[ChargedJob, ...] = ()
-    isolated: tuple[int, ...] = ()
-    isolate_all: bool = False
-
-    @property
-    def beside(self) -> int:
-        """How many jobs ran beside each isolated one."""
-        return max(0, len(self.isolated) - 1)
-
-
-def charge_for_death(running: Mapping[int, JobLimits] | None) -> DeathCharge:
-    """Who pays for a worker's death, from what it was running (running.read_running).
-
-    Only a job that killed its worker while running alone is charged: when several ran
-    at once nobody can tell which one killed it, and charging them all would fail an
-    innocent job next to a poison one.
-    """
-    if running is None:
-        return DeathCharge(isolate_all=True)
-    if len(running) == 1:
-        ((job_id, limits),) = running.items()
-        return DeathCharge(
-            charged=(ChargedJob(job_id, limits.max_attempts, limits.destroy_failed_jobs),)
-        )
-    return DeathCharge(isolated=tuple(sorted(running)))
 
 
 def failure_after_error(
@@ -182,12 +149,12 @@ def failure_after_error(
     """Retry or fail a job whose run raised (or timed out)."""
     attempts = resolved.record.attempts + 1
     if attempts >= resolved.max_attempts:
-        outcome = Outcome.DESTROYED if resolved.destroy_failed_jobs else Outcome.FAILED
+        outcome = JobOutcome.DESTROYED if resolved.destroy_failed_jobs else JobOutcome.FAILED
         return Failure(outcome, attempts, last_error)
     run_at = None
     if resolved.options.reschedule_at is not None:
         run_at = _reschedule(resolved.options, database_now(), attempts)
-    return Failure(Outcome.RETRY, attempts, last_error, run_at)
+    return Failure(JobOutcome.RETRY, attempts, last_error, run_at)
 
 
 def _reschedule(options: JobOptions, now: dt.datetime, attempts: int) -> dt.datetime:
@@ -200,25 +167,23 @@ def _reschedule(options: JobOptions, now: dt.datetime, attempts: int) -> dt.date
     return now + dt.timedelta(seconds=float(value))
 
 
-def call_hook(options: JobOptions, name: str, *args: Any) -> None:
-    """Run a job hook; hooks are part of the job, so their exceptions are the job's."""
-    hook = getattr(options, name)
-    if hook is not None:
-        hook(*args)
+def failure_statement(job_id: int, failure: Failure) -> Statement[None]:
+    """What a failed run writes: retried, failed for good, or deleted."""
+    if failure.outcome is JobOutcome.RETRY:
+        return statements.retry_job(
+            job_id, attempts=failure.attempts, last_error=failure.last_error, run_at=failure.run_at
+        )
+    if failure.outcome is JobOutcome.DESTROYED:
+        return statements.delete_job(job_id)
+    return statements.fail_job(job_id, attempts=failure.attempts, last_error=failure.last_error)
 
 
-__all__ = [
-    "DEFAULT_OPTIONS",
-    "DeathCharge",
-    "Failure",
-    "JobTimeout",
-    "Outcome",
-    "Resolved",
-    "call_hook",
-    "charge_for_death",
-    "exhausted_failure",
-    "failure_after_error",
-    "format_error",
-    "resolve_job",
-    "unresolvable_failure",
-]
+def timeout_message(max_run_time: float, *, stopped: bool) -> str:
+    """``last_error`` of a job past its ``max_run_time``: stopped, or (``stopped`` False)
+    left running in a worker that retires to end it."""
+    if stopped:
+        return f"JobTimeout: job ran past its max_run_time of {max_run_time:g}s and was stopped"
+    return (
+        f"JobTimeout: job ran past its max_run_time of {max_run_time:g}s and could not be "
+        "stopped; its worker retired to end it"
+    )

@@ -1,14 +1,16 @@
-"""The worker process that a circus watcher runs (SPEC §4).
+"""The worker process's main thread: the arbiter of its job threads.
 
-``djmaster worker --settings FILE --group NAME --database NAME``
+gunicorn's pattern: signal handlers only record the signal and wake the main thread,
+which then acts (a table of ``handle_<signal>`` methods), watches the job threads'
+deadlines (``max_run_time``), shows the process title and decides when the process
+exits. Job threads (job_thread.py) reserve and run jobs; they reach the worker only
+through :class:`~circus_djmaster.worker.job_thread.WorkerLink`, which :class:`Worker`
+implements. main.py runs the worker's whole life (``djmaster worker``).
 
-The main thread is the arbiter (gunicorn's pattern): signal handlers only record the
-signal and wake it; it then acts, watches the job threads' deadlines and decides when the
-process exits. Job threads (job_thread.py) reserve and run jobs.
-
-Exits (exit_codes.py): 0 when it retires (idle, memory or lifetime limit, a stuck job,
-TERM/INT/USR2 after the running jobs, QUIT at once with its jobs handed back); 78 when the
-settings or the preload fail; anything else is a crash that circus respawns.
+Exits (contracts/exit_codes.py): 0 when it retires (idle, memory or lifetime limit, a
+stuck job, TERM/INT/USR2 after the running jobs, QUIT at once with its jobs handed
+back); 78 when the settings or the preload fail (main.py); anything else is a crash
+that circus respawns.
 """
 
 from __future__ import annotations
@@ -16,46 +18,44 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import datetime as dt
 import enum
 import logging
 import os
 import select
 import signal
-import sys
 import threading
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import psycopg
 
 from circus_djmaster.api.context import set_worker_database
 from circus_djmaster.common import logs
-from circus_djmaster.config.settings import (
-    Database,
-    Settings,
-    SettingsError,
-    WorkerGroup,
-    load_settings,
-)
-from circus_djmaster.contracts import titles as proctitle
-from circus_djmaster.contracts.exit_codes import ExitCode
+from circus_djmaster.common.memory import rss_with_children
+from circus_djmaster.config.settings import Database, Settings, WorkerGroup
+from circus_djmaster.contracts import titles
+from circus_djmaster.contracts.exit_codes import WorkerExit
+from circus_djmaster.contracts.locked_by import worker_locked_by
 from circus_djmaster.contracts.running_jobs import RunningJobs
-from circus_djmaster.exceptions import PreloadError
-from circus_djmaster.store import statements as store
+from circus_djmaster.store import statements
 from circus_djmaster.store.errors import describe_error
+from circus_djmaster.store.statements import JobFilter, Statement
+from circus_djmaster.store.sync_executor import connect, execute
 from circus_djmaster.worker import early_signals
-from circus_djmaster.worker.callbacks import Callbacks
 from circus_djmaster.worker.db_deadlines import CallDeadlines
 from circus_djmaster.worker.job_code import install_fork_handler
-from circus_djmaster.worker.job_thread import JobThread, record_failure, timeout_message
-from circus_djmaster.worker.outcomes import failure_after_error
+from circus_djmaster.worker.job_thread import JobThread, ThreadSetup
+from circus_djmaster.worker.outcomes import failure_after_error, failure_statement, timeout_message
 from circus_djmaster.worker.run_alone import RunAloneGate
 from circus_djmaster.worker.wakeup import NotifyWakeup
 
-log = logging.getLogger("circus_djmaster.worker")
+__all__ = ["StopMode", "Worker", "WorkerInfo", "process_rss"]
 
-WORKER_CALLBACKS = ("after_fork", "before_work", "after_work", "around_work")
+log = logging.getLogger("circus_djmaster.worker")
+T = TypeVar("T")
+
 HANDLED_SIGNALS = early_signals.SIGNALS
 # How long an interrupted job gets to unwind before the worker gives up on its thread.
 STOP_GRACE = 2.0
@@ -72,6 +72,8 @@ STALLED_AFTER = 1.0
 
 
 class StopMode(enum.IntEnum):
+    """How far the worker is on its way out (it only ever goes further)."""
+
     NONE = 0
     GRACEFUL = 1  # finish running jobs, take no new ones
     IMMEDIATE = 2  # hand back every job and exit now
@@ -89,22 +91,45 @@ class WorkerInfo:
 
 @dataclasses.dataclass
 class StuckJob:
+    """A job past its max_run_time whose thread could not be stopped: the worker keeps
+    its lock fresh while its other jobs finish, then retires."""
+
     thread: JobThread
-    last_touch: float
+    last_touch: float  # time.monotonic() of the last lock refresh
 
 
 class Worker:
+    """One worker process: ``group``'s worker on ``database`` (implements
+    :class:`~circus_djmaster.worker.job_thread.WorkerLink` for its job threads)."""
+
+    #: Signal -> the method that handles it (recorded by the handlers, acted on by the
+    #: main loop).
+    SIGNAL_HANDLERS: dict[int, str] = {
+        signal.SIGTERM: "handle_term",
+        signal.SIGINT: "handle_term",
+        signal.SIGQUIT: "handle_quit",
+        signal.SIGUSR1: "handle_usr1",
+        signal.SIGUSR2: "handle_usr2",
+    }
+
     def __init__(self, settings: Settings, group: WorkerGroup, database: Database) -> None:
         self.settings = settings
         self.group = group
         self.database = database
         self.database_url = database.url()
         self.pid = os.getpid()
-        # In pg_stat_activity: which worker process a backend serves.
-        self.application_name = f"djmaster worker {self.pid}"
-        self.locked_by = store.locked_by_for(self.pid)
-        self.job_filter = store.JobFilter(group.queues, group.min_priority, group.max_priority)
-        self.info = WorkerInfo(settings, group, database, os.getpid())
+        self.locked_by = worker_locked_by(self.pid)
+        self.info = WorkerInfo(settings, group, database, self.pid)
+        self.setup = ThreadSetup(
+            group=group,
+            database_name=database.name,
+            database_url=self.database_url,
+            worker_pid=self.pid,
+            locked_by=self.locked_by,
+            job_filter=JobFilter.of(group),
+            lock_timeout=settings.lock_timeout,
+            database_timeout=settings.database_timeout,
+        )
         self.started = time.monotonic()
         self._ppid = os.getppid()
         self._lock = threading.Lock()
@@ -136,7 +161,7 @@ class Worker:
                 group.queues,
                 database.name,
                 deadlines=self.deadlines,
-                application_name=f"{self.application_name} listen",
+                application_name=titles.worker_application_name(self.pid, "listen"),
                 timeout=settings.database_timeout,
             )
             if settings.listen and group.idle_timeout > 0
@@ -180,29 +205,39 @@ class Worker:
             return
         while self._signals:
             signum = self._signals.popleft()
-            name = signal.Signals(signum).name
-            if signum in (signal.SIGTERM, signal.SIGINT):
-                # Only a second TERM/INT escalates: after USR2 (or a retirement) a TERM,
-                # from `circusctl quit` say, still lets the running jobs finish.
-                if not self._term_received:
-                    self._term_received = True
-                    log.info("%s: stopping after the running jobs", name)
-                    self._stop = max(self._stop, StopMode.GRACEFUL)
-                else:
-                    log.info("%s again: stopping now", name)
-                    self._stop = StopMode.IMMEDIATE
-            elif signum == signal.SIGQUIT:
-                log.info("QUIT: stopping now, handing back the jobs")
-                self._stop = StopMode.IMMEDIATE
-            elif signum == signal.SIGUSR1:
-                logs.reopen()
-                log.info("USR1: log reopened")
-            elif signum == signal.SIGUSR2:
-                log.info("USR2: old generation, stopping after the running jobs")
-                self._old = True
-                self._stop = max(self._stop, StopMode.GRACEFUL)
-                self.set_title()
+            getattr(self, self.SIGNAL_HANDLERS[signum])(signal.Signals(signum).name)
         self._wake_threads()
+
+    def handle_term(self, name: str) -> None:
+        """TERM, INT: finish the running jobs, then exit; a second one: stop now.
+
+        Only a second TERM/INT escalates: after USR2 (or a retirement) a TERM, from
+        ``circusctl quit`` say, still lets the running jobs finish.
+        """
+        if not self._term_received:
+            self._term_received = True
+            log.info("%s: stopping after the running jobs", name)
+            self._stop = max(self._stop, StopMode.GRACEFUL)
+        else:
+            log.info("%s again: stopping now", name)
+            self._stop = StopMode.IMMEDIATE
+
+    def handle_quit(self, name: str) -> None:
+        """QUIT: stop now; the jobs are handed back unlocked, no attempt charged."""
+        log.info("QUIT: stopping now, handing back the jobs")
+        self._stop = StopMode.IMMEDIATE
+
+    def handle_usr1(self, name: str) -> None:
+        """USR1: reopen the log file (logrotate)."""
+        logs.reopen()
+        log.info("USR1: log reopened")
+
+    def handle_usr2(self, name: str) -> None:
+        """USR2: `` [OLD]``, finish the running jobs, then exit."""
+        log.info("USR2: old generation, stopping after the running jobs")
+        self._old = True
+        self._stop = max(self._stop, StopMode.GRACEFUL)
+        self.set_title()
 
     # --- state shared with job threads ------------------------------------------------
 
@@ -228,7 +263,8 @@ class Worker:
             self._poke()
 
     def after_job(self) -> None:
-        """Check the process limits after a job (SPEC §4: retire after the current job)."""
+        """Check the process limits after a job (a worker over them retires after its
+        current job)."""
         group = self.group
         if group.max_memory is not None:
             rss = process_rss()
@@ -261,8 +297,8 @@ class Worker:
             self.set_title()
 
     def set_title(self) -> None:
-        proctitle.set_title(
-            proctitle.worker_title(
+        titles.set_title(
+            titles.worker_title(
                 self.group.index,
                 self.group.queues,
                 self.database.name,
@@ -273,9 +309,7 @@ class Worker:
         )
 
     def _child_title(self, parent: int) -> str:
-        """The title of a process forked by job code: not a worker (the master and
-        ``djmaster status`` must not take it for one)."""
-        return f"delayed_job: job process (forked by pid {parent}) @{self.database.name}"
+        return titles.forked_child_title(parent, self.database.name)
 
     def _show_database_trouble(self) -> None:
         """[NO DB] while none of the job threads can reach the database: every thread
@@ -306,7 +340,17 @@ class Worker:
 
     def work(self) -> None:
         """Run the job threads until the worker stops or retires."""
-        self._threads = [JobThread(self, n) for n in range(self.group.max_threads)]
+        self._threads = [
+            JobThread(
+                number,
+                self.setup,
+                self,
+                deadlines=self.deadlines,
+                running=self.running,
+                gate=self.gate,
+            )
+            for number in range(self.group.max_threads)
+        ]
         for thread in self._threads:
             thread.start()
         while True:
@@ -393,10 +437,8 @@ class Worker:
                     slot.max_run_time,
                 )
                 # Hold the lock while the job unwinds, so no other worker takes it.
-                self._control(
-                    "touch",
-                    lambda c, s=slot: store.touch_jobs(c, [s.job_id], locked_by=self.locked_by),
-                )
+                touch = statements.touch_jobs([slot.job_id], locked_by=self.locked_by)
+                self._control("touch", touch)
                 thread.slot.interrupt(thread.ident or 0)
             elif now >= slot.deadline + STOP_GRACE / 2 and slot.interrupt_thread(thread.ident or 0):
                 # Async code that did not yield to its loop after the cancellation.
@@ -412,12 +454,10 @@ class Worker:
         # Keep the stuck jobs' locks fresh while the other jobs finish.
         for stuck in self._stuck:
             if now - stuck.last_touch > LOCK_REFRESH:
-                self._control(
-                    "touch",
-                    lambda c, s=stuck: store.touch_jobs(
-                        c, [s.thread.slot.job_id], locked_by=self.locked_by
-                    ),
-                )
+                job_id = stuck.thread.slot.job_id
+                if job_id is not None:
+                    touch = statements.touch_jobs([job_id], locked_by=self.locked_by)
+                    self._control("touch", touch)
                 stuck.last_touch = now
 
     def _exit_now(self, *, hand_back: bool) -> None:
@@ -425,16 +465,14 @@ class Worker:
         for stuck in self._stuck:
             self._record_stuck(stuck.thread)
         if hand_back:
-            released = self._control(
-                "hand back", lambda c: store.unlock_jobs(c, locked_by=self.locked_by)
-            )
+            released = self._control("hand back", statements.unlock_jobs(locked_by=self.locked_by))
             log.info("handed back %d job(s)", len(released or []))
         log.info("exiting now")
         self.running.close()
         for handler in logging.getLogger().handlers:
             handler.flush()
-        code = 1 if self._crashed else int(ExitCode.RETIRED)
-        os._exit(code)
+        code = WorkerExit.CRASHED if self._crashed else WorkerExit.RETIRED
+        os._exit(int(code))
 
     def _record_stuck(self, thread: JobThread) -> None:
         resolved = thread.resolved
@@ -442,24 +480,28 @@ class Worker:
             return
         message = timeout_message(resolved.max_run_time, stopped=False)
 
-        def write(conn: psycopg.Connection[Any]) -> None:
-            failure = failure_after_error(resolved, message, lambda: store.database_now(conn))
-            record_failure(conn, resolved.record.id, failure)
+        def database_now() -> dt.datetime:
+            now = self._control("clock", statements.database_now())
+            if now is None:
+                raise RuntimeError("the database clock could not be read")
+            return now
 
-        self._control("record", write)
+        failure = failure_after_error(resolved, message, database_now)
+        self._control("record", failure_statement(resolved.record.id, failure))
 
-    def _control(self, what: str, action: Any) -> Any:
-        """A write on the main thread's own connection (one reconnect on failure)."""
+    def _control(self, what: str, statement: Statement[T]) -> T | None:
+        """Run a statement on the main thread's own connection (one reconnect on
+        failure); its result, None when it failed."""
         for attempt in range(2):
             try:
                 if self._conn is None or self._conn.closed:
-                    self._conn = store.connect(
+                    self._conn = connect(
                         self.database_url,
-                        application_name=f"{self.application_name} control",
+                        application_name=titles.worker_application_name(self.pid, "control"),
                         timeout=self.settings.database_timeout,
                     )
                 with self.deadlines.bounded(self._conn, what, owner=self):
-                    return action(self._conn)
+                    return execute(self._conn, statement)
             except psycopg.Error as exc:
                 log.warning("database %s: %s", self.database.name, describe_error(exc))
                 if self._conn is not None:
@@ -480,69 +522,4 @@ class Worker:
 
 def process_rss() -> int:
     """Resident memory of this process and its children, in bytes."""
-    me = psutil.Process()
-    total = me.memory_info().rss
-    for child in me.children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            total += child.memory_info().rss
-    return total
-
-
-def run(settings_path: str, group_name: str, database_name: str) -> int:
-    """The worker's whole life; returns the exit code."""
-    # Record signals from the start: a TERM during a slow preload is still graceful.
-    early_signals.install()
-    try:
-        settings = load_settings(settings_path)
-        group = settings.group(group_name)
-        database = settings.database(database_name)
-        database.url()  # fail now, with the key named, if its variable is unset
-    except SettingsError as exc:
-        print(f"djmaster worker: {exc}", file=sys.stderr)
-        return ExitCode.CONFIG_ERROR
-    logs.configure(
-        settings.log_file, settings.log_level, prefix=f"worker[{group.index}]@{database.name} "
-    )
-    proctitle.set_title(proctitle.worker_title(group.index, group.queues, database.name))
-    try:
-        callbacks = preload(settings)
-    except PreloadError as exc:
-        log.error("preload failed, this worker will not start: %s", exc)
-        return ExitCode.CONFIG_ERROR
-    worker = Worker(settings, group, database)
-    worker.install_signal_handlers()
-    worker.replay(early_signals.take())
-    log.info("worker started (group %s, database %s)", group.name, database.name)
-    callbacks.call("after_fork", worker.info)
-
-    def block() -> None:
-        callbacks.call("before_work", worker.info)
-        try:
-            worker.work()
-        finally:
-            callbacks.call("after_work", worker.info)
-
-    try:
-        callbacks.around("around_work", block, worker.info)
-    finally:
-        worker.close()
-    if worker.crashed:
-        return 1
-    log.info("worker exits (%s)", worker.retire_reason or "stopped")
-    return ExitCode.RETIRED
-
-
-def preload(settings: Settings) -> Callbacks:
-    """chdir to the working directory, import the app and the worker callbacks."""
-    import importlib
-
-    os.chdir(settings.working_directory)
-    if str(settings.working_directory) not in sys.path:
-        sys.path.insert(0, str(settings.working_directory))
-    if settings.app:
-        try:
-            importlib.import_module(settings.app)
-        except BaseException as exc:
-            log.exception("importing app %r failed", settings.app)
-            raise PreloadError(f"importing app {settings.app!r} failed: {exc!r}") from exc
-    return Callbacks.load(settings.callbacks, WORKER_CALLBACKS)
+    return rss_with_children(psutil.Process())

@@ -15,10 +15,11 @@ from typing import Any
 
 import psycopg
 
-from circus_djmaster.master.listener import Backoff, queues_from_payload
-from circus_djmaster.store import statements as store
+from circus_djmaster.common.backoff import Backoff
+from circus_djmaster.contracts.notify import queues_from_payload
+from circus_djmaster.store import statements
 from circus_djmaster.store.errors import describe_error
-from circus_djmaster.store.queries import NOTIFY_CHANNEL
+from circus_djmaster.store.sync_executor import connect, execute
 from circus_djmaster.worker.db_deadlines import CallDeadlines
 
 log = logging.getLogger("circus_djmaster.worker")
@@ -79,11 +80,9 @@ class NotifyWakeup:
         timeout = min(self._timeout, CONNECT_WAIT)
         conn: psycopg.Connection[Any] | None = None
         try:
-            conn = store.connect(
-                self._url, application_name=self._application_name, timeout=timeout
-            )
+            conn = connect(self._url, application_name=self._application_name, timeout=timeout)
             with self._deadlines.bounded(conn, "listen", owner=self, timeout=timeout):
-                conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                execute(conn, statements.listen())
         except psycopg.Error as exc:
             if conn is not None:
                 conn.close()

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from circus_djmaster.store import statements as store
+from circus_djmaster.store.sync_executor import connect
 from tests.acceptance.plugin_helpers import (
     DEADLINE,
     done,
@@ -29,7 +29,7 @@ SECONDARY = "djmaster-worker0-secondary"
 @pytest.fixture
 def second(make_database: Callable[..., str]) -> Iterator[tuple[str, psycopg.Connection[Any]]]:
     url = make_database()
-    with store.connect(url) as connection:
+    with connect(url) as connection:
         yield url, connection
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from circus_djmaster.store import statements as store
+from circus_djmaster.store.sync_executor import connect, migrate
 from tests.contrib.conftest import DjangoProject
 
 Project = Callable[..., DjangoProject]
@@ -50,8 +50,8 @@ def schema_of(url: str) -> dict[str, Any]:
 
 
 def djmaster_migrate(url: str) -> None:
-    with store.connect(url) as conn:
-        store.migrate(conn)
+    with connect(url) as conn:
+        migrate(conn)
 
 
 def test_manage_migrate_makes_the_schema_of_djmaster_migrate_whichever_runs_first(

@@ -22,7 +22,7 @@ import pytest
 from circus_djmaster import enqueue
 from circus_djmaster.exceptions import EnqueueError
 from circus_djmaster.store import pgserver
-from circus_djmaster.store import statements as store
+from circus_djmaster.store.sync_executor import connect
 
 Conn = psycopg.Connection[Any]
 
@@ -79,14 +79,14 @@ def django_setup(pg_server_url: str, template_database: str) -> Iterator[str]:
 
 @pytest.fixture
 def url(django_setup: str) -> str:
-    with store.connect(django_setup) as conn:
+    with connect(django_setup) as conn:
         conn.execute("TRUNCATE delayed_jobs")
     return django_setup
 
 
 @pytest.fixture
 def observer(url: str) -> Iterator[Conn]:
-    with store.connect(url, application_name="observer") as conn:
+    with connect(url, application_name="observer") as conn:
         yield conn
 
 

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from circus_djmaster.store import pgserver
-from circus_djmaster.store import statements as store
+from circus_djmaster.store.sync_executor import connect
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def module_database_url(pg_server_url: str, template_database: str) -> Iterator[
 
 @pytest.fixture(scope="module")
 def module_conn(module_database_url: str) -> Iterator[psycopg.Connection[Any]]:
-    with store.connect(module_database_url) as connection:
+    with connect(module_database_url) as connection:
         yield connection
 
 

@@ -25,8 +25,9 @@ from circus.client import CircusClient
 from circus.exc import CallError
 
 from circus_djmaster.config.render import render_ini
-from circus_djmaster.config.settings import OPTIONS, Option, Settings, SettingsError, load_settings
-from circus_djmaster.contracts.exit_codes import ExitCode
+from circus_djmaster.config.settings import OPTIONS, Option, Settings, load_settings
+from circus_djmaster.contracts.exit_codes import WorkerExit
+from circus_djmaster.exceptions import SettingsError
 from tests.hostile.helpers import done_keys, insert_job
 from tests.support.circus_run import CIRCUSD, CircusRun, circus_env, circus_table, read
 from tests.support.waiting import wait_until
@@ -243,8 +244,8 @@ def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.Complet
 def test_a_bad_file_starts_nothing_and_writes_nothing(
     tmp_path: Path, database_url: str, conn: psycopg.Connection[Any]
 ) -> None:
-    """check and render exit 2 and write no file; a worker and migrate exit 78
-    (ExitCode.CONFIG_ERROR) without touching the database: the job waiting for them
+    """check, render and migrate exit 2 (CliExit.USAGE) and write nothing; a worker exits
+    78 (WorkerExit.CONFIG_ERROR) without touching the database: the job waiting for them
     stays where it is. Each names the file and every bad key."""
     path = broken_file(tmp_path)
     job = insert_job(conn, "tests.support.jobs:record", "never", queue="q1")
@@ -263,7 +264,7 @@ def test_a_bad_file_starts_nothing_and_writes_nothing(
         ),
         "migrate": run_cli("circus_djmaster", "migrate", "--settings", str(path), env=env),
     }
-    expected_codes = {"check": 2, "render": 2, "worker": 78, "migrate": 78}
+    expected_codes = {"check": 2, "render": 2, "worker": 78, "migrate": 2}
     for command, result in results.items():
         assert result.returncode == expected_codes[command], (command, result.stderr)
         for _text, key in BROKEN.values():
@@ -289,7 +290,7 @@ def test_a_worker_of_an_unknown_group_or_database_exits_78(
             *("--group", group, "--database", database),
             env=env,
         )
-        assert result.returncode == ExitCode.CONFIG_ERROR, result.stderr
+        assert result.returncode == WorkerExit.CONFIG_ERROR, result.stderr
         assert str(path) in result.stderr and f'"{named}"' in result.stderr, result.stderr
 
 

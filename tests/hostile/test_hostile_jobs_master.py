@@ -31,8 +31,8 @@ import pytest
 
 from circus_djmaster import enqueue, enqueue_many
 from circus_djmaster.api.jobs import JobCall
+from circus_djmaster.contracts.titles import WorkerState
 from circus_djmaster.master.readings import read_worker
-from circus_djmaster.master.scaling import WorkerState
 from tests.hostile.helpers import (
     DEADLINE,
     add_group,

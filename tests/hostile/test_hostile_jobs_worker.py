@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from circus_djmaster import enqueue
-from circus_djmaster.contracts.exit_codes import ExitCode
+from circus_djmaster.contracts.exit_codes import WorkerExit
 from tests.hostile.helpers import done_keys, insert_job
 from tests.support.worker_run import events, job_row, start_worker, write_settings
 
@@ -84,7 +84,7 @@ def test_handlers_that_cannot_be_imported_fail_at_once_and_the_others_run(
     ids |= {raw_job(conn, text): why for text, why in shapes.items()}
     keys = innocents(conn, "imports")
     code, err = finish(start_worker(settings, database_url))
-    assert code == ExitCode.RETIRED, err
+    assert code == WorkerExit.RETIRED, err
     for job_id, why in ids.items():
         row = job_row(conn, job_id)
         assert row is not None and row["failed_at"] is not None, (why, row)
@@ -109,7 +109,7 @@ def test_a_handler_nested_too_deeply_for_json_fails_like_any_bad_handler(
     assert row["attempts"] == 1 and row["locked_by"] is None
     assert row["last_error"].startswith("HandlerError: "), row["last_error"]
     assert done_keys(conn, keys) == set(keys)
-    assert code == ExitCode.RETIRED, err[-2000:]
+    assert code == WorkerExit.RETIRED, err[-2000:]
 
 
 def test_a_callable_whose_module_calls_sys_exit_on_import_fails_and_the_worker_goes_on(
@@ -122,7 +122,7 @@ def test_a_callable_whose_module_calls_sys_exit_on_import_fails_and_the_worker_g
     keys = innocents(conn, "sysexit-import")
     code, _err = finish(start_worker(settings, database_url), timeout=10)
     row = job_row(conn, job_id)
-    assert code == ExitCode.RETIRED, f"worker exit: {code} (None: still running after 10 s)"
+    assert code == WorkerExit.RETIRED, f"worker exit: {code} (None: still running after 10 s)"
     assert row is not None and row["failed_at"] is not None and row["locked_by"] is None, row
     assert row["last_error"].startswith("HandlerError: ") and "SystemExit" in row["last_error"]
     assert done_keys(conn, keys) == set(keys)
@@ -155,7 +155,7 @@ def test_a_job_error_the_database_cannot_store_is_still_recorded_as_a_retry(
     assert row["due_in"] > 0, "retried later, as any failed job"
     assert shown in (row["last_error"] or ""), row["last_error"]
     assert done_keys(conn, keys) == set(keys)
-    assert code == ExitCode.RETIRED, err[-2000:]
+    assert code == WorkerExit.RETIRED, err[-2000:]
 
 
 def test_a_10_mb_payload_runs_and_a_10_mb_error_is_truncated(
@@ -169,7 +169,7 @@ def test_a_10_mb_payload_runs_and_a_10_mb_error_is_truncated(
     failing = enqueue(f"{J}:fail", ["x" * (10 * MB)], queue="q1", database_url=database_url)
     keys = innocents(conn, "big")
     code, err = finish(start_worker(settings, database_url))
-    assert code == ExitCode.RETIRED, err[-2000:]
+    assert code == WorkerExit.RETIRED, err[-2000:]
     sha = hashlib.sha256(payload.encode("utf-8")).hexdigest()
     assert [event for _k, event, _p in events(conn, "big")] == [f"done {len(payload)} {sha}"]
     row = job_row(conn, failing)

@@ -36,7 +36,8 @@ import pytest
 from circus.config import get_config
 
 from circus_djmaster.config.render import render_ini
-from circus_djmaster.config.settings import SettingsError, load_settings
+from circus_djmaster.config.settings import load_settings
+from circus_djmaster.exceptions import SettingsError
 from tests.hostile.helpers import call_failed, start_pids
 from tests.support.circus_run import (
     REPO_ROOT,

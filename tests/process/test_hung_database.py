@@ -24,7 +24,7 @@ import psycopg
 import pytest
 
 from circus_djmaster import enqueue
-from circus_djmaster.contracts.exit_codes import ExitCode
+from circus_djmaster.contracts.exit_codes import WorkerExit
 from tests.support.waiting import wait_until
 from tests.support.worker_run import events, start_worker, write_settings
 
@@ -113,6 +113,6 @@ def test_term_stops_a_worker_waiting_on_a_hung_database_within_seconds(
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == ExitCode.RETIRED, err
+    assert proc.returncode == WorkerExit.RETIRED, err
     assert took < 5, f"TERM took {took:.1f}s"
     assert "stopped waiting for an answer (the worker stops)" in err

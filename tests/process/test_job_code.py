@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from circus_djmaster import enqueue
-from circus_djmaster.contracts.exit_codes import ExitCode
+from circus_djmaster.contracts.exit_codes import WorkerExit
 from tests.support.waiting import wait_until
 from tests.support.worker_run import events, job_row, start_worker, worker_env, write_settings
 
@@ -47,7 +47,7 @@ def run_jobs(settings: Path, database_url: str, *jobs: tuple[str, list[Any]]) ->
         for n, (path, args) in enumerate(jobs)
     ]
     code, err = finish(start_worker(settings, database_url))
-    assert code == ExitCode.RETIRED, err
+    assert code == WorkerExit.RETIRED, err
     return ids
 
 
@@ -164,7 +164,7 @@ def test_quit_during_an_async_job_hands_it_back(
     wait_until(lambda: keyed(conn, "long"), 15, "the async job to start")
     proc.send_signal(signal.SIGQUIT)
     code, err = finish(proc, 10)
-    assert code == ExitCode.RETIRED, err
+    assert code == WorkerExit.RETIRED, err
     row = job_row(conn, job_id)
     assert row is not None and (row["locked_by"], row["attempts"]) == (None, 0)
 
@@ -201,7 +201,7 @@ def test_a_follow_up_goes_to_the_database_its_job_came_from(
     enqueue(f"{C}:enqueue_follow_up", ["parent"], queue="q1", database_url=secondary)
     proc = start_worker(settings, primary, database="secondary", env=env)
     code, err = finish(proc)
-    assert code == ExitCode.RETIRED, err
+    assert code == WorkerExit.RETIRED, err
     with (
         psycopg.connect(primary, autocommit=True) as first,
         psycopg.connect(secondary, autocommit=True) as second,
@@ -305,7 +305,7 @@ def test_a_job_reserved_with_no_attempt_left_fails_without_running(
         (job_id,),
     )
     code, err = finish(start_worker(settings, database_url))
-    assert code == ExitCode.RETIRED, err
+    assert code == WorkerExit.RETIRED, err
     assert keyed(conn, "unrun") == [], "it did not run"
     row = job_row(conn, job_id)
     if destroyed:

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 
 from circus_djmaster import enqueue
-from circus_djmaster.contracts.exit_codes import ExitCode
+from circus_djmaster.contracts.exit_codes import WorkerExit
 from tests.support.waiting import wait_until
 from tests.support.worker_run import events, job_row, start_worker, worker_env, write_settings
 
@@ -45,7 +45,7 @@ def test_a_job_past_max_run_time_that_cannot_be_stopped_is_charged_and_never_run
         # Past max_run_time the job cannot be interrupted (it blocks in C): its worker
         # keeps the lock until it has exited, then the job waits for its retry time.
         code, err = finish(stuck_worker, timeout=15)
-        assert code == ExitCode.RETIRED, err
+        assert code == WorkerExit.RETIRED, err
         assert "could not be stopped" in err
         row = job_row(conn, job_id)
         assert row is not None
@@ -85,7 +85,7 @@ def test_preload_failure_exits_with_the_config_error_code(
 ) -> None:
     settings = write_settings(tmp_path, app="no_such_app_module", workers=[{"queues": ["q1"]}])
     code, err = finish(start_worker(settings, database_url))
-    assert code == ExitCode.CONFIG_ERROR
+    assert code == WorkerExit.CONFIG_ERROR
     assert "preload failed" in err and "no_such_app_module" in err
 
 
@@ -94,14 +94,14 @@ def test_bad_settings_exit_with_the_config_error_code_naming_file_and_key(
 ) -> None:
     settings = write_settings(tmp_path, workers=[{"queues": ["q1"], "max_threads": 0}])
     code, err = finish(start_worker(settings, database_url))
-    assert code == ExitCode.CONFIG_ERROR
+    assert code == WorkerExit.CONFIG_ERROR
     assert str(settings) in err and "workers[0].max_threads" in err
 
 
 def test_unknown_group_exits_with_the_config_error_code(tmp_path: Path, database_url: str) -> None:
     settings = write_settings(tmp_path, workers=[{"queues": ["q1"]}])
     code, err = finish(start_worker(settings, database_url, group="nope"))
-    assert code == ExitCode.CONFIG_ERROR
+    assert code == WorkerExit.CONFIG_ERROR
     assert "nope" in err
 
 

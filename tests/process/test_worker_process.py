@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from circus_djmaster import enqueue
-from circus_djmaster.contracts.exit_codes import ExitCode
+from circus_djmaster.contracts.exit_codes import WorkerExit
 from tests.support.waiting import wait_until
 from tests.support.worker_run import events, job_row, start_worker, worker_env, write_settings
 
@@ -48,7 +48,7 @@ def test_exits_at_once_with_retired_code_when_there_is_no_job(
     settings: Path, database_url: str
 ) -> None:
     code, err = finish(start_worker(settings, database_url))
-    assert code == ExitCode.RETIRED, err
+    assert code == WorkerExit.RETIRED, err
     assert "retiring: no job to do" in err
 
 
@@ -285,7 +285,7 @@ def test_a_term_during_start_up_is_graceful_not_fatal(settings: Path, database_u
     wait_until(lambda: catches(proc.pid, signal.SIGTERM), 10, "TERM handler installed")
     proc.send_signal(signal.SIGTERM)
     code, err = finish(proc)
-    assert code == ExitCode.RETIRED, err
+    assert code == WorkerExit.RETIRED, err
     assert "SIGTERM: stopping after the running jobs" in err
 
 

@@ -21,7 +21,7 @@ import psycopg
 from psycopg import conninfo, sql
 
 from circus_djmaster.store import pgserver
-from circus_djmaster.store import statements as store
+from circus_djmaster.store.sync_executor import connect, migrate
 
 #: The side table where tests/support/chaos_jobs.py records every run of a job.
 JOB_RUNS_DDL = (
@@ -161,8 +161,8 @@ class EmbeddedServer:
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         url = self.url(name)
-        with store.connect(url) as conn:
-            store.migrate(conn)
+        with connect(url) as conn:
+            migrate(conn)
             conn.execute(JOB_RUNS_DDL)
             conn.execute(JOB_EVENTS_DDL)
         return url

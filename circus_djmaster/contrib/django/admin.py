@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import psycopg
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -20,6 +19,8 @@ from django.http import HttpRequest
 from circus_djmaster.contrib.django import connection_for
 from circus_djmaster.contrib.django.models import DelayedJob, FailedJob, ScheduledJob
 from circus_djmaster.store import statements as store
+from circus_djmaster.store.statements import Statement
+from circus_djmaster.store.sync_executor import execute
 
 FIELDS = (
     "id",
@@ -72,15 +73,13 @@ class _JobAdmin(admin.ModelAdmin):
         return actions
 
     def _run(
-        self,
-        queryset: QuerySet[Any],
-        action: Callable[[psycopg.Connection[Any], list[int]], list[int]],
+        self, queryset: QuerySet[Any], action: Callable[[list[int]], Statement[list[int]]]
     ) -> list[int]:
-        """Run a store action on the selected ids; the ids it changed."""
+        """Run a store statement on the selected ids; the ids it changed."""
         ids = [int(pk) for pk in queryset.values_list("pk", flat=True)]
         if not ids:  # never None: to retry_failed_jobs that would mean every failed job
             return []
-        return [int(job_id) for job_id in action(connection_for(queryset.db), ids)]
+        return [int(job_id) for job_id in execute(connection_for(queryset.db), action(ids))]
 
     def _report(
         self, request: HttpRequest, done: Sequence[int], asked: int, verb: str, why: str

@@ -11,7 +11,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 
 from circus_djmaster.store.queries import schema_sql
-from circus_djmaster.store.statements import MIGRATION_LOCK_KEY
+from circus_djmaster.store.sync_executor import MIGRATION_LOCK_KEY
 
 
 def create_schema(apps: Any, schema_editor: Any) -> None:

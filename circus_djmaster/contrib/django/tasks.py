@@ -45,7 +45,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from circus_djmaster.api.jobs import JobRecord, enqueue, job
-from circus_djmaster.store.statements import locked_by_for
+from circus_djmaster.contracts.locked_by import worker_locked_by
 
 try:  # Django >= 6
     from django.tasks import TaskContext, TaskResult, TaskResultStatus
@@ -219,7 +219,7 @@ def run_task(module_path: str, args: list[Any], kwargs: dict[str, Any], backend:
     attempt = record.attempts + 1 if record is not None else 1
     now = timezone.now()
     # TaskContext.attempt is len(worker_ids): earlier attempts' workers are not recorded.
-    worker_ids = ["(earlier attempt)"] * (attempt - 1) + [locked_by_for(os.getpid())]
+    worker_ids = ["(earlier attempt)"] * (attempt - 1) + [worker_locked_by(os.getpid())]
     result = _result(
         task,
         record.id if record is not None else 0,

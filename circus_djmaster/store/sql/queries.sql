@@ -3,9 +3,11 @@
 --
 -- A job is ready when it is due, not failed, and not locked (or its lock is older than
 -- the settings' lock timeout, i.e. its worker's host died). Groups that name queues use
--- the *_in_queues variants (index range scans per queue); groups serving every queue use
--- the *_any_queue variants. Unset min/max priority are passed as the int4 bounds, so the
--- conditions stay plain ranges that a prepared (generic) plan handles well.
+-- the *_in_queues queries (index range scans per queue); groups serving every queue use
+-- their *_any_queue twins, which circus_djmaster/store/queries.py makes by dropping the
+-- one line naming %(queues)s: keep that condition on a line of its own, never the first
+-- of a WHERE. Unset min/max priority are passed as the int4 bounds, so the conditions
+-- stay plain ranges that a prepared (generic) plan handles well.
 
 -- name: reserve_jobs_in_queues
 -- Lock up to %(limit)s ready jobs of the given queues for one worker, highest priority
@@ -16,24 +18,8 @@ WITH done AS (DELETE FROM delayed_jobs WHERE id = ANY(%(done)s::bigint[]))
 UPDATE delayed_jobs AS j
    SET locked_at = now(), locked_by = %(locked_by)s
   FROM (SELECT id FROM delayed_jobs
-         WHERE queue = ANY(%(queues)s::varchar[])
-           AND failed_at IS NULL
-           AND run_at <= now()
-           AND (locked_at IS NULL OR locked_at < now() - make_interval(secs => %(lock_timeout)s))
-           AND priority BETWEEN %(min_priority)s AND %(max_priority)s
-         ORDER BY priority, run_at
-         LIMIT %(limit)s
-           FOR UPDATE SKIP LOCKED) AS picked
- WHERE j.id = picked.id
-RETURNING j.id, j.priority, j.attempts, j.handler, j.queue, j.run_at, j.run_alone;
-
--- name: reserve_jobs_any_queue
--- As reserve_jobs_in_queues, for a group that serves every queue.
-WITH done AS (DELETE FROM delayed_jobs WHERE id = ANY(%(done)s::bigint[]))
-UPDATE delayed_jobs AS j
-   SET locked_at = now(), locked_by = %(locked_by)s
-  FROM (SELECT id FROM delayed_jobs
          WHERE failed_at IS NULL
+           AND queue = ANY(%(queues)s::varchar[])
            AND run_at <= now()
            AND (locked_at IS NULL OR locked_at < now() - make_interval(secs => %(lock_timeout)s))
            AND priority BETWEEN %(min_priority)s AND %(max_priority)s
@@ -161,17 +147,8 @@ SELECT DISTINCT locked_by FROM delayed_jobs
 -- than the free worker slots, and a capped count stays cheap at millions of rows).
 SELECT count(*) AS ready FROM (
     SELECT 1 FROM delayed_jobs
-     WHERE queue = ANY(%(queues)s::varchar[])
-       AND failed_at IS NULL
-       AND run_at <= now()
-       AND (locked_at IS NULL OR locked_at < now() - make_interval(secs => %(lock_timeout)s))
-       AND priority BETWEEN %(min_priority)s AND %(max_priority)s
-     LIMIT %(limit)s) AS ready;
-
--- name: count_ready_any_queue
-SELECT count(*) AS ready FROM (
-    SELECT 1 FROM delayed_jobs
      WHERE failed_at IS NULL
+       AND queue = ANY(%(queues)s::varchar[])
        AND run_at <= now()
        AND (locked_at IS NULL OR locked_at < now() - make_interval(secs => %(lock_timeout)s))
        AND priority BETWEEN %(min_priority)s AND %(max_priority)s
@@ -181,13 +158,8 @@ SELECT count(*) AS ready FROM (
 -- Seconds (database clock) until the next scheduled job of the given queues is due; NULL
 -- when none is scheduled.
 SELECT extract(epoch FROM min(run_at) - now())::float8 AS seconds FROM delayed_jobs
- WHERE queue = ANY(%(queues)s::varchar[])
-   AND failed_at IS NULL AND locked_at IS NULL AND run_at > now()
-   AND priority BETWEEN %(min_priority)s AND %(max_priority)s;
-
--- name: seconds_to_next_any_queue
-SELECT extract(epoch FROM min(run_at) - now())::float8 AS seconds FROM delayed_jobs
  WHERE failed_at IS NULL AND locked_at IS NULL AND run_at > now()
+   AND queue = ANY(%(queues)s::varchar[])
    AND priority BETWEEN %(min_priority)s AND %(max_priority)s;
 
 -- name: insert_job
@@ -209,7 +181,12 @@ RETURNING id;
 -- name: database_now
 SELECT now() AS now;
 
+-- name: probe
+-- A round trip that fails if the connection died silently (the master's LISTEN probe).
+SELECT 1;
+
 -- name: listen
+-- The channel of the trigger's NOTIFY (circus_djmaster/contracts/notify.py, CHANNEL).
 LISTEN delayed_jobs;
 
 -- name: stats_in_queues
@@ -232,27 +209,8 @@ SELECT count(*) FILTER (WHERE failed_at IS NULL AND run_at <= now()
                   OR locked_at < now() - make_interval(secs => %(lock_timeout)s))))::float8
            AS oldest_ready_age
   FROM delayed_jobs
- WHERE queue = ANY(%(queues)s::varchar[])
-   AND priority BETWEEN %(min_priority)s AND %(max_priority)s;
-
--- name: stats_any_queue
-SELECT count(*) FILTER (WHERE failed_at IS NULL AND run_at <= now()
-                          AND (locked_at IS NULL
-                               OR locked_at < now() - make_interval(secs => %(lock_timeout)s)))
-           AS ready,
-       count(*) FILTER (WHERE failed_at IS NULL
-                          AND locked_at >= now() - make_interval(secs => %(lock_timeout)s))
-           AS running,
-       count(*) FILTER (WHERE failed_at IS NULL AND run_at > now() AND locked_at IS NULL)
-           AS scheduled,
-       count(*) FILTER (WHERE failed_at IS NOT NULL) AS failed,
-       extract(epoch FROM now() - min(run_at) FILTER (
-           WHERE failed_at IS NULL AND run_at <= now()
-             AND (locked_at IS NULL
-                  OR locked_at < now() - make_interval(secs => %(lock_timeout)s))))::float8
-           AS oldest_ready_age
-  FROM delayed_jobs
- WHERE priority BETWEEN %(min_priority)s AND %(max_priority)s;
+ WHERE priority BETWEEN %(min_priority)s AND %(max_priority)s
+   AND queue = ANY(%(queues)s::varchar[]);
 
 -- name: list_jobs
 -- Jobs for `djmaster jobs list`, newest first; %(failed)s picks failed or live jobs and

@@ -1,0 +1,89 @@
+"""``djmaster worker --settings FILE --group NAME --database NAME``: a worker's whole life.
+
+What each circus watcher runs. Signals are recorded from the first instruction
+(early_signals.py); then the settings are loaded and the application preloaded (a
+failure of either exits 78, ``WorkerExit.CONFIG_ERROR``: circus does not respawn it
+and the master stops scaling its watcher), the worker callbacks run around its loop
+(process.py), and the process exits with its :class:`WorkerExit`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+from circus_djmaster.common import logs
+from circus_djmaster.config.settings import Settings, load_settings
+from circus_djmaster.contracts import titles
+from circus_djmaster.contracts.exit_codes import WorkerExit
+from circus_djmaster.exceptions import PreloadError, SettingsError
+from circus_djmaster.worker import early_signals
+from circus_djmaster.worker.callbacks import WorkerCallbacks
+from circus_djmaster.worker.process import Worker
+
+__all__ = ["preload", "run"]
+
+log = logging.getLogger("circus_djmaster.worker")
+
+
+def run(settings_path: str, group_name: str, database_name: str) -> int:
+    """The worker's whole life; returns the exit code."""
+    # Record signals from the start: a TERM during a slow preload is still graceful.
+    early_signals.install()
+    try:
+        settings = load_settings(settings_path)
+        group = settings.group(group_name)
+        database = settings.database(database_name)
+        database.url()  # fail now, with the key named, if its variable is unset
+    except SettingsError as exc:
+        print(f"djmaster worker: {exc}", file=sys.stderr)
+        return WorkerExit.CONFIG_ERROR
+    logs.configure(
+        settings.log_file, settings.log_level, prefix=f"worker[{group.index}]@{database.name} "
+    )
+    titles.set_title(titles.worker_title(group.index, group.queues, database.name))
+    try:
+        callbacks = preload(settings)
+    except PreloadError as exc:
+        log.error("preload failed, this worker will not start: %s", exc)
+        return WorkerExit.CONFIG_ERROR
+    worker = Worker(settings, group, database)
+    worker.install_signal_handlers()
+    worker.replay(early_signals.take())
+    log.info("worker started (group %s, database %s)", group.name, database.name)
+    callbacks.call("after_fork", worker.info)
+
+    def block() -> None:
+        callbacks.call("before_work", worker.info)
+        try:
+            worker.work()
+        finally:
+            callbacks.call("after_work", worker.info)
+
+    try:
+        callbacks.around("around_work", block, worker.info)
+    finally:
+        worker.close()
+    if worker.crashed:
+        return WorkerExit.CRASHED
+    log.info("worker exits (%s)", worker.retire_reason or "stopped")
+    return WorkerExit.RETIRED
+
+
+def preload(settings: Settings) -> WorkerCallbacks:
+    """chdir to the working directory, import the app and the worker callbacks.
+
+    Raises PreloadError when the app or a callback cannot be imported (exit 78).
+    """
+    os.chdir(settings.working_directory)
+    if str(settings.working_directory) not in sys.path:
+        sys.path.insert(0, str(settings.working_directory))
+    if settings.app:
+        try:
+            importlib.import_module(settings.app)
+        except BaseException as exc:
+            log.exception("importing app %r failed", settings.app)
+            raise PreloadError(f"importing app {settings.app!r} failed: {exc!r}") from exc
+    return WorkerCallbacks.load(settings.callbacks)
