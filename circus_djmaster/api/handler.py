@@ -93,7 +93,8 @@ def resolve(path: str) -> Callable[..., Any]:
             raise HandlerError(f"{path}: {module_name!r} has no attribute {attr_path!r}") from None
     if not callable(target):
         raise HandlerError(f"{path} is not callable (it is a {type(target).__name__})")
-    return target
+    resolved: Callable[..., Any] = target
+    return resolved
 
 
 def _check_path(path: str) -> None:

@@ -85,7 +85,7 @@ def sync_target(
             yield conn
     elif using is not None:
         # Imported only when asked for: the worker's start never imports Django.
-        from circus_djmaster.contrib.django import connection_for
+        from circus_djmaster.api.django_alias import connection_for
 
         yield connection_for(using)
     else:

@@ -86,7 +86,7 @@ class AsyncCircus:
                 await asyncio.wait_for(socket.send(json.dumps(message).encode()), timeout)
                 while True:
                     left = deadline - time.monotonic()
-                    if left <= 0 or not await socket.poll(left * 1000, zmq.POLLIN):
+                    if left <= 0 or not await socket.poll(left * 1000):  # POLLIN
                         raise CircusTimeout(f"circus {command}: no answer within {timeout:g}s")
                     try:
                         answer = json.loads(await socket.recv())

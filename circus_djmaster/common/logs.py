@@ -28,8 +28,8 @@ class ReopenableFileHandler(logging.FileHandler):
 def configure(log_file: Path | None, level: str, *, prefix: str = "") -> None:
     """Send the root logger to ``log_file`` (appended) or stderr, at ``level``."""
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    for old in list(root.handlers):
+        root.removeHandler(old)
     handler: logging.Handler
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)

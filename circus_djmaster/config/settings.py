@@ -306,7 +306,8 @@ class _Reader:
                 "workers", f"expected an array of tables ([[workers]]), got {toml_type(raw)}"
             )
             return []
-        groups, owners = [], {}
+        groups: list[WorkerGroup] = []
+        owners: dict[str, str] = {}
         for index, item in enumerate(raw):
             prefix = f"workers[{index}]"
             if not isinstance(item, dict):

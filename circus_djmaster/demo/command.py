@@ -221,7 +221,9 @@ def watch(url: str, client: Circus, progress: Progress) -> None:
     last_line = 0.0
     with psycopg.connect(url, autocommit=True) as conn:
         while True:
-            left = dict(conn.execute("SELECT queue, count(*) FROM delayed_jobs GROUP BY queue"))
+            left: dict[str, int] = dict(
+                conn.execute("SELECT queue, count(*) FROM delayed_jobs GROUP BY queue")
+            )
             retrying = conn.execute(
                 "SELECT count(*) FROM delayed_jobs WHERE attempts > 0 AND failed_at IS NULL"
             ).fetchone()

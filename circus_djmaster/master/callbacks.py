@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,7 +74,9 @@ class MasterCallbacks:
         except Exception:
             log.exception("callback %s raised; going on", name)
 
-    async def around(self, name: str, block: Callable[[], Awaitable[None]], *args: Any) -> None:
+    async def around(
+        self, name: str, block: Callable[[], Coroutine[Any, Any, None]], *args: Any
+    ) -> None:
         """Run ``block`` through the ``around_*`` callback ``name`` (or directly).
 
         A callback that raises before running the block, or never runs it, does not stop

@@ -133,7 +133,12 @@ async def _readable(conn: psycopg.AsyncConnection[Any], timeout: float) -> None:
     loop = asyncio.get_running_loop()
     ready = loop.create_future()
     fd = conn.pgconn.socket
-    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+
+    def readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, readable)
     try:
         await asyncio.wait_for(ready, timeout)
     except asyncio.TimeoutError:

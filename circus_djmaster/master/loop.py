@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -34,7 +35,7 @@ from typing import Any
 from circus_djmaster.circusd.async_client import SCALING_RETRY, AsyncCircus
 from circus_djmaster.common import logs
 from circus_djmaster.config.render import watcher_index
-from circus_djmaster.config.settings import Settings
+from circus_djmaster.config.settings import Database, Settings
 from circus_djmaster.contracts.exit_codes import WorkerExit, is_retiring
 from circus_djmaster.contracts.locked_by import worker_locked_by
 from circus_djmaster.contracts.running_jobs import forget, read_running
@@ -113,7 +114,10 @@ class Master(SignalHandling):
         self.listeners: dict[str, Listener] = {}
         self._tasks: list[asyncio.Task[None]] = []
         # A pending signal (TERM from circus' quit…) must not wait for circus retries.
-        circus.interrupted = lambda: bool(self._signals)
+        circus.interrupted = self._signal_pending
+
+    def _signal_pending(self) -> bool:
+        return bool(self._signals)
 
     # --- inputs: record and wake, never act ----------------------------------------
 
@@ -242,18 +246,10 @@ class Master(SignalHandling):
 
     def _start_tasks(self) -> None:
         for database in self.settings.databases:
-
-            def connect(database: Any = database, role: str = "poll") -> Any:
-                return async_executor.connect(
-                    database.url(),
-                    application_name=master_application_name(role),
-                    timeout=self.settings.database_timeout,
-                )
-
             poller = DatabasePoller(
                 self.settings,
                 database.name,
-                connect,
+                functools.partial(self._connect, database, "poll"),
                 self.request_scaling,
                 callbacks=self.callbacks,
                 master=self,
@@ -264,7 +260,7 @@ class Master(SignalHandling):
             if self.settings.listen:
                 listener = Listener(
                     database.name,
-                    lambda database=database: connect(database, "listen"),
+                    functools.partial(self._connect, database, "listen"),
                     poller.wake,
                     probe_interval=self.probe_interval,
                 )
@@ -272,6 +268,14 @@ class Master(SignalHandling):
                 self._tasks.append(
                     asyncio.create_task(listener.run(), name=f"listen-{database.name}")
                 )
+
+    async def _connect(self, database: Database, role: str) -> async_executor.AsyncConnection:
+        """A new master connection to ``database`` (``role``: poll or listen)."""
+        return await async_executor.connect(
+            database.url(),
+            application_name=master_application_name(role),
+            timeout=self.settings.database_timeout,
+        )
 
     async def _stop_tasks(self) -> None:
         for task in self._tasks:

@@ -36,7 +36,7 @@ __all__ = [
 
 #: A result row: column name -> value (the executors read rows as dicts).
 Row = dict[str, Any]
-T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 # Unset priority bounds become the int4 range, so the SQL is always a plain range.
 INT4_MIN = -(2**31)
@@ -48,7 +48,7 @@ def _nothing(_rows: list[Row]) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class Statement(Generic[T]):
+class Statement(Generic[T_co]):
     """One statement: the named query of ``sql/queries.sql``, its parameters, and
     ``read``, which turns the result rows into the value the caller gets.
 
@@ -59,7 +59,7 @@ class Statement(Generic[T]):
 
     name: str
     params: Mapping[str, Any]
-    read: Callable[[list[Row]], T]
+    read: Callable[[list[Row]], T_co]
     returns_rows: bool = True
     prepare: bool | None = None
     skip: bool = False

@@ -55,4 +55,4 @@ def migrate(conn: psycopg.Connection[Any]) -> None:
     """Create or update the schema. Idempotent; safe to run from several hosts at once."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
-        conn.execute(schema_sql())  # type: ignore[arg-type]
+        conn.execute(schema_sql())

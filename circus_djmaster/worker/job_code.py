@@ -51,9 +51,10 @@ KEYBOARD_INTERRUPT_STATUS = 130
 def set_async_exc(thread_id: int, exc: type[BaseException] | None) -> int:
     """Raise ``exc`` in the thread ``thread_id`` at its next bytecode (None: cancel a
     pending one). Returns the number of threads affected (CPython's C API)."""
-    return ctypes.pythonapi.PyThreadState_SetAsyncExc(
+    affected = ctypes.pythonapi.PyThreadState_SetAsyncExc(
         ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else None
     )
+    return int(affected)
 
 
 class JobCode:

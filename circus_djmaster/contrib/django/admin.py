@@ -68,7 +68,7 @@ class _JobAdmin(admin.ModelAdmin):
         return obj is None and super().has_delete_permission(request)
 
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        actions = super().get_actions(request)
+        actions: dict[str, Any] = super().get_actions(request)
         actions.pop("delete_selected", None)  # the ORM's delete: replaced by our actions
         return actions
 

@@ -23,7 +23,6 @@ from circus_djmaster.config.settings import Settings, load_settings
 from circus_djmaster.contracts.watchers import (
     AFTER_REAP_HOOK,
     PLUGIN_CLASS,
-    parse_watcher_name,
     watcher_name,
 )
 from circus_djmaster.exceptions import RenderError, SettingsError
@@ -75,25 +74,9 @@ def circus_config(tmp_path: Path, text: str) -> dict[str, Any]:
 # --------------------------------------------------------------- names
 
 
-def test_watcher_name_round_trips() -> None:
+def test_watcher_name_is_prefix_group_database() -> None:
     assert watcher_name("mail", "primary") == "djmaster-mail-primary"
-    assert parse_watcher_name("djmaster-mail-primary") == ("mail", "primary")
-    assert parse_watcher_name("djmaster-Big_Group-db_2") == ("Big_Group", "db_2")
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        "plugin:djmaster",
-        "djmaster-a-b-c",
-        "djmaster-a",
-        "other-a-b",
-        "djmaster--b",
-        "circusd-stats",
-    ],
-)
-def test_parse_watcher_name_rejects_other_watchers(name: str) -> None:
-    assert parse_watcher_name(name) is None
+    assert watcher_name("Big_Group", "db_2") == "djmaster-Big_Group-db_2"
 
 
 def test_watcher_index_is_keyed_by_circus_lowercase_names(tmp_path: Path, secret_env: None) -> None:
@@ -126,7 +109,7 @@ def test_rendered_ini_parses_with_circus_loader(tmp_path: Path, settings: Settin
         for database in ("primary", "reports")
     )
     for watcher in config["watchers"]:
-        group, database = parse_watcher_name(watcher["name"]) or ("?", "?")
+        _prefix, group, database = watcher["name"].split("-")
         assert watcher["cmd"] == sys.executable
         assert shlex.split(watcher["args"]) == [
             "-m",
