@@ -33,7 +33,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from circus_djmaster.circusd.async_client import SCALING_RETRY, AsyncCircus
-from circus_djmaster.common import logs
 from circus_djmaster.config.render import watcher_index
 from circus_djmaster.config.settings import Database, Settings
 from circus_djmaster.contracts.exit_codes import WorkerExit, is_retiring
@@ -53,7 +52,6 @@ from circus_djmaster.master.scaling import (
     GrowWatcher,
     KillWorker,
     ParkWatcher,
-    RetireReason,
     RetireWorker,
     StartWatcher,
     WatcherSnapshot,
@@ -61,7 +59,7 @@ from circus_djmaster.master.scaling import (
     plan_limits,
     plan_scaling,
 )
-from circus_djmaster.master.signals import SignalHandling, stop_own_watcher
+from circus_djmaster.master.signals import SignalHandling
 from circus_djmaster.master.state import Blocks, LoopExit, Mode, WorkerBook, mtime_ns
 from circus_djmaster.store import async_executor
 
@@ -477,54 +475,6 @@ class Master(SignalHandling):
         target = ForkTarget(self.settings.group(group), database, watcher, count)
         await self.callbacks.call("before_fork", self, target)
 
-    # --- signals to workers ------------------------------------------------------------
-
-    def send_signal(self, pid: int, signum: int) -> bool:
-        """os.kill a worker directly (not circus' ``signal``: no global lock). Never
-        anything but a worker pid circus listed: circusd dies of USR1/USR2 (docs/master.md,
-        "circus 0.19, measured")."""
-        if pid <= 1 or pid in (self.pid, os.getppid()) or pid not in self.book.known:
-            log.error(
-                "refusing to send %s to pid %d: not a worker", signal.Signals(signum).name, pid
-            )
-            return False
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            return False
-        return True
-
-    async def signal_workers(
-        self, signum: int, *, skip_leaving: bool = False, patience: float = 0.0
-    ) -> int:
-        """Send ``signum`` to every live worker; returns how many got it.
-
-        A worker still starting has no signal handler yet (a TERM would kill it: a
-        crash, which circus respawns). It gets the signal once it shows its title,
-        observing circus again for up to ``patience`` seconds; with 0 it is skipped.
-        """
-        sent: set[int] = set()
-        deadline = time.monotonic() + patience
-        while True:
-            starting = False
-            for snapshot in self.snapshots:
-                for worker in snapshot.workers:
-                    if worker.pid in sent or (skip_leaving and worker.leaving):
-                        continue
-                    if not worker.signalable:
-                        starting = True
-                    elif self.send_signal(worker.pid, signum):
-                        sent.add(worker.pid)
-                        if signum == signal.SIGTERM:
-                            self.book.retiring.setdefault(worker.pid, RetireReason.MASTER_STOPS)
-            if not starting or time.monotonic() >= deadline:
-                return len(sent)
-            await asyncio.sleep(0.1)
-            try:
-                await self.observe()
-            except (CircusError, CircusTimeout):
-                return len(sent)
-
     # --- the master's own signals --------------------------------------------------------
 
     async def _handle_signals(self) -> LoopExit | None:
@@ -534,19 +484,6 @@ class Master(SignalHandling):
             if ended is not None:
                 return ended
         return None
-
-    async def _drain(self, snapshots: list[WatcherSnapshot]) -> LoopExit | None:
-        """WINCH: no scaling; TERM any worker not leaving yet (a respawned one); stop
-        the master once every watcher is empty."""
-        await self.signal_workers(signal.SIGTERM, skip_leaving=True)
-        if any(snapshot.live or snapshot.pending for snapshot in snapshots):
-            return None
-        log.info("WINCH: every worker is gone")
-        await stop_own_watcher(self.circus, self.own_watcher, self.pid)
-        return LoopExit.STOPPED
-
-    def reopen_logs(self) -> None:
-        logs.reopen()
 
 
 def _with_ready(snapshot: WatcherSnapshot, ready: int | None) -> WatcherSnapshot:

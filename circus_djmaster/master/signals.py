@@ -34,12 +34,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import time
 
 from circus_djmaster.circusd.async_client import AsyncCircus
+from circus_djmaster.common import logs
 from circus_djmaster.exceptions import CircusError, CircusTimeout
-from circus_djmaster.master.scaling import WatcherSnapshot, WatcherStatus
-from circus_djmaster.master.state import LoopExit, Mode
+from circus_djmaster.master.scaling import RetireReason, WatcherSnapshot, WatcherStatus
+from circus_djmaster.master.state import LoopExit, Mode, WorkerBook
 
 __all__ = ["HANDLED_SIGNALS", "PATIENCE", "SignalHandling", "circus_stops_me", "stop_own_watcher"]
 
@@ -72,16 +75,11 @@ class SignalHandling:
     own_watcher: str
     pid: int
     mode: Mode
+    snapshots: list[WatcherSnapshot]  # the last observation
+    book: WorkerBook
 
     async def observe(self) -> list[WatcherSnapshot]:
-        raise NotImplementedError
-
-    async def signal_workers(
-        self, signum: int, *, skip_leaving: bool = False, patience: float = 0.0
-    ) -> int:
-        raise NotImplementedError
-
-    def reopen_logs(self) -> None:
+        """Look at circus and the workers again (the loop's observation)."""
         raise NotImplementedError
 
     async def handle_signal(self, signum: int) -> LoopExit | None:
@@ -147,6 +145,68 @@ class SignalHandling:
         """HUP: exit for circus to start a new master, which reads the settings again."""
         log.info("HUP: restarting the master to read its settings again; workers keep running")
         return LoopExit.RESTART
+
+    # --- signals to workers ----------------------------------------------------------
+
+    def send_signal(self, pid: int, signum: int) -> bool:
+        """os.kill a worker directly (not circus' ``signal``: no global lock). Never
+        anything but a worker pid circus listed: circusd dies of USR1/USR2 (docs/master.md,
+        "circus 0.19, measured")."""
+        if pid <= 1 or pid in (self.pid, os.getppid()) or pid not in self.book.known:
+            log.error(
+                "refusing to send %s to pid %d: not a worker", signal.Signals(signum).name, pid
+            )
+            return False
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            return False
+        return True
+
+    async def signal_workers(
+        self, signum: int, *, skip_leaving: bool = False, patience: float = 0.0
+    ) -> int:
+        """Send ``signum`` to every live worker; returns how many got it.
+
+        A worker still starting has no signal handler yet (a TERM would kill it: a
+        crash, which circus respawns). It gets the signal once it shows its title,
+        observing circus again for up to ``patience`` seconds; with 0 it is skipped.
+        """
+        sent: set[int] = set()
+        deadline = time.monotonic() + patience
+        while True:
+            starting = False
+            for snapshot in self.snapshots:
+                for worker in snapshot.workers:
+                    if worker.pid in sent or (skip_leaving and worker.leaving):
+                        continue
+                    if not worker.signalable:
+                        starting = True
+                    elif self.send_signal(worker.pid, signum):
+                        sent.add(worker.pid)
+                        if signum == signal.SIGTERM:
+                            self.book.retiring.setdefault(worker.pid, RetireReason.MASTER_STOPS)
+            if not starting or time.monotonic() >= deadline:
+                return len(sent)
+            await asyncio.sleep(0.1)
+            try:
+                await self.observe()
+            except (CircusError, CircusTimeout):
+                return len(sent)
+
+    async def _drain(self, snapshots: list[WatcherSnapshot]) -> LoopExit | None:
+        """WINCH: no scaling; TERM any worker not leaving yet (a respawned one); stop
+        the master once every watcher is empty."""
+        await self.signal_workers(signal.SIGTERM, skip_leaving=True)
+        if any(snapshot.live or snapshot.pending for snapshot in snapshots):
+            return None
+        log.info("WINCH: every worker is gone")
+        await stop_own_watcher(self.circus, self.own_watcher, self.pid)
+        return LoopExit.STOPPED
+
+    def reopen_logs(self) -> None:
+        """USR1's own part: the master's log file."""
+        logs.reopen()
 
     async def _refresh(self) -> None:
         """Look at circus once more, so the signal reaches workers spawned since the

@@ -13,12 +13,32 @@ Whoever claims the outcome first records it: the thread that finished, or the wa
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
+from circus_djmaster.store import statements
+from circus_djmaster.store.statements import Statement
 from circus_djmaster.worker.job_code import JobCode
+from circus_djmaster.worker.outcomes import (
+    Resolved,
+    failure_after_error,
+    failure_statement,
+    timeout_message,
+)
 
-__all__ = ["JobSlot"]
+__all__ = ["JobSlot", "StuckJob", "Watchdog"]
+
+log = logging.getLogger("circus_djmaster.worker")
+
+# How long an interrupted job gets to unwind before the worker gives up on its thread.
+STOP_GRACE = 2.0
+# How often the locks of stuck jobs are refreshed (well within config.settings.LOCK_MARGIN).
+LOCK_REFRESH = 10.0
 
 
 class JobSlot:
@@ -91,3 +111,100 @@ class JobSlot:
                 return False
             self.thread_interrupt_sent = True
             return self.code.interrupt_thread(thread_id)
+
+
+class Watched(Protocol):
+    """What the watchdog reads of a job thread (worker/job_thread.py's JobThread)."""
+
+    @property
+    def slot(self) -> JobSlot: ...
+    @property
+    def ident(self) -> int | None: ...
+    @property
+    def resolved(self) -> Resolved | None: ...
+
+
+#: Runs a statement on the worker's own (main thread) connection; None on failure.
+Control = Callable[[str, Statement[Any]], Any]
+
+
+@dataclasses.dataclass
+class StuckJob:
+    """A job past its max_run_time whose thread could not be stopped: the worker keeps
+    its lock fresh while its other jobs finish, then retires."""
+
+    thread: Watched
+    last_touch: float  # time.monotonic() of the last lock refresh
+
+
+class Watchdog:
+    """``max_run_time`` for one worker's job threads, run on its main thread.
+
+    ``control`` writes on the main thread's connection; ``retire`` makes the worker
+    retire (with a reason) once a job cannot be stopped.
+    """
+
+    def __init__(self, *, locked_by: str, control: Control, retire: Callable[[str], None]) -> None:
+        self.locked_by = locked_by
+        self._control = control
+        self._retire = retire
+        self.stuck: list[StuckJob] = []
+
+    def is_stuck(self, thread: Watched) -> bool:
+        return any(stuck.thread is thread for stuck in self.stuck)
+
+    def watch(self, threads: Sequence[Watched], now: float) -> None:
+        """Interrupt the jobs past their deadline (``now``: time.monotonic()), in steps:
+        cancel or interrupt, interrupt the thread, give up on it."""
+        for thread in threads:
+            slot = thread.slot
+            if slot.job_id is None or now < slot.deadline or self.is_stuck(thread):
+                continue
+            if not slot.interrupt_sent:
+                log.warning(
+                    "job %s is past its max_run_time (%gs): interrupting it",
+                    slot.job_id,
+                    slot.max_run_time,
+                )
+                # Hold the lock while the job unwinds, so no other worker takes it.
+                self._control(
+                    "touch", statements.touch_jobs([slot.job_id], locked_by=self.locked_by)
+                )
+                slot.interrupt(thread.ident or 0)
+            elif now >= slot.deadline + STOP_GRACE / 2 and slot.interrupt_thread(thread.ident or 0):
+                # Async code that did not yield to its loop after the cancellation.
+                log.warning("job %s ignored its cancellation: interrupting its thread", slot.job_id)
+            elif now >= slot.deadline + STOP_GRACE and slot.claim_outcome():
+                log.error(
+                    "job %s could not be stopped: retiring this worker once the other "
+                    "jobs are done; the job stays locked until then",
+                    slot.job_id,
+                )
+                self.stuck.append(StuckJob(thread, now))
+                self._retire("a job ran past max_run_time and could not be stopped")
+        # Keep the stuck jobs' locks fresh while the other jobs finish.
+        for stuck in self.stuck:
+            if now - stuck.last_touch > LOCK_REFRESH:
+                job_id = stuck.thread.slot.job_id
+                if job_id is not None:
+                    touch = statements.touch_jobs([job_id], locked_by=self.locked_by)
+                    self._control("touch", touch)
+                stuck.last_touch = now
+
+    def record_stuck(self) -> None:
+        """Record the failure of every stuck job (the worker is about to exit)."""
+        for stuck in self.stuck:
+            resolved = stuck.thread.resolved
+            if resolved is None:
+                continue
+            message = timeout_message(resolved.max_run_time, stopped=False)
+
+            def database_now() -> dt.datetime:
+                now = self._control("clock", statements.database_now())
+                if now is None:
+                    raise RuntimeError("the database clock could not be read")
+                assert isinstance(now, dt.datetime)
+                return now
+
+            failure = failure_after_error(resolved, message, database_now)
+            self._control("record", failure_statement(resolved.record.id, failure))

@@ -18,20 +18,15 @@ import datetime as dt
 import logging
 import threading
 import time
-from typing import Any, Protocol, TypeVar
-
-import psycopg
+from typing import Any, Protocol
 
 from circus_djmaster.api.context import JobContext, enter_job, leave_job
-from circus_djmaster.common.backoff import Backoff
 from circus_djmaster.config.settings import WorkerGroup
 from circus_djmaster.contracts.running_jobs import RunningJobs
 from circus_djmaster.contracts.titles import worker_application_name
 from circus_djmaster.exceptions import HandlerError, JobTimeout
 from circus_djmaster.store import statements
-from circus_djmaster.store.errors import describe_error
 from circus_djmaster.store.statements import JobFilter, ReservedJob, Statement
-from circus_djmaster.store.sync_executor import connect, execute
 from circus_djmaster.worker.db_deadlines import CallDeadlines
 from circus_djmaster.worker.interruption import JobSlot
 from circus_djmaster.worker.job_code import JobCode
@@ -48,18 +43,16 @@ from circus_djmaster.worker.outcomes import (
     unresolvable_failure,
 )
 from circus_djmaster.worker.run_alone import RunAloneGate
+from circus_djmaster.worker.thread_db import ThreadDatabase
 
 __all__ = ["JobThread", "ThreadSetup", "WorkerLink"]
 
 log = logging.getLogger("circus_djmaster.worker")
-T = TypeVar("T")
 
 # A succeeded job waits at most this long for its deletion to share a round trip.
 FLUSH_AFTER = 0.05
 # How often a thread waiting to run a job alone looks whether its worker is stopping.
 GATE_POLL = 0.2
-# Tries of a write of a job's outcome before giving up (backing off between them).
-WRITE_TRIES = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,14 +125,17 @@ class JobThread(threading.Thread):
         self.slot = JobSlot(self.code)
         self.wake = threading.Event()
         self.resolved: Resolved | None = None  # the job running now, for the watchdog
-        # False from a failed (or timed-out) database call to the next one that works.
-        self.db_ok = True
-        self._conn: psycopg.Connection[Any] | None = None
-        self._backoff = Backoff()  # reconnecting after a database error
+        self.db = ThreadDatabase(
+            setup.database_url,
+            setup.database_name,
+            application_name=worker_application_name(setup.worker_pid, self.name),
+            timeout=setup.database_timeout,
+            deadlines=deadlines,
+            owner=self,
+        )
         # Succeeded jobs not deleted yet: the next reserve deletes them in its round trip.
         self._completed: list[int] = []
         self._completed_since = 0.0
-        self._write_refused = False  # the last write was refused (not a lost connection)
         self._locks_taken = 0.0
 
     # --- the loop ---------------------------------------------------------------------
@@ -158,19 +154,18 @@ class JobThread(threading.Thread):
                     # about the queue, so it must not make the worker retire.
                     self.link.pass_ended(found=jobs is None or bool(jobs))
                 if jobs is None:  # database trouble: back off, then try again
-                    self._pause(self._backoff.next())
+                    self._pause(self.db.backoff.next())
                 elif not jobs:
                     self._pause(self.setup.group.sleep_delay)
                 else:
-                    self._backoff.reset()
+                    self.db.backoff.reset()
             self._flush_completed()
         except BaseException:  # even SystemExit: a dead thread must not go unnoticed
             log.exception("job thread %s crashed", self.name)
             self.link.thread_crashed()
         finally:
             self.code.close()
-            if self._conn is not None:
-                self._conn.close()
+            self.db.close()
             self.link.thread_exited()
 
     def _pause(self, seconds: float) -> None:
@@ -362,13 +357,13 @@ class JobThread(threading.Thread):
         )
 
     def _database_now(self) -> dt.datetime:
-        done, now = self._attempt("clock", statements.database_now())
+        done, now = self.db.attempt("clock", statements.database_now())
         if not done or now is None:
             raise RuntimeError("the database clock could not be read")
         return now
 
     def _record_failure(self, job_id: int, failure: Failure) -> None:
-        if not self._write("record", failure_statement(job_id, failure)) and self._write_refused:
+        if not self._write("record", failure_statement(job_id, failure)) and self.db.write_refused:
             # The database refused this last_error (format_error makes that unlikely):
             # record the outcome without it rather than leave the job locked.
             plain = dataclasses.replace(failure, last_error="(the job's error could not be stored)")
@@ -379,101 +374,27 @@ class JobThread(threading.Thread):
 
     # --- database ---------------------------------------------------------------------
 
+    @property
+    def db_ok(self) -> bool:
+        """False from a failed (or timed-out) database call to the next one that works."""
+        return self.db.ok
+
     def _reserve(self) -> list[ReservedJob] | None:
-        group = self.setup.group
-        conn: psycopg.Connection[Any] | None = None
-        try:
-            conn = self._connection()
-            with self.deadlines.bounded(conn, "reserve", owner=self) as call:
-                reserve = statements.reserve_jobs(
-                    self.setup.job_filter,
-                    locked_by=self.setup.locked_by,
-                    limit=group.read_ahead,
-                    lock_timeout=self.setup.lock_timeout,
-                    done=self._completed,
-                )
-                try:
-                    jobs = execute(conn, reserve)
-                except psycopg.Error as exc:
-                    self._drop_connection(exc, call.aborted)
-                    return None
-            self._completed = []
-            self._locks_taken = time.monotonic()
-            self.db_ok = True
-            return jobs
-        except psycopg.Error as exc:  # connecting failed
-            self._drop_connection(exc, None)
+        """Reserve jobs, deleting the completed ones in the same round trip; None after
+        a database error."""
+        reserve = statements.reserve_jobs(
+            self.setup.job_filter,
+            locked_by=self.setup.locked_by,
+            limit=self.setup.group.read_ahead,
+            lock_timeout=self.setup.lock_timeout,
+            done=self._completed,
+        )
+        done, jobs = self.db.once("reserve", reserve)
+        if not done or jobs is None:
             return None
-
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = connect(
-                self.setup.database_url,
-                application_name=worker_application_name(self.setup.worker_pid, self.name),
-                timeout=self.setup.database_timeout,
-            )
-        return self._conn
-
-    def _drop_connection(self, exc: BaseException, aborted: str | None) -> None:
-        self.db_ok = False
-        if aborted == "stop":
-            log.info(
-                "database %s: stopped waiting for an answer (the worker stops)",
-                self.setup.database_name,
-            )
-        elif aborted == "timeout":
-            log.warning(
-                "database %s: no answer within %gs: connection dropped, reconnecting in %.1fs",
-                self.setup.database_name,
-                self.deadlines.timeout,
-                self._backoff.current,
-            )
-        else:
-            log.warning(
-                "database %s: %s (retrying in %.1fs)",
-                self.setup.database_name,
-                describe_error(exc),
-                self._backoff.current,
-            )
-        if self._conn is not None:
-            self._conn.close()
-        self._conn = None
+        self._completed = []
+        self._locks_taken = time.monotonic()
+        return jobs
 
     def _write(self, what: str, statement: Statement[Any]) -> bool:
-        """Run a write (see :meth:`_attempt`); True once done."""
-        done, _result = self._attempt(what, statement)
-        return done
-
-    def _attempt(self, what: str, statement: Statement[T]) -> tuple[bool, T | None]:
-        """Run a statement, reconnecting a few times: a job's outcome is worth a retry.
-        ``(True, its result)`` once done, ``(False, None)`` when it could not be.
-
-        If the database stays away, give up: the job stays locked by this worker, and
-        the master (or the lock timeout) releases it once this worker is gone.
-        """
-        backoff = Backoff()
-        self._write_refused = False
-        for attempt in range(WRITE_TRIES):
-            aborted: str | None = None
-            try:
-                conn = self._connection()
-                with self.deadlines.bounded(conn, what, owner=self) as call:
-                    try:
-                        result = execute(conn, statement)
-                    finally:
-                        aborted = call.aborted
-                self.db_ok = True
-                return True, result
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                self._drop_connection(exc, aborted)
-                if attempt == WRITE_TRIES - 1:
-                    log.error("giving up writing a job outcome: %s", describe_error(exc))
-                    return False, None
-                time.sleep(backoff.next())
-            except psycopg.Error as exc:
-                # Not the connection: the statement itself was refused, and would be
-                # again. Log it; the job stays locked until the master releases it.
-                log.error("writing a job outcome failed: %s", describe_error(exc))
-                self._write_refused = True
-                return False, None
-        return False, None
+        return self.db.write(what, statement)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import datetime as dt
 import enum
 import logging
 import os
@@ -45,9 +44,9 @@ from circus_djmaster.store.statements import JobFilter, Statement
 from circus_djmaster.store.sync_executor import connect, execute
 from circus_djmaster.worker import early_signals
 from circus_djmaster.worker.db_deadlines import CallDeadlines
+from circus_djmaster.worker.interruption import Watchdog
 from circus_djmaster.worker.job_code import install_fork_handler
 from circus_djmaster.worker.job_thread import JobThread, ThreadSetup
-from circus_djmaster.worker.outcomes import failure_after_error, failure_statement, timeout_message
 from circus_djmaster.worker.run_alone import RunAloneGate
 from circus_djmaster.worker.wakeup import NotifyWakeup
 
@@ -57,10 +56,6 @@ log = logging.getLogger("circus_djmaster.worker")
 T = TypeVar("T")
 
 HANDLED_SIGNALS = early_signals.SIGNALS
-# How long an interrupted job gets to unwind before the worker gives up on its thread.
-STOP_GRACE = 2.0
-# How often the locks of stuck jobs are refreshed (well within settings.LOCK_MARGIN).
-LOCK_REFRESH = 10.0
 # The main loop wakes at least this often (parent check, deadlines).
 TICK = 0.5
 # A database call's client-side deadline is the server's statement_timeout plus this:
@@ -87,15 +82,6 @@ class WorkerInfo:
     group: WorkerGroup
     database: Database
     pid: int
-
-
-@dataclasses.dataclass
-class StuckJob:
-    """A job past its max_run_time whose thread could not be stopped: the worker keeps
-    its lock fresh while its other jobs finish, then retires."""
-
-    thread: JobThread
-    last_touch: float  # time.monotonic() of the last lock refresh
 
 
 class Worker:
@@ -152,7 +138,9 @@ class Worker:
         self.running = RunningJobs(group.max_threads)
         self.gate = RunAloneGate()
         self.deadlines = CallDeadlines(settings.database_timeout + CLIENT_SLACK)
-        self._stuck: list[StuckJob] = []
+        self.watchdog = Watchdog(
+            locked_by=self.locked_by, control=self._control, retire=self.retire
+        )
         self._conn: psycopg.Connection[Any] | None = None
         # A worker that waits for work (idle_timeout > 0) listens, so it wakes at once.
         self._wakeup = (
@@ -368,8 +356,8 @@ class Worker:
             if not self.accepting_jobs():
                 self._stop_waiting_on_database()
                 alive = [t for t in self._threads if t.is_alive()]
-                if all(any(s.thread is t for s in self._stuck) for t in alive):
-                    if self._stuck:
+                if all(self.watchdog.is_stuck(thread) for thread in alive):
+                    if self.watchdog.stuck:
                         self._exit_now(hand_back=False)
                     break
             self._sleep(self._next_wake())
@@ -423,47 +411,11 @@ class Worker:
     # --- max_run_time -----------------------------------------------------------------
 
     def _watch_deadlines(self) -> None:
-        now = time.monotonic()
-        for thread in self._threads:
-            slot = thread.slot
-            if slot.job_id is None or now < slot.deadline:
-                continue
-            if any(s.thread is thread for s in self._stuck):
-                continue
-            if not slot.interrupt_sent:
-                log.warning(
-                    "job %s is past its max_run_time (%gs): interrupting it",
-                    slot.job_id,
-                    slot.max_run_time,
-                )
-                # Hold the lock while the job unwinds, so no other worker takes it.
-                touch = statements.touch_jobs([slot.job_id], locked_by=self.locked_by)
-                self._control("touch", touch)
-                thread.slot.interrupt(thread.ident or 0)
-            elif now >= slot.deadline + STOP_GRACE / 2 and slot.interrupt_thread(thread.ident or 0):
-                # Async code that did not yield to its loop after the cancellation.
-                log.warning("job %s ignored its cancellation: interrupting its thread", slot.job_id)
-            elif now >= slot.deadline + STOP_GRACE and slot.claim_outcome():
-                log.error(
-                    "job %s could not be stopped: retiring this worker once the other "
-                    "jobs are done; the job stays locked until then",
-                    slot.job_id,
-                )
-                self._stuck.append(StuckJob(thread, now))
-                self.retire("a job ran past max_run_time and could not be stopped")
-        # Keep the stuck jobs' locks fresh while the other jobs finish.
-        for stuck in self._stuck:
-            if now - stuck.last_touch > LOCK_REFRESH:
-                job_id = stuck.thread.slot.job_id
-                if job_id is not None:
-                    touch = statements.touch_jobs([job_id], locked_by=self.locked_by)
-                    self._control("touch", touch)
-                stuck.last_touch = now
+        self.watchdog.watch(self._threads, time.monotonic())
 
     def _exit_now(self, *, hand_back: bool) -> None:
         """Record stuck jobs, hand back the rest if asked, and end the process."""
-        for stuck in self._stuck:
-            self._record_stuck(stuck.thread)
+        self.watchdog.record_stuck()
         if hand_back:
             released = self._control("hand back", statements.unlock_jobs(locked_by=self.locked_by))
             log.info("handed back %d job(s)", len(released or []))
@@ -473,21 +425,6 @@ class Worker:
             handler.flush()
         code = WorkerExit.CRASHED if self._crashed else WorkerExit.RETIRED
         os._exit(int(code))
-
-    def _record_stuck(self, thread: JobThread) -> None:
-        resolved = thread.resolved
-        if resolved is None:
-            return
-        message = timeout_message(resolved.max_run_time, stopped=False)
-
-        def database_now() -> dt.datetime:
-            now = self._control("clock", statements.database_now())
-            if now is None:
-                raise RuntimeError("the database clock could not be read")
-            return now
-
-        failure = failure_after_error(resolved, message, database_now)
-        self._control("record", failure_statement(resolved.record.id, failure))
 
     def _control(self, what: str, statement: Statement[T]) -> T | None:
         """Run a statement on the main thread's own connection (one reconnect on
