@@ -1,6 +1,8 @@
 """Logging for the worker and the master: one file (or stderr), reopened on USR1.
 
 Log lines carry the pid; messages never contain a database URL (only database names).
+Lines that say something happened also carry it as data (:func:`event`: the record's
+``event`` attribute and its fields), for tests and for structured handlers.
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ class ReopenableFileHandler(logging.FileHandler):
             self.stream = self._open()
         finally:
             self.release()
+
+
+def event(name: str, **fields: object) -> dict[str, object]:
+    """``extra=`` of a log call saying that ``name`` happened, with its ``fields``
+    (attributes of the log record; they must not be named like LogRecord's own)."""
+    return {"event": name, **fields}
 
 
 def configure(log_file: Path | None, level: str, *, prefix: str = "") -> None:

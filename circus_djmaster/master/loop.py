@@ -29,10 +29,11 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from circus_djmaster.circusd.async_client import SCALING_RETRY, AsyncCircus
+from circus_djmaster.common.logs import event
 from circus_djmaster.config.render import watcher_index
 from circus_djmaster.config.settings import Database, Settings
 from circus_djmaster.contracts.exit_codes import WorkerExit, is_retiring
@@ -44,7 +45,7 @@ from circus_djmaster.exceptions import CircusError, CircusTimeout
 from circus_djmaster.master.callbacks import ForkTarget, MasterCallbacks
 from circus_djmaster.master.listener import Listener
 from circus_djmaster.master.polling import DatabasePoller
-from circus_djmaster.master.readings import read_worker, zombie_exit_code
+from circus_djmaster.master.readings import OS_PROCESSES, Processes
 from circus_djmaster.master.releases import Release, charge_for_death
 from circus_djmaster.master.scaling import (
     Action,
@@ -63,7 +64,10 @@ from circus_djmaster.master.signals import SignalHandling
 from circus_djmaster.master.state import Blocks, LoopExit, Mode, WorkerBook, mtime_ns
 from circus_djmaster.store import async_executor
 
-__all__ = ["Master"]
+__all__ = ["Connector", "Master"]
+
+#: Opens a connection of the master to a database, for a role (poll, listen).
+Connector = Callable[[Database, str], Awaitable[async_executor.AsyncConnection]]
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +90,16 @@ class Master(SignalHandling):
         own_watcher: str,
         host: str | None = None,
         probe_interval: float = 10.0,
+        processes: Processes = OS_PROCESSES,
+        connect: Connector | None = None,
     ) -> None:
+        """``processes`` reads and signals the workers, ``connect(database, role)``
+        opens a database connection (default: :func:`async_executor.connect`); the unit
+        tests of the loop give in-memory ones."""
         self.settings = settings
         self.circus = circus
+        self.processes = processes
+        self.connect = connect or self._connect
         self.own_watcher = own_watcher
         self.pid = os.getpid()
         self.host = host or socket.gethostname()
@@ -247,7 +258,7 @@ class Master(SignalHandling):
             poller = DatabasePoller(
                 self.settings,
                 database.name,
-                functools.partial(self._connect, database, "poll"),
+                functools.partial(self.connect, database, "poll"),
                 self.request_scaling,
                 callbacks=self.callbacks,
                 master=self,
@@ -258,7 +269,7 @@ class Master(SignalHandling):
             if self.settings.listen:
                 listener = Listener(
                     database.name,
-                    functools.partial(self._connect, database, "listen"),
+                    functools.partial(self.connect, database, "listen"),
                     poller.wake,
                     probe_interval=self.probe_interval,
                 )
@@ -307,7 +318,7 @@ class Master(SignalHandling):
             workers = []
             for pid in pids:
                 current[pid] = name
-                worker = read_worker(pid, retiring=pid in self.book.retiring)
+                worker = self.processes.read(pid, retiring=pid in self.book.retiring)
                 if worker is not None:
                     workers.append(worker)
             block = self.blocks.get(name)
@@ -333,7 +344,7 @@ class Master(SignalHandling):
         for pid, watcher in self.book.take_gone().items():
             exit_code = self.book.exit_codes.get(pid)
             if exit_code is None:  # not reaped by circus yet: ask the kernel
-                exit_code = zombie_exit_code(pid)
+                exit_code = self.processes.exit_code(pid)
             self._release_jobs(pid, watcher, self.book.death(pid, self.host, exit_code))
             self.book.buried(pid)
 
@@ -365,6 +376,7 @@ class Master(SignalHandling):
             self.settings.log_file or "circusd's output",
             self.settings.path,
             watcher_name(group, database),
+            extra=event("watcher_blocked", watcher=watcher),
         )
 
     def _check_blocks(self, snapshots: Iterable[WatcherSnapshot] | None = None) -> None:
@@ -378,7 +390,12 @@ class Master(SignalHandling):
             self._scale_due = True
             if why == "the settings file changed":
                 why = f"{self.settings.path} changed"
-            log.info("%s: scaling it again (%s)", watcher, why)
+            log.info(
+                "%s: scaling it again (%s)",
+                watcher,
+                why,
+                extra=event("watcher_unblocked", watcher=watcher),
+            )
 
     # --- monitor ---------------------------------------------------------------------------
 
@@ -432,12 +449,17 @@ class Master(SignalHandling):
                 action.watcher,
                 action.numprocesses,
                 ready,
+                extra=event("watcher_started", watcher=action.watcher, workers=action.numprocesses),
             )
         elif isinstance(action, GrowWatcher):
             await self._before_fork(action.watcher, action.count)
             await self.circus.incr(action.watcher, action.count)
             log.info(
-                "%s: %d more worker(s) for %s ready job(s)", action.watcher, action.count, ready
+                "%s: %d more worker(s) for %s ready job(s)",
+                action.watcher,
+                action.count,
+                ready,
+                extra=event("watcher_grown", watcher=action.watcher, workers=action.count),
             )
         elif isinstance(action, RetireWorker):
             if self.send_signal(action.pid, signal.SIGTERM):
@@ -447,6 +469,12 @@ class Master(SignalHandling):
                     action.watcher,
                     action.pid,
                     action.reason.value,
+                    extra=event(
+                        "worker_retiring",
+                        watcher=action.watcher,
+                        pid=action.pid,
+                        reason=action.reason.name,
+                    ),
                 )
         elif isinstance(action, KillWorker):
             if self.send_signal(action.pid, signal.SIGKILL):
@@ -457,6 +485,12 @@ class Master(SignalHandling):
                     action.watcher,
                     action.pid,
                     action.reason.value,
+                    extra=event(
+                        "worker_killed",
+                        watcher=action.watcher,
+                        pid=action.pid,
+                        reason=action.reason.name,
+                    ),
                 )
         elif isinstance(action, ParkWatcher):
             await self.circus.stop(action.watcher, retry_for=SCALING_RETRY)
@@ -466,6 +500,7 @@ class Master(SignalHandling):
                 "%s: stopped; `circusctl start %s` runs one worker again",
                 action.watcher,
                 action.watcher,
+                extra=event("watcher_parked", watcher=action.watcher),
             )
 
     async def _before_fork(self, watcher: str, count: int) -> None:

@@ -35,6 +35,7 @@ import psutil
 import psycopg
 
 from circus_djmaster.common.backoff import Backoff
+from circus_djmaster.common.logs import event
 from circus_djmaster.config.settings import Settings, WorkerGroup
 from circus_djmaster.contracts.locked_by import host_prefix, pid_of
 from circus_djmaster.contracts.running_jobs import forget, read_running
@@ -285,6 +286,14 @@ class DatabasePoller:
     def _log_release(
         self, release: Release, job_id: int, attempts: int, outcome: ReleaseOutcome
     ) -> None:
+        extra = event(
+            "job_released",
+            database=self.database,
+            job_id=job_id,
+            owner=release.locked_by,
+            outcome=outcome.name,
+            attempts=attempts,
+        )
         if outcome in (ReleaseOutcome.FAILED, ReleaseOutcome.DESTROYED):
             log.error(
                 "database %s: job %d of a dead worker (%s) %s for good after %d attempt(s): %s",
@@ -294,6 +303,7 @@ class DatabasePoller:
                 "failed" if outcome is ReleaseOutcome.FAILED else "failed and was deleted",
                 attempts,
                 release.charged_error(),
+                extra=extra,
             )
         elif outcome is ReleaseOutcome.RETRY:
             log.warning(
@@ -304,6 +314,7 @@ class DatabasePoller:
                 release.locked_by,
                 attempts,
                 release.charged_error(),
+                extra=extra,
             )
         elif outcome is ReleaseOutcome.ISOLATED:
             log.warning(
@@ -313,6 +324,7 @@ class DatabasePoller:
                 job_id,
                 release.locked_by,
                 release.isolated_error(),
+                extra=extra,
             )
         else:
             log.info(
@@ -320,6 +332,7 @@ class DatabasePoller:
                 self.database,
                 job_id,
                 release.locked_by,
+                extra=extra,
             )
 
     async def _timed(self, awaitable: Awaitable[Any]) -> Any:

@@ -13,13 +13,22 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import psutil
 
 from circus_djmaster.common.memory import rss_with_children
 from circus_djmaster.contracts.titles import WorkerState, state_from_title
 
-__all__ = ["WorkerReading", "describe_exit", "read_worker", "zombie_exit_code"]
+__all__ = [
+    "OS_PROCESSES",
+    "OsProcesses",
+    "Processes",
+    "WorkerReading",
+    "describe_exit",
+    "read_worker",
+    "zombie_exit_code",
+]
 
 
 @dataclass(frozen=True)
@@ -103,3 +112,37 @@ def describe_exit(exit_code: int | None) -> str:
             name = f"signal {-exit_code}"
         return f"was killed by {name}"
     return f"exited with code {exit_code}"
+
+
+class Processes(Protocol):
+    """What the master does with worker processes besides asking circus: read them,
+    signal them, and read how a dead one ended. :data:`OS_PROCESSES` in production;
+    the unit tests of the loop give it processes of their own."""
+
+    def read(self, pid: int, *, retiring: bool) -> WorkerReading | None:
+        """The reading of worker ``pid``; None when it is gone (:func:`read_worker`)."""
+        ...
+
+    def kill(self, pid: int, signum: int) -> None:
+        """Send ``signum``; ProcessLookupError when there is no such process."""
+        ...
+
+    def exit_code(self, pid: int) -> int | None:
+        """How a dead, not yet reaped process ended (:func:`zombie_exit_code`)."""
+        ...
+
+
+class OsProcesses:
+    """:class:`Processes` of this machine: psutil, ``os.kill`` and ``/proc``."""
+
+    def read(self, pid: int, *, retiring: bool) -> WorkerReading | None:
+        return read_worker(pid, retiring=retiring)
+
+    def kill(self, pid: int, signum: int) -> None:
+        os.kill(pid, signum)
+
+    def exit_code(self, pid: int) -> int | None:
+        return zombie_exit_code(pid)
+
+
+OS_PROCESSES = OsProcesses()

@@ -40,7 +40,9 @@ import time
 
 from circus_djmaster.circusd.async_client import AsyncCircus
 from circus_djmaster.common import logs
+from circus_djmaster.common.logs import event
 from circus_djmaster.exceptions import CircusError, CircusTimeout
+from circus_djmaster.master.readings import Processes
 from circus_djmaster.master.scaling import RetireReason, WatcherSnapshot, WatcherStatus
 from circus_djmaster.master.state import LoopExit, Mode, WorkerBook
 
@@ -77,6 +79,7 @@ class SignalHandling:
     mode: Mode
     snapshots: list[WatcherSnapshot]  # the last observation
     book: WorkerBook
+    processes: Processes
 
     async def observe(self) -> list[WatcherSnapshot]:
         """Look at circus and the workers again (the loop's observation)."""
@@ -96,11 +99,20 @@ class SignalHandling:
         """TERM, INT: stop now (unless circus is stopping us: then only exit); the
         workers finish their current jobs."""
         if await circus_stops_me(self.circus, self.own_watcher, self.pid):
-            log.info("%s from circus (quit, stop, restart or reload): exiting", name)
+            log.info(
+                "%s from circus (quit, stop, restart or reload): exiting",
+                name,
+                extra=event("master_signal", signal=name, workers_signalled=0),
+            )
             return LoopExit.RELEASED
         await self._refresh()
         sent = await self.signal_workers(signal.SIGTERM, skip_leaving=True, patience=PATIENCE)
-        log.info("%s: the master stops now; %d worker(s) finish their current jobs", name, sent)
+        log.info(
+            "%s: the master stops now; %d worker(s) finish their current jobs",
+            name,
+            sent,
+            extra=event("master_signal", signal=name, workers_signalled=sent),
+        )
         await stop_own_watcher(self.circus, self.own_watcher, self.pid)
         return LoopExit.STOPPED
 
@@ -108,7 +120,11 @@ class SignalHandling:
         """QUIT: stop now; the workers stop now and hand their jobs back."""
         await self._refresh()
         sent = await self.signal_workers(signal.SIGQUIT, patience=PATIENCE)
-        log.info("QUIT: the master stops now; %d worker(s) stop now and hand back their jobs", sent)
+        log.info(
+            "QUIT: the master stops now; %d worker(s) stop now and hand back their jobs",
+            sent,
+            extra=event("master_signal", signal=name, workers_signalled=sent),
+        )
         await stop_own_watcher(self.circus, self.own_watcher, self.pid)
         return LoopExit.STOPPED
 
@@ -120,7 +136,11 @@ class SignalHandling:
         self.mode = Mode.DRAINING
         await self._refresh()
         sent = await self.signal_workers(signal.SIGTERM, skip_leaving=True)
-        log.info("WINCH: no more scaling; waiting for %d worker(s) to finish, then stopping", sent)
+        log.info(
+            "WINCH: no more scaling; waiting for %d worker(s) to finish, then stopping",
+            sent,
+            extra=event("master_signal", signal=name, workers_signalled=sent),
+        )
         return None
 
     async def handle_usr1(self, name: str) -> LoopExit | None:
@@ -128,7 +148,11 @@ class SignalHandling:
         self.reopen_logs()
         await self._refresh()
         sent = await self.signal_workers(signal.SIGUSR1)
-        log.info("USR1: log reopened; %d worker(s) reopen theirs", sent)
+        log.info(
+            "USR1: log reopened; %d worker(s) reopen theirs",
+            sent,
+            extra=event("master_signal", signal=name, workers_signalled=sent),
+        )
         return None
 
     async def handle_usr2(self, name: str) -> LoopExit | None:
@@ -138,12 +162,16 @@ class SignalHandling:
         log.info(
             "USR2: restarting; %d old worker(s) finish their jobs; circus starts a new master",
             sent,
+            extra=event("master_signal", signal=name, workers_signalled=sent),
         )
         return LoopExit.RESTART
 
     async def handle_hup(self, name: str) -> LoopExit | None:
         """HUP: exit for circus to start a new master, which reads the settings again."""
-        log.info("HUP: restarting the master to read its settings again; workers keep running")
+        log.info(
+            "HUP: restarting the master to read its settings again; workers keep running",
+            extra=event("master_signal", signal=name, workers_signalled=0),
+        )
         return LoopExit.RESTART
 
     # --- signals to workers ----------------------------------------------------------
@@ -158,7 +186,7 @@ class SignalHandling:
             )
             return False
         try:
-            os.kill(pid, signum)
+            self.processes.kill(pid, signum)
         except ProcessLookupError:
             return False
         return True

@@ -21,6 +21,7 @@ import time
 from typing import Any, Protocol
 
 from circus_djmaster.api.context import JobContext, enter_job, leave_job
+from circus_djmaster.common.logs import event
 from circus_djmaster.config.settings import WorkerGroup
 from circus_djmaster.contracts.running_jobs import RunningJobs
 from circus_djmaster.contracts.titles import worker_application_name
@@ -289,7 +290,12 @@ class JobThread(threading.Thread):
         self.resolved = None
         self.link.show_busy()
         if error is None:
-            log.debug("job %s succeeded in %.3fs", record.id, elapsed)
+            log.debug(
+                "job %s succeeded in %.3fs",
+                record.id,
+                elapsed,
+                extra=event("job_succeeded", job_id=record.id),
+            )
             if not self._completed:
                 self._completed_since = time.monotonic()
             self._completed.append(record.id)
@@ -341,6 +347,12 @@ class JobThread(threading.Thread):
             resolved.max_attempts,
             failure.outcome.value,
             last_error.splitlines()[0] if last_error else "",
+            extra=event(
+                "job_failed",
+                job_id=resolved.record.id,
+                outcome=failure.outcome.name,
+                attempts=failure.attempts,
+            ),
         )
         self._record_failure(resolved.record.id, failure)
 

@@ -32,6 +32,7 @@ import psycopg
 
 from circus_djmaster.api.context import set_worker_database
 from circus_djmaster.common import logs
+from circus_djmaster.common.logs import event
 from circus_djmaster.common.memory import rss_with_children
 from circus_djmaster.config.settings import Database, Settings, WorkerGroup
 from circus_djmaster.contracts import titles
@@ -267,7 +268,7 @@ class Worker:
         with self._lock:
             if self._retire_reason is None:
                 self._retire_reason = reason
-                log.info("retiring: %s", reason)
+                log.info("retiring: %s", reason, extra=event("worker_retiring", reason=reason))
         self._wake_threads()
         self._poke()
 

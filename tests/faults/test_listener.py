@@ -57,7 +57,11 @@ def listen_activity(conn: psycopg.Connection[Any]) -> tuple[int, str, float] | N
         "WHERE datname = current_database() AND application_name = %s",
         (LISTEN_APP,),
     ).fetchone()
-    return None if row is None else (int(row[0]), str(row[1]), float(row[2]))
+    # A connection that has run no query yet (just connected, LISTEN still on its way)
+    # has no query_start: not listening yet.
+    if row is None or row[2] is None:
+        return None
+    return int(row[0]), str(row[1]), float(row[2])
 
 
 def listen_backend(conn: psycopg.Connection[Any]) -> int | None:
