@@ -28,6 +28,7 @@ from circus_djmaster.contracts.titles import worker_application_name
 from circus_djmaster.exceptions import HandlerError, JobTimeout
 from circus_djmaster.store import statements
 from circus_djmaster.store.statements import JobFilter, ReservedJob, Statement
+from circus_djmaster.store.sync_executor import connect
 from circus_djmaster.worker.db_deadlines import CallDeadlines
 from circus_djmaster.worker.interruption import JobSlot
 from circus_djmaster.worker.job_code import JobCode
@@ -44,7 +45,7 @@ from circus_djmaster.worker.outcomes import (
     unresolvable_failure,
 )
 from circus_djmaster.worker.run_alone import RunAloneGate
-from circus_djmaster.worker.thread_db import ThreadDatabase
+from circus_djmaster.worker.thread_db import Connect, ThreadDatabase
 
 __all__ = ["JobThread", "ThreadSetup", "WorkerLink"]
 
@@ -114,7 +115,10 @@ class JobThread(threading.Thread):
         deadlines: CallDeadlines,
         running: RunningJobs,
         gate: RunAloneGate,
+        connect: Connect = connect,
     ) -> None:
+        """``connect`` opens the thread's connection (thread_db.py; the unit tests give
+        an in-memory one)."""
         super().__init__(name=f"job-{number}", daemon=True)
         self.number = number
         self.setup = setup
@@ -133,6 +137,7 @@ class JobThread(threading.Thread):
             timeout=setup.database_timeout,
             deadlines=deadlines,
             owner=self,
+            connect=connect,
         )
         # Succeeded jobs not deleted yet: the next reserve deletes them in its round trip.
         self._completed: list[int] = []

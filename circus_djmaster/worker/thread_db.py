@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg
@@ -21,10 +22,13 @@ from circus_djmaster.store.statements import Statement
 from circus_djmaster.store.sync_executor import connect, execute
 from circus_djmaster.worker.db_deadlines import CallDeadlines
 
-__all__ = ["WRITE_TRIES", "ThreadDatabase"]
+__all__ = ["WRITE_TRIES", "Connect", "ThreadDatabase"]
 
 log = logging.getLogger("circus_djmaster.worker")
 T = TypeVar("T")
+
+#: Opens a connection: (url, *, application_name, timeout) -> psycopg.Connection.
+Connect = Callable[..., psycopg.Connection[Any]]
 
 # Tries of a write of a job's outcome before giving up (backing off between them).
 WRITE_TRIES = 5
@@ -42,13 +46,17 @@ class ThreadDatabase:
         timeout: float,
         deadlines: CallDeadlines,
         owner: object,
+        connect: Connect = connect,
     ) -> None:
+        """``connect`` opens the connection (:func:`store.sync_executor.connect`; the
+        unit tests give an in-memory one)."""
         self.url = url
         self.database = database
         self.application_name = application_name
         self.timeout = timeout
         self.deadlines = deadlines
         self.owner = owner
+        self._connect = connect
         #: False from a failed (or timed-out) call to the next one that works.
         self.ok = True
         #: The thread's pause after a failed reserve: 0.5 s doubling up to 30 s.
@@ -120,7 +128,7 @@ class ThreadDatabase:
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = connect(
+            self._conn = self._connect(
                 self.url, application_name=self.application_name, timeout=self.timeout
             )
         return self._conn

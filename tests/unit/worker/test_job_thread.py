@@ -1,0 +1,204 @@
+"""A worker's job thread on fakes with the real interfaces: ``delayed_jobs`` in memory
+behind the real sync executor (tests/support/memory_store.py) and a worker link that
+says when to stop. The real-process tests (tests/process) run whole workers.
+
+Assertions are on rows, runs and logged events (the records' structured ``event``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from circus_djmaster.config.settings import parse_settings
+from circus_djmaster.contracts.running_jobs import RunningJobs
+from circus_djmaster.store.statements import JobFilter
+from circus_djmaster.worker.db_deadlines import CallDeadlines
+from circus_djmaster.worker.job_thread import JobThread, ThreadSetup
+from circus_djmaster.worker.run_alone import RunAloneGate
+from tests.support import memory_jobs
+from tests.support.memory_store import MemoryConnection, MemoryStore
+
+LOCKED_BY = "host:testhost pid:91000000"
+_pids = itertools.count(91_000_001)
+
+
+class Link:
+    """The worker side of a job thread (job_thread.WorkerLink): it accepts jobs until
+    ``until()`` holds, and counts what the thread told it."""
+
+    def __init__(self, until: Callable[[], bool]) -> None:
+        self.until = until
+        self.passes = 0
+        self.empty_passes = 0
+        self.jobs_done = 0
+        self.crashed = False
+        self.exited = threading.Event()
+
+    def accepting_jobs(self) -> bool:
+        return not self.until()
+
+    def pass_started(self) -> None:
+        self.passes += 1
+
+    def pass_ended(self, *, found: bool) -> None:
+        self.empty_passes += not found
+
+    def show_busy(self) -> None:
+        pass
+
+    def after_job(self) -> None:
+        self.jobs_done += 1
+
+    def thread_crashed(self) -> None:
+        self.crashed = True
+
+    def thread_exited(self) -> None:
+        self.exited.set()
+
+
+@pytest.fixture(autouse=True)
+def fresh_runs() -> Iterator[None]:
+    memory_jobs.RUNS.clear()
+    yield
+    memory_jobs.RUNS.clear()
+
+
+def handler(function: str, *args: Any) -> str:
+    return json.dumps({"callable": f"tests.support.memory_jobs:{function}", "args": list(args)})
+
+
+def run_thread(
+    store: MemoryStore, until: Callable[[Link], bool], **group: Any
+) -> tuple[Link, JobThread]:
+    """One job thread of a worker of a group serving queue ``q``, until ``until``."""
+    data = {
+        "databases": {"primary": "postgresql:///unused"},
+        "workers": [{"queues": ["q"], "sleep_delay": "10ms"} | group],
+    }
+    settings = parse_settings(data, Path("/tmp/djmaster-test-thread.toml"))
+    worker_group = settings.workers[0]
+    setup = ThreadSetup(
+        group=worker_group,
+        database_name="primary",
+        database_url="postgresql:///unused",
+        worker_pid=os.getpid(),  # job code ending in another pid is a forked child's
+        locked_by=LOCKED_BY,
+        job_filter=JobFilter.of(worker_group),
+        lock_timeout=settings.lock_timeout,
+        database_timeout=settings.database_timeout,
+    )
+    link = Link(lambda: until(link))
+    running = RunningJobs(worker_group.max_threads, pid=next(_pids))
+    deadlines = CallDeadlines(5.0)
+    thread = JobThread(
+        0,
+        setup,
+        link,
+        deadlines=deadlines,
+        running=running,
+        gate=RunAloneGate(),
+        connect=lambda url, **options: MemoryConnection(store),
+    )
+    try:
+        thread.start()
+        assert link.exited.wait(5), "the job thread did not stop"
+        thread.join(5)
+    finally:
+        running.close()
+        deadlines.close()
+    return link, thread
+
+
+def events(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if getattr(record, "event", None) == name]
+
+
+def test_a_due_job_is_run_and_deleted() -> None:
+    store = MemoryStore()
+    store.add(handler("ok", "a"), queue="q")
+    store.add(handler("ok", "other queue"), queue="other")
+    run_thread(store, lambda link: link.jobs_done == 1)
+    assert memory_jobs.RUNS == ["a"]
+    assert [job.queue for job in store.jobs.values()] == ["other"]  # deleted once done
+    assert store.ran[0] == "reserve_jobs_in_queues"
+
+
+def test_completions_ride_on_the_next_reserve() -> None:
+    store = MemoryStore()
+    for key in "abc":
+        store.add(handler("ok", key), queue="q")
+    run_thread(store, lambda link: link.empty_passes >= 1)
+    assert memory_jobs.RUNS == ["a", "b", "c"]
+    assert store.jobs == {}
+    # Each deletion went with a reserve: no statement of its own.
+    assert "complete_jobs" not in store.ran
+
+
+def test_a_job_that_raises_is_retried_after_attempts_to_the_fourth_plus_5_seconds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = MemoryStore()
+    job_id = store.add(handler("boom", "x"), queue="q")
+    caplog.set_level(logging.INFO)
+    run_thread(store, lambda link: link.jobs_done == 1)
+    job = store.jobs[job_id]
+    assert (job.attempts, job.locked_by, job.failed_at) == (1, None, None)
+    assert (job.run_at - store.now).total_seconds() == 1**4 + 5
+    assert (job.last_error or "").startswith("ValueError: boom x")
+    (failed,) = events(caplog, "job_failed")
+    assert (failed.job_id, failed.outcome, failed.attempts) == (job_id, "RETRY", 1)
+
+
+def test_a_job_at_its_own_last_attempt_fails_for_good(caplog: pytest.LogCaptureFixture) -> None:
+    store = MemoryStore()
+    job_id = store.add(handler("fragile", "x"), queue="q")
+    caplog.set_level(logging.INFO)
+    run_thread(store, lambda link: link.jobs_done == 1)
+    job = store.jobs[job_id]
+    assert job.failed_at is not None and job.attempts == 1
+    assert [record.outcome for record in events(caplog, "job_failed")] == ["FAILED"]
+
+
+def test_a_handler_that_cannot_be_imported_fails_at_once() -> None:
+    store = MemoryStore()
+    job_id = store.add('{"callable": "no.such.module:f"}', queue="q")
+    run_thread(store, lambda link: store.jobs[job_id].failed_at is not None)
+    assert (store.jobs[job_id].last_error or "").startswith("HandlerError:")
+    assert memory_jobs.RUNS == []
+
+
+def test_a_stopping_worker_hands_back_the_jobs_it_reserved_ahead() -> None:
+    store = MemoryStore()
+    ids = [store.add(handler("ok", key), queue="q") for key in "abc"]
+    run_thread(store, lambda link: link.jobs_done >= 1, read_ahead=3)
+    assert memory_jobs.RUNS == ["a"]
+    assert sorted(store.jobs) == ids[1:]
+    assert all(store.jobs[job_id].locked_by is None for job_id in ids[1:])
+
+
+def test_a_database_error_is_not_an_empty_pass_and_the_thread_backs_off() -> None:
+    store = MemoryStore()
+    store.down = True
+    store.add(handler("ok", "a"), queue="q")
+    started = time.monotonic()
+
+    def back_later(link: Link) -> bool:
+        if link.passes >= 2:
+            store.down = False
+        return link.jobs_done == 1
+
+    link, thread = run_thread(store, back_later)
+    assert memory_jobs.RUNS == ["a"]
+    assert link.empty_passes == 0  # a failing database says nothing about the queue
+    assert time.monotonic() - started >= 0.5 + 1.0  # backed off 0.5 s, then 1 s
+    assert thread.db_ok
