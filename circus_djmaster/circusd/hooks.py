@@ -1,6 +1,6 @@
 """circus hooks; they run inside circusd, on its event loop.
 
-``after_reap`` is how a worker retires for good (SPEC §9). With ``respawn = true``
+``after_reap`` is how a worker retires for good (docs/design.md §9). With ``respawn = true``
 circus respawns every process that exits by itself within ``check_delay``, whatever
 its exit code. A worker that wants to stay gone (idle, memory or lifetime limit,
 graceful stop, broken configuration) exits with a code of the exit-code protocol

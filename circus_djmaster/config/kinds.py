@@ -293,7 +293,7 @@ def _endpoint(value: Any, _base: Path) -> str:
     if text.startswith("tcp://"):
         host = text[len("tcp://") :].rsplit(":", 1)[0]
         # circusd's control socket has no authentication: whoever reaches it runs any
-        # command. Keep it on this machine (SPEC §7).
+        # command. Keep it on this machine (docs/design.md §7).
         if host not in _LOOPBACK_HOSTS and not re.fullmatch(r"127(?:\.\d{1,3}){3}", host):
             raise ValueError(
                 f"{describe(value)} is not on loopback: circus endpoints must be "

@@ -11,7 +11,7 @@ Two parsers read what we write, and both can be tricked by a value:
   stripped;
 * the plugin's command line: circus pastes every ``[plugin:…]`` option into
   ``--config key:value:::key:value`` of a shell-like command line that it splits with
-  :func:`shlex.split` (SPEC §9), so a plugin value must not hold whitespace, quotes,
+  :func:`shlex.split` (docs/design.md §9), so a plugin value must not hold whitespace, quotes,
   a backslash or ``:::``; circus also passes its ``logoutput`` and endpoints there.
 
 Values that would be misread are refused with an error that names them, instead of

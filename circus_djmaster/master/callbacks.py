@@ -10,7 +10,7 @@
 
 Callbacks are plain (synchronous) functions, as in the seed. They run in a thread, so a
 slow one never freezes the loop; ``block()`` runs the wrapped step on the loop and
-returns when it is done. An exception is logged and the work goes on (SPEC §5); a
+returns when it is done. An exception is logged and the work goes on (docs/design.md §5); a
 callback that cannot be imported is logged once and skipped.
 """
 

@@ -152,7 +152,7 @@ class GroupPolicy:
 @dataclass(frozen=True)
 class StartWatcher:
     """A stopped watcher: set ``numprocesses`` (nothing spawns while stopped), then
-    ``start`` it. SPEC §9: only ever ``start`` a stopped watcher."""
+    ``start`` it: only ever ``start`` a stopped watcher (docs/design.md §9)."""
 
     watcher: str
     numprocesses: int

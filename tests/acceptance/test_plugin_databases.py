@@ -1,4 +1,4 @@
-"""One worker group over two databases: fair shares within max_processes (SPEC §5)."""
+"""One worker group over two databases: fair shares within max_processes (docs/design.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Dead workers, memory limits and broken workers under the master (SPEC §5)."""
+"""Dead workers, memory limits and broken workers under the master (docs/design.md §5)."""
 
 from __future__ import annotations
 

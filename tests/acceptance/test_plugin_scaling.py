@@ -1,4 +1,4 @@
-"""The master scales watchers from zero on demand (issue 3, SPEC §5)."""
+"""The master scales watchers from zero on demand (issue 3, docs/design.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The signal table of SPEC §6 on the master's pid, and circus' own commands."""
+"""The signal table (docs/design.md §6) on the master's pid, and circus' own commands."""
 
 from __future__ import annotations
 

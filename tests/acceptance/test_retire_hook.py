@@ -1,4 +1,4 @@
-"""The after_reap hook inside a real circusd (SPEC §9).
+"""The after_reap hook inside a real circusd (docs/design.md §9).
 
 A watcher with ``respawn = true`` respawns every process that exits by itself. With
 ``hooks.after_reap = circus_djmaster.hooks.after_reap`` a process exiting with
@@ -60,7 +60,7 @@ class Circusd:
     ready: Path  # GRACEFUL_CHILD processes create <pid> files here
 
     def call(self, command: str, **props: Any) -> dict[str, Any]:
-        """One command; retried while circus' global command lock is busy (SPEC §9)."""
+        """One command; retried while circus' global command lock is busy (docs/design.md §9)."""
         deadline = time.monotonic() + DEADLINE
         while True:
             try:

@@ -1,4 +1,4 @@
-"""The chaos run (SPEC §8, issue 5): jobs drain while the harness breaks things.
+"""The chaos run (docs/design.md §8, issue 5): jobs drain while the harness breaks things.
 
 Two forms, chosen by the environment:
 

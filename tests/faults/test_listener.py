@@ -1,4 +1,4 @@
-"""The master's LISTEN connection under faults, in the real plugin (SPEC §8).
+"""The master's LISTEN connection under faults, in the real plugin (docs/design.md §8).
 
 tests/integration/test_master_listener.py covers the Listener class alone (a terminated
 connection reconnects and hands payloads on again). Here the whole plugin runs under

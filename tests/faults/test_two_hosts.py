@@ -1,4 +1,4 @@
-"""Two hosts, one database (SPEC §8): two circusd with their own settings, endpoints and
+"""Two hosts, one database (docs/design.md §8): two circusd with their own settings, endpoints and
 pid files drain the same queues of one database.
 
 When this machine allows it (root, iproute2, unshare: tests/support/netns.py), each

@@ -1,4 +1,4 @@
-"""Databases unreachable when the master starts (SPEC §8).
+"""Databases unreachable when the master starts (docs/design.md §8).
 
 tests/acceptance/test_plugin_databases.py already shows that a database that does not
 exist leaves the others served, that retry lines are logged, and that its password is

@@ -390,7 +390,7 @@ def test_circusd_and_its_processes_listen_on_loopback_only(env: Secure) -> None:
 )
 def test_a_circus_endpoint_outside_loopback_is_refused(tmp_path: Path, endpoint: str) -> None:
     """circusd's control socket has no authentication: anyone who reaches it can add a
-    watcher running any command. SPEC §7 puts the endpoints on 127.0.0.1; a settings
+    watcher running any command. docs/design.md §7 puts the endpoints on 127.0.0.1; a settings
     file asking for a wider address must be refused (by the loader or by render, which
     check and init use), naming the key."""
     path = tmp_path / "djmaster.toml"

@@ -101,7 +101,7 @@ class CircusRun:
     # --- circus commands ----------------------------------------------------------
 
     def call(self, command: str, timeout: float = START_TIMEOUT, **props: Any) -> dict[str, Any]:
-        """One command; retried while circus' global command lock is busy (SPEC §9)."""
+        """One command; retried while circus' global command lock is busy (docs/design.md §9)."""
         deadline = time.monotonic() + timeout
         while True:
             try:

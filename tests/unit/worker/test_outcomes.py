@@ -1,4 +1,4 @@
-"""The rules of a job's outcome (SPEC §3), without a database."""
+"""The rules of a job's outcome (docs/design.md §3), without a database."""
 
 from __future__ import annotations
 
