@@ -16,10 +16,14 @@ Where a job is written (give at most one; see :func:`enqueue`):
   connection, so the job joins the request's transaction;
 * otherwise a short-lived connection to ``database_url``; without one, inside a worker
   process, to the database the worker serves (so a job's follow-ups go where the job
-  came from: job_context.py), elsewhere to ``$DJMASTER_DATABASE_URL``.
+  came from: context.py), elsewhere to ``$DJMASTER_DATABASE_URL``.
 
 :func:`aenqueue` and :func:`aenqueue_many` are the same on psycopg's ``AsyncConnection``.
 Nothing here imports Django or psycopg_pool unless asked to use them.
+
+Longer than 400 lines on purpose: it is the API users read (the ``@job`` decorator with
+its typed overloads and the four enqueue functions with their documentation); where a
+job is written is targets.py.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ option cannot be documented but not validated, or validated but not documented.
 Problems are collected rather than raised at the first one: someone fixing a settings
 file wants to see every mistake at once, each with the file, the dotted key and a reason.
 Keys are written ``workers[1].max_memory`` (array index, not group name) everywhere.
+
+About 400 lines: the settings' model (the dataclasses the rest of the package reads)
+and its loader side by side, so that a key's parsing and its field stay together.
 """
 
 from __future__ import annotations

@@ -16,6 +16,11 @@ and wake it. Each turn of the loop:
    observation, then grows watchers (scaling.plan_scaling).
 
 What it remembers between turns is state.py; every decision is scaling.py.
+
+Longer than 400 lines on purpose: the loop is one object that owns every decision and
+every circus command, and a turn reads top to bottom here (inputs, the turn, tasks,
+observation, dead workers, configuration errors, monitor, scaling, actions). What it
+remembers is state.py, what it decides scaling.py, its signals signals.py.
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ The scaling rule, for each worker group (one watcher per database):
   is starvation: when free slots run out and a database still wanting workers holds less
   than its fair share while another holds more than its share, the master retires
   (gracefully: SIGTERM, after the current job) the surplus workers of the latter.
+
+Longer than 400 lines on purpose: the rule above, its arithmetic and its actions read
+as one piece, and every function here is pure (tests/unit/master/test_scaling.py).
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ worker says when to stop taking jobs, and its watchdog may interrupt a job past 
 async) is called through :class:`~circus_djmaster.worker.job_code.JobCode`, which
 awaits async code on the thread's own event loop and ends any process the code forked
 when control comes back into it.
+
+Just over 400 lines: one thread's loop (reserve, run a batch, record each outcome)
+with the job hooks around each run; its connection is thread_db.py, the interruption of
+a job past max_run_time interruption.py.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ Exits (contracts/exit_codes.py): 0 when it retires (idle, memory or lifetime lim
 stuck job, TERM/INT/USR2 after the running jobs, QUIT at once with its jobs handed
 back); 78 when the settings or the preload fail (main.py); anything else is a crash
 that circus respawns.
+
+Longer than 400 lines on purpose: the main thread's state (stop mode, idle clock,
+title, stuck jobs) is shared with every step of its loop and with its job threads
+through :class:`WorkerLink`; splitting it would pass that state around instead.
 """
 
 from __future__ import annotations
