@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from circus_djmaster.config.settings import SECTIONS, Option, Section, options_in
+from circus_djmaster.config.options import SECTIONS, Option, Section, options_in
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 

@@ -2,7 +2,7 @@
 
 The counterpart of delayed_job_master's generated ``config/delayed_job_master.rb``:
 every option of every section, each with its one-line doc and its default. It is built
-from the declarations in :mod:`circus_djmaster.config.settings` (``SECTIONS``, ``OPTIONS``), so
+from the declarations in :mod:`circus_djmaster.config.options` (``SECTIONS``, ``OPTIONS``), so
 a new option shows up here without anyone writing it twice. What is written by hand is
 only what the declarations cannot know: the two example worker groups (:data:`GROUPS`)
 and an example value for options that have no default (:data:`EXAMPLES`).
@@ -21,15 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from circus_djmaster.config.kinds import describe
-from circus_djmaster.config.settings import (
-    DEFAULT_DATABASES,
-    SECTIONS,
-    Option,
-    Section,
-    Settings,
-    options_in,
-    parse_settings,
-)
+from circus_djmaster.config.options import SECTIONS, Option, Section, options_in
+from circus_djmaster.config.settings import DEFAULT_DATABASES, Settings, parse_settings
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -2,7 +2,7 @@
 
 Declared once, here; loading and validation (:mod:`circus_djmaster.config.settings`),
 ``docs/settings.md`` (:mod:`circus_djmaster.config.docs`) and the annotated file of
-``djmaster-config init`` (:mod:`circus_djmaster.config.init_template`) are all driven by them.
+``djmaster-config init`` (:mod:`circus_djmaster.config.init_template`) are driven by them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Settings: one TOML file, every option declared once in :data:`OPTIONS`.
+"""Settings: one TOML file, every option declared once in :mod:`.options` (``OPTIONS``).
 
 Loading, validation, ``docs/settings.md`` (:mod:`circus_djmaster.config.docs`) and the
 annotated file of ``djmaster-config init`` are all driven by the declarations, so an
@@ -27,15 +27,11 @@ from typing import Any
 
 from circus_djmaster.config.kinds import (
     NAME,
-    NAME_PATTERN,
-    Kind,
     describe,
     format_size,
-    parse_duration,
-    parse_size,
     toml_type,
 )
-from circus_djmaster.config.options import OPTIONS, SECTIONS, Option, Section, _Context, options_in
+from circus_djmaster.config.options import SECTIONS, Option, _Context, options_in
 from circus_djmaster.exceptions import Problem, SettingsError
 
 if sys.version_info >= (3, 11):
@@ -45,24 +41,14 @@ else:  # pragma: no cover - Python 3.10 only
 
 __all__ = [
     "DEFAULT_DATABASES",
-    "NAME_PATTERN",
-    "OPTIONS",
-    "SECTIONS",
+    "LOCK_MARGIN",
     "CircusSettings",
     "Database",
-    "Kind",
-    "Option",
-    "Problem",
-    "Section",
     "Settings",
-    "SettingsError",
     "WorkerGroup",
     "expand_env",
     "load_settings",
-    "options_in",
-    "parse_duration",
     "parse_settings",
-    "parse_size",
 ]
 
 DEFAULT_DATABASES: Mapping[str, str] = types.MappingProxyType(

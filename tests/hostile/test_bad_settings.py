@@ -24,8 +24,9 @@ import zmq
 from circus.client import CircusClient
 from circus.exc import CallError
 
+from circus_djmaster.config.options import OPTIONS, Option
 from circus_djmaster.config.render import render_ini
-from circus_djmaster.config.settings import OPTIONS, Option, Settings, load_settings
+from circus_djmaster.config.settings import Settings, load_settings
 from circus_djmaster.contracts.exit_codes import WorkerExit
 from circus_djmaster.exceptions import SettingsError
 from tests.hostile.helpers import done_keys, insert_job

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from circus_djmaster.config import docs as settings_doc
-from circus_djmaster.config.settings import OPTIONS, SECTIONS, load_settings
+from circus_djmaster.config.options import OPTIONS, SECTIONS
+from circus_djmaster.config.settings import load_settings
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "settings.md"
 

@@ -18,14 +18,13 @@ else:  # pragma: no cover - Python 3.10 only
     import tomli as tomllib
 
 from circus_djmaster.cli import config as config_cli
-from circus_djmaster.config import init_template as annotated
+from circus_djmaster.config import init_template
 from circus_djmaster.config.init_template import GROUPS, annotated_toml, template_settings
+from circus_djmaster.config.options import SECTIONS, options_in
 from circus_djmaster.config.settings import (
     DEFAULT_DATABASES,
-    SECTIONS,
     CircusSettings,
     load_settings,
-    options_in,
     parse_settings,
 )
 from circus_djmaster.contracts.watchers import watcher_name
@@ -253,7 +252,7 @@ def test_init_creates_the_log_folder_if_the_template_sets_log_file(
     # The template leaves log_file commented out; should that change, init must still
     # create the folder (circusd drops a watcher whose stream folder is missing).
     text = annotated_toml().replace('# log_file = "log/', 'log_file = "log/')
-    monkeypatch.setattr(annotated, "annotated_toml", lambda: text)
+    monkeypatch.setattr(init_template, "annotated_toml", lambda: text)
     assert run_init(str(tmp_path)) == 0
     assert (tmp_path / "log").is_dir()
     assert load_settings(tmp_path / "djmaster.toml").log_file == tmp_path / "log" / "djmaster.log"

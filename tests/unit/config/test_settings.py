@@ -15,16 +15,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10 only
     import tomli as tomllib
 
+from circus_djmaster.config.options import OPTIONS, SECTIONS, options_in
 from circus_djmaster.config.settings import (
     LOCK_MARGIN,
-    OPTIONS,
-    SECTIONS,
     CircusSettings,
     Database,
     Settings,
     WorkerGroup,
     load_settings,
-    options_in,
     parse_settings,
 )
 from circus_djmaster.exceptions import Problem, SettingsError
