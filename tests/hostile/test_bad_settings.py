@@ -21,14 +21,13 @@ from typing import Any
 import psycopg
 import pytest
 import zmq
-from circus.client import CircusClient
-from circus.exc import CallError
 
+from circus_djmaster.circusd.client import SyncCircus
 from circus_djmaster.config.options import OPTIONS, Option
 from circus_djmaster.config.render import render_ini
 from circus_djmaster.config.settings import Settings, load_settings
 from circus_djmaster.contracts.exit_codes import WorkerExit
-from circus_djmaster.exceptions import SettingsError
+from circus_djmaster.exceptions import CircusError, CircusTimeout, SettingsError
 from tests.hostile.helpers import done_keys, insert_job
 from tests.support.circus_run import CIRCUSD, CircusRun, circus_env, circus_table, read
 from tests.support.waiting import wait_until
@@ -356,16 +355,17 @@ def _circusd(ini: Path, env: dict[str, str], settings: Settings) -> CircusRun:
         start_new_session=True,
     )
     context = zmq.Context()
-    client = CircusClient(context=context, endpoint=settings.circus.endpoint, timeout=2.0)
+    client = SyncCircus(settings.circus.endpoint, timeout=2.0, context=context)
     run = CircusRun(process, settings, ini, env, context, client)
 
     def answers() -> bool:
         if process.poll() is not None:
             raise AssertionError(f"circusd exited with {process.returncode}")
         try:
-            return client.call({"command": "list", "properties": {}}).get("status") == "ok"
-        except CallError:
+            client.call("list")
+        except (CircusError, CircusTimeout):
             return False
+        return True
 
     try:
         wait_until(answers, 20, "circusd to answer")

@@ -522,7 +522,7 @@ class ChaosHarness:
         at = time.time()
         self.log("chaos: circusd quit")
         with contextlib.suppress(Exception):
-            run.client.call({"command": "quit", "properties": {}})
+            run.client.call("quit")
         try:
             run.process.wait(timeout=60)
         except subprocess.TimeoutExpired as error:

@@ -23,11 +23,11 @@ from typing import Any
 
 import psutil
 import zmq
-from circus.client import CircusClient
-from circus.exc import CallError
 
+from circus_djmaster.circusd.client import SyncCircus
 from circus_djmaster.config.render import render_ini
 from circus_djmaster.config.settings import Settings, load_settings
+from circus_djmaster.exceptions import CircusError, CircusTimeout
 
 from .waiting import wait_until
 
@@ -105,13 +105,10 @@ class CircusRun:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                answer = self.client.call({"command": command, "properties": props})
-            except CallError:
-                answer = {"status": "error", "reason": "timed out"}
-            if answer.get("status") != "error":
-                return dict(answer)
-            if time.monotonic() > deadline:
-                raise AssertionError(f"circus {command} {props}: {answer.get('reason')}")
+                return self.client.call(command, **props)
+            except (CircusError, CircusTimeout) as error:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"circus {command} {props}: {error}") from error
             time.sleep(0.05)
 
     def pids(self, watcher: str) -> list[int]:
@@ -163,7 +160,7 @@ class CircusRun:
             survivors = psutil.Process(self.process.pid).children(recursive=True)
         if self.process.poll() is None:
             with contextlib.suppress(Exception):
-                self.client.call({"command": "quit", "properties": {}})
+                self.client.call("quit")
             try:
                 self.process.wait(timeout=QUIT_TIMEOUT)
             except subprocess.TimeoutExpired:
@@ -173,7 +170,7 @@ class CircusRun:
             with contextlib.suppress(psutil.Error):
                 child.send_signal(signal.SIGKILL)
         with contextlib.suppress(Exception):
-            self.client.stop()
+            self.client.close()
         with contextlib.suppress(Exception):
             self.context.destroy(linger=0)
 
@@ -207,7 +204,7 @@ def start_circus(
         start_new_session=True,
     )
     context = zmq.Context()
-    client = CircusClient(context=context, endpoint=settings.circus.endpoint, timeout=2.0)
+    client = SyncCircus(settings.circus.endpoint, timeout=2.0, context=context)
     run = CircusRun(process, settings, ini, dict(env), context, client)
     try:
 
@@ -217,9 +214,10 @@ def start_circus(
                     f"circusd exited with {process.returncode}:\n{read(run.circus_log)}"
                 )
             try:
-                return client.call({"command": "list", "properties": {}}).get("status") == "ok"
-            except CallError:
+                client.call("list")
+            except (CircusError, CircusTimeout):
                 return False
+            return True
 
         wait_until(answers, START_TIMEOUT, f"circusd{where} to answer")
     except BaseException:
