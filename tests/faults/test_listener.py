@@ -1,6 +1,6 @@
 """The master's LISTEN connection under faults, in the real plugin (docs/design.md §8).
 
-tests/integration/test_master_listener.py covers the Listener class alone (a terminated
+tests/integration/master/test_listener.py covers the Listener class alone (a terminated
 connection reconnects and hands payloads on again). Here the whole plugin runs under
 circusd, and each pickup is timed against what else could have started the job:
 

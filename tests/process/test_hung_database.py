@@ -1,7 +1,7 @@
 """A worker whose database connection stops answering: its server backends are stopped
 (SIGSTOP) while the connection stays open, so no error ever comes back by itself.
 
-Every database call of the worker is bounded (tests/unit/test_db_deadlines.py has the
+Every database call of the worker is bounded (tests/unit/worker/test_job_safety.py has the
 mechanism): an idle worker's hung reserve is cut at its deadline, the worker reconnects
 (a new backend) and runs the job enqueued meanwhile; its title shows ``[NO DB]`` while
 none of its threads can reach the database; TERM stops it within seconds even while a

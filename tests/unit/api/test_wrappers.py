@@ -7,12 +7,12 @@ from contextlib import contextmanager
 
 import pytest
 
-from circus_djmaster.api import wrappers as job_wrappers
+from circus_djmaster.api import wrappers
 
 
 @pytest.fixture(autouse=True)
 def no_wrappers(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(job_wrappers, "_FACTORIES", [])
+    monkeypatch.setattr(wrappers, "_FACTORIES", [])
 
 
 def add(a: int, b: int = 0) -> int:
@@ -20,7 +20,7 @@ def add(a: int, b: int = 0) -> int:
 
 
 def test_without_wrappers_the_function_is_itself() -> None:
-    assert job_wrappers.wrap(add) is add
+    assert wrappers.wrap(add) is add
 
 
 def test_every_job_runs_inside_the_registered_contexts_first_outermost() -> None:
@@ -37,9 +37,9 @@ def test_every_job_runs_inside_the_registered_contexts_first_outermost() -> None
 
         return around
 
-    job_wrappers.around_every_job(named("outer"))  # type: ignore[arg-type]
-    job_wrappers.around_every_job(named("inner"))  # type: ignore[arg-type]
-    wrapped = job_wrappers.wrap(add)
+    wrappers.around_every_job(named("outer"))  # type: ignore[arg-type]
+    wrappers.around_every_job(named("inner"))  # type: ignore[arg-type]
+    wrapped = wrappers.wrap(add)
     assert wrapped(2, b=3) == 5
     assert wrapped.__name__ == "add"
     assert seen == ["outer in", "inner in", "inner out", "outer out"]
@@ -49,13 +49,13 @@ def test_every_job_runs_inside_the_registered_contexts_first_outermost() -> None
         raise ValueError("the job's own error")
 
     with pytest.raises(ValueError, match="the job's own error"):
-        job_wrappers.wrap(boom)()
+        wrappers.wrap(boom)()
     assert seen == ["outer in", "inner in", "inner out", "outer out"]  # exited all the same
 
 
 def test_around_every_job_needs_a_callable() -> None:
     with pytest.raises(TypeError, match="needs a callable"):
-        job_wrappers.around_every_job("not callable")  # type: ignore[arg-type]
+        wrappers.around_every_job("not callable")  # type: ignore[arg-type]
 
 
 def test_an_async_job_runs_inside_the_contexts_until_it_is_awaited() -> None:
@@ -77,8 +77,8 @@ def test_an_async_job_runs_inside_the_contexts_until_it_is_awaited() -> None:
         await asyncio.sleep(0)
         return value
 
-    job_wrappers.around_every_job(around)
-    awaitable = job_wrappers.wrap(job)(7)
+    wrappers.around_every_job(around)
+    awaitable = wrappers.wrap(job)(7)
     assert seen == ["in"], "still open: the job has not run yet"
     assert asyncio.run(awaitable) == 7
     assert seen == ["in", "running", "out"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from circus_djmaster.config import docs as settings_doc
+from circus_djmaster.config import docs
 from circus_djmaster.config.options import OPTIONS, SECTIONS
 from circus_djmaster.config.settings import load_settings
 
@@ -14,14 +14,14 @@ DOCS = Path(__file__).resolve().parents[3] / "docs" / "settings.md"
 
 
 def test_checked_in_docs_are_current() -> None:
-    assert DOCS.read_text(encoding="utf-8") == settings_doc.render(), (
+    assert DOCS.read_text(encoding="utf-8") == docs.render(), (
         "docs/settings.md is stale: run python -m circus_djmaster.config.docs"
     )
-    assert settings_doc.main(["--check", "--output", str(DOCS)]) == 0
+    assert docs.main(["--check", "--output", str(DOCS)]) == 0
 
 
 def test_docs_cover_every_section_and_option() -> None:
-    text = settings_doc.render()
+    text = docs.render()
     for section in SECTIONS[1:]:
         assert f"## `{section.header}`" in text
     for option in OPTIONS:
@@ -32,18 +32,18 @@ def test_main_writes_and_check_detects_stale_output(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     output = tmp_path / "docs" / "settings.md"
-    assert settings_doc.main(["--check", "--output", str(output)]) == 1  # missing
-    assert settings_doc.main(["--output", str(output)]) == 0
-    assert output.read_text(encoding="utf-8") == settings_doc.render()
-    assert settings_doc.main(["--check", "--output", str(output)]) == 0
+    assert docs.main(["--check", "--output", str(output)]) == 1  # missing
+    assert docs.main(["--output", str(output)]) == 0
+    assert output.read_text(encoding="utf-8") == docs.render()
+    assert docs.main(["--check", "--output", str(output)]) == 0
     output.write_text("old\n", encoding="utf-8")
-    assert settings_doc.main(["--check", "--output", str(output)]) == 1
+    assert docs.main(["--check", "--output", str(output)]) == 1
     assert "is stale" in capsys.readouterr().err
 
 
 def test_the_example_in_the_docs_is_a_valid_file(tmp_path: Path) -> None:
     path = tmp_path / "djmaster.toml"
-    path.write_text(settings_doc.EXAMPLE, encoding="utf-8")
+    path.write_text(docs.EXAMPLE, encoding="utf-8")
     settings = load_settings(path)
     assert [group.name for group in settings.workers] == ["mail", "default"]
-    assert settings_doc.EXAMPLE in settings_doc.render()
+    assert docs.EXAMPLE in docs.render()

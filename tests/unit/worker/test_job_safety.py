@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from circus_djmaster.contracts import titles as proctitle
+from circus_djmaster.contracts import titles
 from circus_djmaster.contracts.running_jobs import JobLimits
 from circus_djmaster.contracts.titles import WorkerState, state_from_title
 from circus_djmaster.master.readings import WorkerReading
@@ -206,12 +206,12 @@ def test_nothing_running_or_unknown(
 
 
 def test_a_worker_title_shows_no_db_unless_busy() -> None:
-    title = proctitle.worker_title(0, ("q",), "primary", no_db=True)
+    title = titles.worker_title(0, ("q",), "primary", no_db=True)
     assert title == "delayed_job: worker[0] (q) @primary [NO DB]"
     assert state_from_title(title) is WorkerState.NO_DB
-    busy = proctitle.worker_title(0, ("q",), "primary", busy=True, no_db=True)
+    busy = titles.worker_title(0, ("q",), "primary", busy=True, no_db=True)
     assert state_from_title(busy) is WorkerState.BUSY
-    old = proctitle.worker_title(0, ("q",), "primary", no_db=True, old=True)
+    old = titles.worker_title(0, ("q",), "primary", no_db=True, old=True)
     assert state_from_title(old) is WorkerState.OLD
 
 
