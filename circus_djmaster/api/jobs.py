@@ -38,7 +38,7 @@ import psycopg
 from circus_djmaster.api import handler as handler_format
 from circus_djmaster.api.targets import ConnectionFactory, async_target, sync_target
 from circus_djmaster.exceptions import EnqueueError
-from circus_djmaster.store import async_executor, statements, sync_executor
+from circus_djmaster.store import statements, sync_executor
 from circus_djmaster.store.statements import NewJob, Statement
 
 if TYPE_CHECKING:
@@ -360,6 +360,8 @@ async def aenqueue(
     """
     insert = _insert_one(_make_call(target, args, kwargs, run_at, delay, priority, queue))
     async with async_target(connection, database_url, pool, connection_factory) as conn:
+        from circus_djmaster.store import async_executor  # not on a worker's start-up path
+
         return await async_executor.execute(conn, insert)
 
 
@@ -377,6 +379,8 @@ async def aenqueue_many(
         return []
     insert = _insert_many(calls)
     async with async_target(connection, database_url, pool, connection_factory) as conn:
+        from circus_djmaster.store import async_executor  # not on a worker's start-up path
+
         return await async_executor.execute(conn, insert)
 
 

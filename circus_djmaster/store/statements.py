@@ -17,7 +17,7 @@ import dataclasses
 import datetime as dt
 import enum
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from circus_djmaster.store.queries import query
 
@@ -41,6 +41,20 @@ T_co = TypeVar("T_co", covariant=True)
 # Unset priority bounds become the int4 range, so the SQL is always a plain range.
 INT4_MIN = -(2**31)
 INT4_MAX = 2**31 - 1
+
+if TYPE_CHECKING:
+    # Only for annotations: a Protocol class costs a worker's start-up time.
+    from typing import Protocol
+
+    class GroupFilterFields(Protocol):
+        """What a worker group (``config.settings.WorkerGroup``) says about the jobs it takes."""
+
+        @property
+        def queues(self) -> tuple[str, ...]: ...
+        @property
+        def min_priority(self) -> int | None: ...
+        @property
+        def max_priority(self) -> int | None: ...
 
 
 def _nothing(_rows: list[Row]) -> None:
@@ -78,17 +92,6 @@ def _ids(rows: list[Row]) -> list[int]:
 
 
 # --------------------------------------------------------------------- filters
-
-
-class GroupFilterFields(Protocol):
-    """What a worker group (``config.settings.WorkerGroup``) says about the jobs it takes."""
-
-    @property
-    def queues(self) -> tuple[str, ...]: ...
-    @property
-    def min_priority(self) -> int | None: ...
-    @property
-    def max_priority(self) -> int | None: ...
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from circus_djmaster.store import statements
 from circus_djmaster.store.statements import Statement
@@ -39,6 +39,20 @@ log = logging.getLogger("circus_djmaster.worker")
 STOP_GRACE = 2.0
 # How often the locks of stuck jobs are refreshed (well within config.settings.LOCK_MARGIN).
 LOCK_REFRESH = 10.0
+
+if TYPE_CHECKING:
+    # Only for annotations: a Protocol class costs a worker's start-up time.
+    from typing import Protocol
+
+    class Watched(Protocol):
+        """What the watchdog reads of a job thread (worker/job_thread.py's JobThread)."""
+
+        @property
+        def slot(self) -> JobSlot: ...
+        @property
+        def ident(self) -> int | None: ...
+        @property
+        def resolved(self) -> Resolved | None: ...
 
 
 class JobSlot:
@@ -111,17 +125,6 @@ class JobSlot:
                 return False
             self.thread_interrupt_sent = True
             return self.code.interrupt_thread(thread_id)
-
-
-class Watched(Protocol):
-    """What the watchdog reads of a job thread (worker/job_thread.py's JobThread)."""
-
-    @property
-    def slot(self) -> JobSlot: ...
-    @property
-    def ident(self) -> int | None: ...
-    @property
-    def resolved(self) -> Resolved | None: ...
 
 
 #: Runs a statement on the worker's own (main thread) connection; None on failure.

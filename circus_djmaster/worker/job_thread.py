@@ -22,7 +22,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from circus_djmaster.api.context import JobContext, enter_job, leave_job
 from circus_djmaster.common.logs import event
@@ -51,7 +51,43 @@ from circus_djmaster.worker.outcomes import (
 from circus_djmaster.worker.run_alone import RunAloneGate
 from circus_djmaster.worker.thread_db import Connect, ThreadDatabase
 
-__all__ = ["JobThread", "ThreadSetup", "WorkerLink"]
+__all__ = ["JobThread", "ThreadSetup"]
+
+if TYPE_CHECKING:
+    # Only for annotations: a Protocol class costs a worker's start-up time.
+    from typing import Protocol
+
+    class WorkerLink(Protocol):
+        """What a job thread tells its worker, and asks of it (process.Worker)."""
+
+        def accepting_jobs(self) -> bool:
+            """False once the worker stops or retires: take no new job."""
+            ...
+
+        def pass_started(self) -> None:
+            """About to reserve: the thread is active until :meth:`pass_ended`."""
+            ...
+
+        def pass_ended(self, *, found: bool) -> None:
+            """The reserve came back empty (``found`` False), or its jobs are done."""
+            ...
+
+        def show_busy(self) -> None:
+            """A job started or ended: the title may change."""
+            ...
+
+        def after_job(self) -> None:
+            """A job ended: check the process' memory and age limits."""
+            ...
+
+        def thread_crashed(self) -> None:
+            """The thread's loop raised: the worker retires (and exits as crashed)."""
+            ...
+
+        def thread_exited(self) -> None:
+            """The thread ended (it stopped taking jobs)."""
+            ...
+
 
 log = logging.getLogger("circus_djmaster.worker")
 
@@ -73,38 +109,6 @@ class ThreadSetup:
     job_filter: JobFilter
     lock_timeout: float  # seconds: Settings.lock_timeout
     database_timeout: float  # seconds: the settings' database_timeout
-
-
-class WorkerLink(Protocol):
-    """What a job thread tells its worker, and asks of it (process.Worker)."""
-
-    def accepting_jobs(self) -> bool:
-        """False once the worker stops or retires: take no new job."""
-        ...
-
-    def pass_started(self) -> None:
-        """About to reserve: the thread is active until :meth:`pass_ended`."""
-        ...
-
-    def pass_ended(self, *, found: bool) -> None:
-        """The reserve came back empty (``found`` False), or its jobs are done."""
-        ...
-
-    def show_busy(self) -> None:
-        """A job started or ended: the title may change."""
-        ...
-
-    def after_job(self) -> None:
-        """A job ended: check the process' memory and age limits."""
-        ...
-
-    def thread_crashed(self) -> None:
-        """The thread's loop raised: the worker retires (and exits as crashed)."""
-        ...
-
-    def thread_exited(self) -> None:
-        """The thread ended (it stopped taking jobs)."""
-        ...
 
 
 class JobThread(threading.Thread):

@@ -13,6 +13,7 @@ import importlib
 import logging
 import os
 import sys
+from collections.abc import Sequence
 
 from circus_djmaster.common import logs
 from circus_djmaster.config.settings import Settings, load_settings
@@ -23,7 +24,7 @@ from circus_djmaster.worker import early_signals
 from circus_djmaster.worker.callbacks import WorkerCallbacks
 from circus_djmaster.worker.process import Worker
 
-__all__ = ["preload", "run"]
+__all__ = ["options_from", "preload", "run"]
 
 log = logging.getLogger("circus_djmaster.worker")
 
@@ -87,3 +88,30 @@ def preload(settings: Settings) -> WorkerCallbacks:
             log.exception("importing app %r failed", settings.app)
             raise PreloadError(f"importing app {settings.app!r} failed: {exc!r}") from exc
     return WorkerCallbacks.load(settings.callbacks)
+
+
+_OPTIONS = ("--settings", "--group", "--database")
+
+
+def options_from(argv: Sequence[str]) -> tuple[str, str, str] | None:
+    """``(settings, group, database)`` from a worker's command line as circus.ini gives
+    it (``--settings S --group G --database D``, in any order, ``--name=value`` too),
+    read without argparse: its import and the CLI's parser are a few milliseconds of
+    every worker's start. None for any other command line: the CLI's parser then
+    handles it (``--help``, abbreviations, mistakes and their messages)."""
+    values: dict[str, str] = {}
+    position = 0
+    while position < len(argv):
+        name, equals, value = argv[position].partition("=")
+        if name not in _OPTIONS or name in values:
+            return None
+        if not equals:
+            position += 1
+            if position == len(argv) or argv[position].startswith("-"):
+                return None  # argparse reads "-x" as an option, not a value
+            value = argv[position]
+        values[name] = value
+        position += 1
+    if len(values) != len(_OPTIONS):
+        return None
+    return values["--settings"], values["--group"], values["--database"]

@@ -57,8 +57,17 @@ def stopped() -> Iterator[list[int]]:
             os.kill(pid, signal.SIGCONT)
 
 
-def stop_backends(conn: psycopg.Connection[Any], worker: int, stopped: list[int]) -> None:
-    pids = wait_until(lambda: backends_of(conn, worker), 10, "the worker's connections")
+def stop_backends(
+    conn: psycopg.Connection[Any], worker: int, stopped: list[int], *, count: int
+) -> None:
+    """Stop the backends of the worker's ``count`` connections (its job threads' and its
+    LISTEN one), once they all exist: a worker shows its title before its threads have
+    connected, and a thread connecting after the stop would find a live backend."""
+    pids = wait_until(
+        lambda: (found := backends_of(conn, worker)) and len(found) >= count and found,
+        10,
+        "the worker's connections",
+    )
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
         stopped.append(pid)
@@ -78,7 +87,7 @@ def test_an_idle_worker_whose_backends_hang_reconnects_and_runs_the_next_job(
     proc = start_worker(settings, database_url)
     try:
         wait_until(lambda: title(proc).endswith("@primary"), 10, "the worker to be idle")
-        stop_backends(conn, proc.pid, stopped)
+        stop_backends(conn, proc.pid, stopped, count=2)  # job-0, listen
         wait_until(lambda: title(proc).endswith("[NO DB]"), 10, "the [NO DB] title")
         enqueue(f"{J}:record", ["after-hang"], queue="q1", database_url=database_url)
         wait_until(lambda: events(conn, "after-hang"), 15, "the job to run after reconnecting")
@@ -103,7 +112,7 @@ def test_term_stops_a_worker_waiting_on_a_hung_database_within_seconds(
     proc = start_worker(settings, database_url)
     try:
         wait_until(lambda: title(proc).endswith("@primary"), 10, "the worker to be idle")
-        stop_backends(conn, proc.pid, stopped)
+        stop_backends(conn, proc.pid, stopped, count=3)  # job-0, job-1, listen
         wait_until(lambda: title(proc).endswith("[NO DB]"), 10, "a reserve to hang")
         began = time.monotonic()
         proc.send_signal(signal.SIGTERM)

@@ -1,0 +1,36 @@
+"""How ``python -m circus_djmaster worker`` reads its command line (worker/main.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from circus_djmaster.worker.main import options_from
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--settings", "/s.toml", "--group", "mail", "--database", "primary"],
+        ["--database", "primary", "--settings", "/s.toml", "--group", "mail"],
+        ["--settings=/s.toml", "--group=mail", "--database", "primary"],
+    ],
+)
+def test_the_command_line_circus_ini_gives_is_read_without_argparse(argv: list[str]) -> None:
+    assert options_from(argv) == ("/s.toml", "mail", "primary")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["--help"],
+        ["--settings", "/s.toml", "--group", "mail"],  # one missing
+        ["--settings", "/s.toml", "--group", "mail", "--database"],  # no value
+        ["--settings", "-x", "--group", "mail", "--database", "primary"],
+        ["--set", "/s.toml", "--group", "mail", "--database", "primary"],  # abbreviation
+        ["--settings", "a", "--settings", "b", "--group", "g", "--database", "d"],
+        ["--settings", "a", "--group", "g", "--database", "d", "extra"],
+    ],
+)
+def test_anything_else_goes_to_the_clis_parser(argv: list[str]) -> None:
+    assert options_from(argv) is None
