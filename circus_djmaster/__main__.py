@@ -1,10 +1,15 @@
 """``python -m circus_djmaster``: the ``djmaster`` command (cli/main.py).
 
-``python -m circus_djmaster worker --settings S --group G --database D`` is what every
-circus watcher runs, so it takes a short path: signals are recorded before anything
-else is imported (worker/early_signals.py), and the command line circus.ini gives is
-read without building the CLI's parser (worker/main.py, :func:`options_from`). Any
-other worker command line (``--help``, a mistake) goes to the CLI, which reports it.
+Three command lines that circus.ini gives take a short path, without the CLI's parser:
+
+* ``worker --settings S --group G --database D``, what every exec-mode watcher runs:
+  signals are recorded before anything else is imported (worker/early_signals.py), and
+  the command line is read without argparse (worker/main.py, :func:`options_from`). Any
+  other worker command line (``--help``, a mistake) goes to the CLI, which reports it;
+* ``launch --settings S --group G --database D --wait T``, what a fork-mode watcher runs:
+  a launcher, which imports only the standard library and the package's contracts
+  (worker/launcher.py);
+* ``preloader --settings S``, the preloader of fork-mode workers (worker/preloader.py).
 """
 
 import sys
@@ -19,6 +24,18 @@ if sys.argv[1:2] == ["worker"]:
     options = options_from(sys.argv[2:])
     if options is not None and __name__ == "__main__":
         sys.exit(run(*options))
+elif sys.argv[1:2] == ["launch"] and __name__ == "__main__":
+    from circus_djmaster.worker import launcher
+
+    sys.exit(launcher.main(sys.argv[2:]))
+elif sys.argv[1:3] == ["preloader", "--settings"] and len(sys.argv) == 4:
+    from circus_djmaster.worker import early_signals
+
+    early_signals.install()
+    if __name__ == "__main__":
+        from circus_djmaster.worker import preloader
+
+        sys.exit(preloader.run(sys.argv[3]))
 
 from circus_djmaster.cli.main import main
 

@@ -45,6 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--database", required=True, help="the database's name")
     worker.set_defaults(func=cmd_worker)
 
+    preloader = sub.add_parser(
+        "preloader",
+        help='import the app once and fork workers of spawn = "fork" groups (its own watcher)',
+    )
+    preloader.add_argument("--settings", required=True, help="the djmaster.toml file")
+    preloader.set_defaults(func=cmd_preloader)
+
+    launch = sub.add_parser(
+        "launch", help='what a spawn = "fork" watcher runs: has the preloader fork its worker'
+    )
+    launch.add_argument("--settings", required=True, help="the djmaster.toml file")
+    launch.add_argument("--group", required=True, help="the worker group's name")
+    launch.add_argument("--database", required=True, help="the database's name")
+    launch.add_argument(
+        "--wait", type=float, default=60.0, help="seconds to wait for the preloader (60)"
+    )
+    launch.set_defaults(func=cmd_launch)
+
     migrate = sub.add_parser("migrate", help="create or update the delayed_jobs table")
     _add_database_options(migrate, all_by_default=True)
     migrate.set_defaults(func=cmd_migrate)
@@ -68,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_database_options(enq, all_by_default=False)
     enq.set_defaults(func=cmd_enqueue)
 
-    if "worker" not in sys.argv[1:2]:
+    if sys.argv[1:2] not in (["worker"], ["launch"], ["preloader"]):
         # A worker needs none of these: skipping their imports (jinja2, circus' client)
         # shortens the start of every worker process, i.e. the scale-from-zero latency.
         from circus_djmaster.cli import admin as cli_admin
@@ -122,6 +140,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from circus_djmaster.worker.main import run
 
     return run(args.settings, args.group, args.database)
+
+
+def cmd_preloader(args: argparse.Namespace) -> int:
+    from circus_djmaster.worker.preloader import run
+
+    return run(args.settings)
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from circus_djmaster.worker.launcher import Launcher
+
+    return Launcher(args.settings, args.group, args.database, args.wait).run()
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

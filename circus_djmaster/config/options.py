@@ -132,7 +132,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("", "listen", BOOLEAN, "use LISTEN/NOTIFY to wake the master at once when "
            "jobs are enqueued", default=True),
     Option("", "app", MODULE, "module every worker imports (preloads) before it runs "
-           'jobs, e.g. `"myapp.jobs"`'),
+           'jobs, e.g. `"myapp.jobs"`; with `spawn = "fork"` the preloader imports it once '
+           "for all workers"),
+    Option("", "preload_timeout", _POSITIVE, 'with `spawn = "fork"`: how long a worker\'s '
+           "launcher waits for the preloader to fork its worker (while the preloader starts "
+           "and imports `app`) before it gives up with exit 78; written into `circus.ini`",
+           default=60.0),
     *(Option("callbacks", name, CALLABLE, doc) for name, doc in _CALLBACKS.items()),
     Option("databases", "<name>", URL, "connection URL of database `<name>` (letters, "
            "digits, `_`); may read the environment with `${VAR}`",
@@ -147,10 +152,15 @@ OPTIONS: tuple[Option, ...] = (
            "databases", default=1),
     Option("workers", "max_threads", _COUNT, "threads running jobs in each process",
            default=1),
-    Option("workers", "max_memory", SIZE, "a worker whose RSS exceeds this retires "
-           "after its current job"),
-    Option("workers", "hard_max_memory", SIZE, "a worker whose RSS exceeds this is "
-           "stopped at once; must be greater than `max_memory`"),
+    Option("workers", "spawn", choice("exec", "fork"), "how a worker process starts: "
+           '`"exec"`, a new Python that imports `app` itself; `"fork"`, forked on demand '
+           "from a preloader that imported `app` once (start in milliseconds, memory "
+           "shared copy-on-write; docs/master.md, \"Fork mode\")", default="exec"),
+    Option("workers", "max_memory", SIZE, "a worker whose memory exceeds this retires "
+           'after its current job: its RSS, or its USS (unique memory) with `spawn = "fork"`'),
+    Option("workers", "hard_max_memory", SIZE, "a worker whose memory (as for "
+           "`max_memory`) exceeds this is stopped at once; must be greater than "
+           "`max_memory`"),
     Option("workers", "max_execution", _POSITIVE, "a worker process this old "
            "retires after its current job"),
     Option("workers", "idle_timeout", duration(), "a worker exits when it has "

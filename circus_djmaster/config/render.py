@@ -38,11 +38,12 @@ from circus_djmaster.contracts.watchers import (
     AFTER_REAP_HOOK,
     PLUGIN_CLASS,
     PLUGIN_SECTION,
+    PRELOADER_WATCHER,
     watcher_name,
 )
 from circus_djmaster.exceptions import Problem, RenderError, SettingsError
 
-__all__ = ["graceful_timeout", "render_ini", "watcher_index"]
+__all__ = ["graceful_timeout", "render_ini", "watcher_index", "worker_args"]
 
 TEMPLATE = "circus.ini.j2"
 
@@ -55,6 +56,8 @@ PLUGIN_GRACEFUL_TIMEOUT = 10
 #: circus starts watchers from the highest priority down; the plugin watcher has
 #: circus' plugin default, 1, so it is up before the workers it scales.
 WORKER_PRIORITY = 0
+#: The preloader starts first: it imports the application while the rest comes up.
+PRELOADER_PRIORITY = 2
 
 # What circus substitutes in option values (circus.util._CIRCUS_VAR), and $WID in cmd.
 _CIRCUS_SUBSTITUTION = re.compile(r"\$\(circus\.|\(\(circus\.|\$WID", re.IGNORECASE)
@@ -102,6 +105,16 @@ class _Watcher:
 
 
 @dataclass(frozen=True)
+class _Preloader:
+    name: str
+    cmd: str
+    args: str
+    working_dir: str
+    graceful_timeout: int
+    output_file: str | None
+
+
+@dataclass(frozen=True)
 class _Plugin:
     section: str
     use: str
@@ -126,19 +139,7 @@ def render_ini(settings: Settings, *, python: str = sys.executable) -> str:
             group=group.name,
             database=database.name,
             cmd=shlex.quote(interpreter),
-            args=shlex.join(
-                [
-                    "-m",
-                    "circus_djmaster",
-                    "worker",
-                    "--settings",
-                    settings_path,
-                    "--group",
-                    group.name,
-                    "--database",
-                    database.name,
-                ]
-            ),
+            args=shlex.join(worker_args(settings, group, database.name)),
             working_dir=str(settings.working_directory),
             graceful_timeout=graceful_timeout(group),
             output_file=output_file,
@@ -146,6 +147,19 @@ def render_ini(settings: Settings, *, python: str = sys.executable) -> str:
         for group in settings.workers
         for database in settings.databases
     ]
+    preloader = None
+    if settings.forks:
+        preloader = _Preloader(
+            name=PRELOADER_WATCHER,
+            cmd=shlex.quote(interpreter),
+            args=shlex.join(["-m", "circus_djmaster", "preloader", "--settings", settings_path]),
+            working_dir=str(settings.working_directory),
+            # It waits for its workers before it exits: as long as the longest of them.
+            graceful_timeout=max(
+                graceful_timeout(group) for group in settings.workers if group.spawn == "fork"
+            ),
+            output_file=output_file,
+        )
     plugin = _Plugin(
         section=PLUGIN_SECTION,
         use=PLUGIN_CLASS,
@@ -159,11 +173,31 @@ def render_ini(settings: Settings, *, python: str = sys.executable) -> str:
             settings_path=settings_path,
             circus=settings.circus,
             watchers=watchers,
+            preloader=preloader,
+            preloader_priority=PRELOADER_PRIORITY,
             plugin=plugin,
             hook=AFTER_REAP_HOOK,
             worker_priority=WORKER_PRIORITY,
         )
     )
+
+
+def worker_args(settings: Settings, group: WorkerGroup, database: str) -> list[str]:
+    """The arguments of ``python`` for a worker of ``group`` on ``database``: ``-m
+    circus_djmaster worker …``, or with ``spawn = "fork"`` ``-m circus_djmaster launch
+    … --wait PRELOAD_TIMEOUT`` (the launcher reads no settings: its start is measured
+    in milliseconds)."""
+    where = ["--settings", str(settings.path), "--group", group.name, "--database", database]
+    if group.spawn == "fork":
+        return [
+            "-m",
+            "circus_djmaster",
+            "launch",
+            *where,
+            "--wait",
+            f"{settings.preload_timeout:g}",
+        ]
+    return ["-m", "circus_djmaster", "worker", *where]
 
 
 def _environment() -> jinja2.Environment:

@@ -139,6 +139,8 @@ class WorkerGroup:
     min_priority: int | None
     max_priority: int | None
     destroy_failed_jobs: bool
+    # Last, with a default: groups built in code (tests) need not spell it out.
+    spawn: str = "exec"  # "exec" or "fork" (docs/master.md, "Fork mode")
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,7 @@ class Settings:
     database_timeout: float
     listen: bool
     app: str | None
+    preload_timeout: float
     callbacks: Mapping[str, str]  # only those set; read-only
     databases: tuple[Database, ...]
     workers: tuple[WorkerGroup, ...]
@@ -182,6 +185,11 @@ class Settings:
     def _missing(self, key: str, what: str, name: str, choices: list[str]) -> SettingsError:
         reason = f"no {what} named {describe(name)} (choices: {', '.join(choices)})"
         return SettingsError(self.path, [Problem(key, reason)])
+
+    @property
+    def forks(self) -> bool:
+        """True when a worker group has ``spawn = "fork"``: then a preloader runs."""
+        return any(group.spawn == "fork" for group in self.workers)
 
     @property
     def lock_timeout(self) -> float:

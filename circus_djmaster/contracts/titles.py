@@ -6,6 +6,13 @@ job running is busy whatever else happens) while none of its job threads can rea
 database, and `` [OLD]`` after USR2. The master reads titles back (psutil) to tell
 starting, idle, busy, old and cut-off workers apart (:class:`WorkerState`), and so does
 ``djmaster status``: a title written by one version is read by another during a deploy.
+
+With ``spawn = "fork"`` the process circus starts for a worker is a launcher
+(worker/launcher.py) that stands for a worker forked by the preloader: its title,
+``delayed_job: launcher[mail] @primary -> worker pid 1234``, names that worker,
+so that the master and ``djmaster status`` read the worker's own title, memory and age
+(:func:`launched_pid`). The preloader shows ``djmaster: preloader (/path/djmaster.toml)``,
+with `` [OLD]`` once a newer generation replaces it.
 """
 
 from __future__ import annotations
@@ -15,13 +22,18 @@ from pathlib import Path
 
 __all__ = [
     "BUSY_MARK",
+    "LAUNCHER_PREFIX",
     "NO_DB_MARK",
     "OLD_MARK",
     "WORKER_PREFIX",
     "WorkerState",
     "forked_child_title",
+    "launched_pid",
+    "launcher_title",
     "master_application_name",
     "master_title",
+    "preloader_is_old",
+    "preloader_title",
     "set_title",
     "state_from_title",
     "worker_application_name",
@@ -29,6 +41,9 @@ __all__ = [
 ]
 
 WORKER_PREFIX = "delayed_job: worker["
+LAUNCHER_PREFIX = "delayed_job: launcher["
+PRELOADER_PREFIX = "djmaster: preloader ("
+_LAUNCHED = " -> worker pid "
 BUSY_MARK = " [BUSY]"
 OLD_MARK = " [OLD]"
 NO_DB_MARK = " [NO DB]"
@@ -45,6 +60,15 @@ class WorkerState(enum.Enum):
     NO_DB = "no db"  # cannot reach its database now: will not take a ready job
 
 
+def _queues_shown(queues: tuple[str, ...]) -> str:
+    names = ", ".join(queues) if queues else "*"
+    if len(names) > MAX_QUEUES_SHOWN:
+        # The title must fit the process' argv area (setproctitle cuts it off there),
+        # and the master reads [BUSY]/[OLD] (or a launcher's worker pid) at its end.
+        names = names[: MAX_QUEUES_SHOWN - 1] + "…"
+    return names
+
+
 def worker_title(
     index: int,
     queues: tuple[str, ...],
@@ -55,12 +79,7 @@ def worker_title(
     no_db: bool = False,
 ) -> str:
     """The title of worker ``index`` (its group's position in the settings)."""
-    names = ", ".join(queues) if queues else "*"
-    if len(names) > MAX_QUEUES_SHOWN:
-        # The title must fit the process' argv area (setproctitle cuts it off there),
-        # and the master reads [BUSY]/[OLD] at its end.
-        names = names[: MAX_QUEUES_SHOWN - 1] + "…"
-    title = f"delayed_job: worker[{index}] ({names}) @{database}"
+    title = f"delayed_job: worker[{index}] ({_queues_shown(queues)}) @{database}"
     if busy:
         title += BUSY_MARK
     elif no_db:
@@ -81,6 +100,37 @@ def state_from_title(title: str) -> WorkerState:
     if title.endswith(BUSY_MARK):
         return WorkerState.BUSY
     return WorkerState.NO_DB if title.endswith(NO_DB_MARK) else WorkerState.IDLE
+
+
+def launcher_title(group: str, database: str, worker_pid: int | None) -> str:
+    """The title of a launcher of worker group ``group`` on ``database`` (spawn =
+    "fork"), naming the worker it stands for once the preloader forked it."""
+    title = f"{LAUNCHER_PREFIX}{group}] @{database}"
+    if worker_pid is None:
+        return title + " (waiting for the preloader)"
+    return f"{title}{_LAUNCHED}{worker_pid}"
+
+
+def launched_pid(title: str) -> int | None:
+    """The worker pid a launcher's title names; None for any other title (an exec-mode
+    worker, a launcher still waiting for its worker)."""
+    title = title.replace("\0", " ").strip()
+    if not title.startswith(LAUNCHER_PREFIX):
+        return None
+    _, sep, pid = title.rpartition(_LAUNCHED)
+    return int(pid) if sep and pid.isdigit() else None
+
+
+def preloader_title(settings_path: Path | str, *, old: bool = False) -> str:
+    """The preloader's title (spawn = "fork"); `` [OLD]`` once it serves no more forks."""
+    return f"{PRELOADER_PREFIX}{settings_path})" + (OLD_MARK if old else "")
+
+
+def preloader_is_old(title: str) -> bool:
+    """True for the title of a preloader of an older generation (it forks no more
+    workers and exits once its workers are gone)."""
+    title = title.replace("\0", " ").strip()
+    return title.startswith(PRELOADER_PREFIX) and title.endswith(OLD_MARK)
 
 
 def forked_child_title(parent: int, database: str) -> str:

@@ -1,4 +1,4 @@
-"""The names circus knows us by: watchers, the plugin, the hook.
+"""The names circus knows us by: watchers, the preloader, the plugin, the hook.
 
 ``djmaster-config render`` writes them into ``circus.ini``; the master finds its
 watchers by them in circus' answers and events; ``djmaster status`` and operators
@@ -13,6 +13,7 @@ __all__ = [
     "PLUGIN_CLASS",
     "PLUGIN_SECTION",
     "PLUGIN_WATCHER",
+    "PRELOADER_WATCHER",
     "WATCHER_PREFIX",
     "watcher_name",
 ]
@@ -23,6 +24,9 @@ PLUGIN_SECTION = "djmaster"
 PLUGIN_WATCHER = f"plugin:{PLUGIN_SECTION}"
 PLUGIN_CLASS = "circus_djmaster.plugin.DelayedJobMaster"
 AFTER_REAP_HOOK = "circus_djmaster.hooks.after_reap"
+#: The preloader's watcher (``spawn = "fork"``). One hyphen: never a worker watcher's
+#: name, which has two.
+PRELOADER_WATCHER = f"{WATCHER_PREFIX}-preloader"
 
 
 def watcher_name(group: str, database: str) -> str:

@@ -1,7 +1,9 @@
 """The master's callbacks (settings ``[callbacks]``), called from its asyncio loop.
 
-* ``before_fork(master, target)``: before the master starts or grows a watcher;
-  ``target`` is a :class:`ForkTarget` (group, database, watcher, how many processes).
+* ``before_fork(master, target)``: before the master starts or grows a watcher of a
+  group with ``spawn = "exec"``; ``target`` is a :class:`~circus_djmaster.config.targets.
+  ForkTarget` (group, database, watcher, how many processes). With ``spawn = "fork"``
+  the preloader calls it before each fork instead (worker/preloader.py).
 * ``before_polling(master, database)`` / ``after_polling(master, database)`` and
   ``around_polling(master, database, block)``: around each count of ready jobs of one
   database (each database polls on its own).
@@ -19,11 +21,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from circus_djmaster.api.handler import resolve_callbacks
-from circus_djmaster.config.settings import WorkerGroup
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +36,6 @@ MASTER_CALLBACKS = (
     "after_monitor",
     "around_monitor",
 )
-
-
-@dataclass(frozen=True)
-class ForkTarget:
-    """What ``before_fork`` receives as its second argument."""
-
-    group: WorkerGroup
-    database: str
-    watcher: str
-    count: int
 
 
 class MasterCallbacks:

@@ -41,13 +41,14 @@ from circus_djmaster.circusd.async_client import SCALING_RETRY, AsyncCircus
 from circus_djmaster.common.logs import event
 from circus_djmaster.config.render import watcher_index
 from circus_djmaster.config.settings import Database, Settings
+from circus_djmaster.config.targets import ForkTarget
 from circus_djmaster.contracts.exit_codes import WorkerExit, is_retiring
 from circus_djmaster.contracts.locked_by import worker_locked_by
 from circus_djmaster.contracts.running_jobs import forget, read_running
 from circus_djmaster.contracts.titles import master_application_name
 from circus_djmaster.contracts.watchers import watcher_name
 from circus_djmaster.exceptions import CircusError, CircusTimeout
-from circus_djmaster.master.callbacks import ForkTarget, MasterCallbacks
+from circus_djmaster.master.callbacks import MasterCallbacks
 from circus_djmaster.master.listener import Listener
 from circus_djmaster.master.polling import DatabasePoller
 from circus_djmaster.master.readings import OS_PROCESSES, Processes

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -134,7 +135,8 @@ class JobThread(threading.Thread):
         self.deadlines = deadlines
         self.running = running
         self.gate = gate
-        self.code = JobCode(setup.worker_pid)
+        # The process' own pid (a forked worker goes by its launcher's, setup.worker_pid).
+        self.code = JobCode(os.getpid())
         self.slot = JobSlot(self.code)
         self.wake = threading.Event()
         self.resolved: Resolved | None = None  # the job running now, for the watchdog

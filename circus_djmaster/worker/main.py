@@ -1,10 +1,12 @@
 """``djmaster worker --settings FILE --group NAME --database NAME``: a worker's whole life.
 
-What each circus watcher runs. Signals are recorded from the first instruction
-(early_signals.py); then the settings are loaded and the application preloaded (a
-failure of either exits 78, ``WorkerExit.CONFIG_ERROR``: circus does not respawn it
-and the master stops scaling its watcher), the worker callbacks run around its loop
-(process.py), and the process exits with its :class:`WorkerExit`.
+What each circus watcher runs (``spawn = "exec"``). Signals are recorded from the first
+instruction (early_signals.py); then the settings are loaded and the application
+preloaded (a failure of either exits 78, ``WorkerExit.CONFIG_ERROR``: circus does not
+respawn it and the master stops scaling its watcher), the worker callbacks run around
+its loop (process.py), and the process exits with its :class:`WorkerExit`. With
+``spawn = "fork"`` the preloader (preloader.py) does the loading and preloading once
+and each forked worker runs :func:`work`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from circus_djmaster.common import logs
-from circus_djmaster.config.settings import Settings, load_settings
+from circus_djmaster.config.settings import Database, Settings, WorkerGroup, load_settings
 from circus_djmaster.contracts import titles
 from circus_djmaster.contracts.exit_codes import WorkerExit
 from circus_djmaster.exceptions import PreloadError, SettingsError
@@ -24,7 +26,7 @@ from circus_djmaster.worker import early_signals
 from circus_djmaster.worker.callbacks import WorkerCallbacks
 from circus_djmaster.worker.process import Worker
 
-__all__ = ["options_from", "preload", "run"]
+__all__ = ["options_from", "preload", "run", "start_logging", "work"]
 
 log = logging.getLogger("circus_djmaster.worker")
 
@@ -41,16 +43,38 @@ def run(settings_path: str, group_name: str, database_name: str) -> int:
     except SettingsError as exc:
         print(f"djmaster worker: {exc}", file=sys.stderr)
         return WorkerExit.CONFIG_ERROR
-    logs.configure(
-        settings.log_file, settings.log_level, prefix=f"worker[{group.index}]@{database.name} "
-    )
-    titles.set_title(titles.worker_title(group.index, group.queues, database.name))
+    start_logging(settings, group, database)
     try:
         callbacks = preload(settings)
     except PreloadError as exc:
         log.error("preload failed, this worker will not start: %s", exc)
         return WorkerExit.CONFIG_ERROR
-    worker = Worker(settings, group, database)
+    return work(settings, group, database, callbacks)
+
+
+def start_logging(settings: Settings, group: WorkerGroup, database: Database) -> None:
+    """The worker's log (``worker[N]@db`` on each line) and its first title."""
+    logs.configure(
+        settings.log_file, settings.log_level, prefix=f"worker[{group.index}]@{database.name} "
+    )
+    titles.set_title(titles.worker_title(group.index, group.queues, database.name))
+
+
+def work(
+    settings: Settings,
+    group: WorkerGroup,
+    database: Database,
+    callbacks: WorkerCallbacks,
+    *,
+    launcher_pid: int | None = None,
+) -> int:
+    """A preloaded worker's life from its first job to its exit code: ``after_fork``,
+    the run loop inside ``around_work``/``before_work``/``after_work``.
+
+    ``launcher_pid``: the worker was forked for that launcher (see :class:`Worker`).
+    Raises SettingsError when the database URL's variable is unset.
+    """
+    worker = Worker(settings, group, database, launcher_pid=launcher_pid)
     worker.install_signal_handlers()
     worker.replay(early_signals.take())
     log.info("worker started (group %s, database %s)", group.name, database.name)

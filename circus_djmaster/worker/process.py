@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import enum
 import logging
+import math
 import os
 import select
 import signal
@@ -37,7 +38,7 @@ import psycopg
 from circus_djmaster.api.context import set_worker_database
 from circus_djmaster.common import logs
 from circus_djmaster.common.logs import event
-from circus_djmaster.common.memory import rss_with_children
+from circus_djmaster.common.memory import rss_with_children, uss_with_children
 from circus_djmaster.config.settings import Database, Settings, WorkerGroup
 from circus_djmaster.contracts import titles
 from circus_djmaster.contracts.exit_codes import WorkerExit
@@ -47,7 +48,7 @@ from circus_djmaster.store import statements
 from circus_djmaster.store.errors import describe_error
 from circus_djmaster.store.statements import JobFilter, Statement
 from circus_djmaster.store.sync_executor import connect, execute
-from circus_djmaster.worker import early_signals
+from circus_djmaster.worker import early_signals, launcher_link
 from circus_djmaster.worker.db_deadlines import CallDeadlines
 from circus_djmaster.worker.interruption import Watchdog
 from circus_djmaster.worker.job_code import install_fork_handler
@@ -66,6 +67,8 @@ TICK = 0.5
 # A database call's client-side deadline is the server's statement_timeout plus this:
 # the server normally gives up first, with a clean error and a usable connection.
 CLIENT_SLACK = 2.0
+# A forked worker over max_memory by RSS reads its USS at most this often (seconds).
+MEMORY_READ_EVERY = 1.0
 # A call unanswered this long counts as trouble: for the [NO DB] title, and a stopping
 # worker stops waiting for a reserve this old (a hung idle query is not a running job).
 STALLED_AFTER = 1.0
@@ -86,6 +89,8 @@ class WorkerInfo:
     settings: Settings
     group: WorkerGroup
     database: Database
+    #: The pid circus and ``locked_by`` know: the launcher's with ``spawn = "fork"``
+    #: (``os.getpid()`` is the process' own).
     pid: int
 
 
@@ -103,12 +108,29 @@ class Worker:
         signal.SIGUSR2: "handle_usr2",
     }
 
-    def __init__(self, settings: Settings, group: WorkerGroup, database: Database) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        group: WorkerGroup,
+        database: Database,
+        *,
+        launcher_pid: int | None = None,
+    ) -> None:
+        """``launcher_pid``: the worker was forked by the preloader for that launcher
+        (``spawn = "fork"``). It then goes by the launcher's pid, the one circus and the
+        master know (``locked_by``, the running-jobs file, ``WorkerInfo.pid``, database
+        application names), watches its launcher instead of its parent (launcher_link.py:
+        the launcher relays circusd's death as a TERM), and compares its unique memory
+        (USS) with ``max_memory``: its RSS counts the pages it shares with the preloader.
+
+        Raises SettingsError when the database URL's variable is unset.
+        """
         self.settings = settings
         self.group = group
         self.database = database
         self.database_url = database.url()
-        self.pid = os.getpid()
+        self.forked = launcher_pid is not None
+        self.pid = launcher_pid if launcher_pid is not None else os.getpid()
         self.locked_by = worker_locked_by(self.pid)
         self.info = WorkerInfo(settings, group, database, self.pid)
         self.setup = ThreadSetup(
@@ -123,6 +145,7 @@ class Worker:
         )
         self.started = time.monotonic()
         self._ppid = os.getppid()
+        self._memory_read_at = -math.inf
         self._lock = threading.Lock()
         # Threads reserving or holding jobs: the worker is idle only when none is.
         self._active = 0
@@ -261,8 +284,17 @@ class Worker:
         group = self.group
         if group.max_memory is not None:
             rss = process_rss()
-            if rss > group.max_memory:
-                self.retire(f"memory {rss // 2**20} MB is over max_memory")
+            # USS <= RSS: a forked worker reads its USS (a few ms for a large app) only
+            # when its RSS is over the limit, and at most every MEMORY_READ_EVERY.
+            now = time.monotonic()
+            if not self.forked:
+                if rss > group.max_memory:
+                    self.retire(f"memory {rss // 2**20} MB is over max_memory")
+            elif rss > group.max_memory and now - self._memory_read_at >= MEMORY_READ_EVERY:
+                self._memory_read_at = now
+                uss = uss_with_children(psutil.Process())
+                if uss > group.max_memory:
+                    self.retire(f"memory (USS) {uss // 2**20} MB is over max_memory")
         if group.max_execution is not None:
             age = time.monotonic() - self.started
             if age > group.max_execution:
@@ -350,7 +382,7 @@ class Worker:
             self._handle_signals()
             if self._stop is StopMode.IMMEDIATE:
                 self._exit_now(hand_back=True)
-            if os.getppid() != self._ppid:
+            if not self.forked and os.getppid() != self._ppid:
                 log.warning("parent process went away: stopping after the running jobs")
                 self._ppid = os.getppid()
                 self._stop = max(self._stop, StopMode.GRACEFUL)
@@ -429,7 +461,7 @@ class Worker:
         for handler in logging.getLogger().handlers:
             handler.flush()
         code = WorkerExit.CRASHED if self._crashed else WorkerExit.RETIRED
-        os._exit(int(code))
+        launcher_link.exit_process(int(code))
 
     def _control(self, what: str, statement: Statement[T]) -> T | None:
         """Run a statement on the main thread's own connection (one reconnect on

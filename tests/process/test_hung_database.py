@@ -26,14 +26,14 @@ import pytest
 from circus_djmaster import enqueue
 from circus_djmaster.contracts.exit_codes import WorkerExit
 from tests.support.waiting import wait_until
-from tests.support.worker_run import events, start_worker, write_settings
+from tests.support.worker_run import events, start_worker, worker_pid, write_settings
 
 J = "tests.support.jobs"
 
 
 def title(proc: subprocess.Popen[str]) -> str:
     try:
-        return " ".join(psutil.Process(proc.pid).cmdline()).strip()
+        return " ".join(psutil.Process(worker_pid(proc.pid)).cmdline()).strip()
     except psutil.Error:
         return ""
 

@@ -12,7 +12,15 @@ import psycopg
 from circus_djmaster import enqueue
 from circus_djmaster.contracts.exit_codes import WorkerExit
 from tests.support.waiting import wait_until
-from tests.support.worker_run import events, job_row, start_worker, worker_env, write_settings
+from tests.support.worker_run import (
+    events,
+    job_row,
+    preloaders,
+    start_worker,
+    worker_env,
+    worker_pid,
+    write_settings,
+)
 
 J = "tests.support.jobs"
 
@@ -41,7 +49,7 @@ def test_a_job_past_max_run_time_that_cannot_be_stopped_is_charged_and_never_run
     try:
         wait_until(lambda: events(conn, "stuck"), 10, "job started")
         owner = events(conn, "stuck")[0][2]
-        stuck_worker, other = (first, second) if owner == first.pid else (second, first)
+        stuck_worker, other = (first, second) if owner == worker_pid(first.pid) else (second, first)
         # Past max_run_time the job cannot be interrupted (it blocks in C): its worker
         # keeps the lock until it has exited, then the job waits for its retry time.
         code, err = finish(stuck_worker, timeout=15)
@@ -80,21 +88,35 @@ def test_a_job_past_max_run_time_in_python_code_is_interrupted_and_the_worker_go
     assert events(conn, "after"), "the worker went on with the next job"
 
 
+def config_error(proc: subprocess.Popen[str], settings: Path, spawn: str) -> str:
+    """The worker's (exec) or the preloader's (fork) configuration error: they exited
+    78; a launcher whose preloader could not load exits 0 (the master holds its watcher
+    while the preloader is blocked) and says why. Returns the error text."""
+    code, err = finish(proc)
+    if spawn == "exec":
+        assert code == WorkerExit.CONFIG_ERROR, err
+        return err
+    assert code == WorkerExit.RETIRED, err
+    assert "the preloader could not load, so no worker starts" in err
+    preloader = wait_until(lambda: preloaders().get(settings), 10, "the preloader")
+    assert preloader.wait(timeout=10) == WorkerExit.CONFIG_ERROR
+    return err + settings.with_name("preloader.out").read_text()
+
+
 def test_preload_failure_exits_with_the_config_error_code(
-    tmp_path: Path, database_url: str
+    tmp_path: Path, database_url: str, spawn: str
 ) -> None:
     settings = write_settings(tmp_path, app="no_such_app_module", workers=[{"queues": ["q1"]}])
-    code, err = finish(start_worker(settings, database_url))
-    assert code == WorkerExit.CONFIG_ERROR
-    assert "preload failed" in err and "no_such_app_module" in err
+    err = config_error(start_worker(settings, database_url), settings, spawn)
+    assert "no_such_app_module" in err
+    assert ("preload failed" if spawn == "exec" else "cannot preload") in err
 
 
 def test_bad_settings_exit_with_the_config_error_code_naming_file_and_key(
-    tmp_path: Path, database_url: str
+    tmp_path: Path, database_url: str, spawn: str
 ) -> None:
     settings = write_settings(tmp_path, workers=[{"queues": ["q1"], "max_threads": 0}])
-    code, err = finish(start_worker(settings, database_url))
-    assert code == WorkerExit.CONFIG_ERROR
+    err = config_error(start_worker(settings, database_url), settings, spawn)
     assert str(settings) in err and "workers[0].max_threads" in err
 
 

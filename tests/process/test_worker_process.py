@@ -16,7 +16,15 @@ import pytest
 from circus_djmaster import enqueue
 from circus_djmaster.contracts.exit_codes import WorkerExit
 from tests.support.waiting import wait_until
-from tests.support.worker_run import events, job_row, start_worker, worker_env, write_settings
+from tests.support.worker_run import (
+    events,
+    job_row,
+    start_worker,
+    worker_argv,
+    worker_env,
+    worker_pid,
+    write_settings,
+)
 
 J = "tests.support.jobs"
 
@@ -33,8 +41,9 @@ def finish(proc: subprocess.Popen[str], timeout: float = 15) -> tuple[int, str]:
 
 
 def title(proc: subprocess.Popen[str]) -> str:
+    """The title of the process running the jobs (the worker a launcher stands for)."""
     try:
-        return " ".join(psutil.Process(proc.pid).cmdline()).strip()
+        return " ".join(psutil.Process(worker_pid(proc.pid)).cmdline()).strip()
     except psutil.Error:
         return ""
 
@@ -78,7 +87,7 @@ def test_title_shows_group_queues_database_and_busy(
         busy = wait_until(lambda: "[BUSY]" in title(proc) and title(proc), 5, "BUSY title")
         assert busy == "delayed_job: worker[1] (q1, q2) @primary [BUSY]"
         ps = subprocess.run(
-            ["ps", "-o", "args=", "-p", str(proc.pid)], capture_output=True, text=True
+            ["ps", "-o", "args=", "-p", str(worker_pid(proc.pid))], capture_output=True, text=True
         ).stdout
         assert "delayed_job: worker[1] (q1, q2) @primary [BUSY]" in ps
         assert database_url not in ps
@@ -278,15 +287,30 @@ def test_term_after_usr2_still_lets_the_running_job_finish(
     assert [event for _k, event, _p in events(conn, "t")] == ["start", "done"]
 
 
-def test_a_term_during_start_up_is_graceful_not_fatal(settings: Path, database_url: str) -> None:
-    proc = start_worker(settings, database_url)
+def test_a_term_during_start_up_is_graceful_not_fatal(
+    settings: Path, database_url: str, spawn: str
+) -> None:
+    if spawn == "fork":
+        # A launcher starts up until a preloader forks its worker: here none runs yet.
+        proc = subprocess.Popen(
+            worker_argv(settings),
+            env=worker_env(database_url),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    else:
+        proc = start_worker(settings, database_url)
     # As soon as the process catches TERM (the first thing `python -m circus_djmaster
-    # worker` does, long before its imports are done), TERM no longer kills it (-15).
+    # worker` does, long before its imports are done; a launcher's first step too),
+    # TERM no longer kills it (-15).
     wait_until(lambda: catches(proc.pid, signal.SIGTERM), 10, "TERM handler installed")
     proc.send_signal(signal.SIGTERM)
     code, err = finish(proc)
     assert code == WorkerExit.RETIRED, err
-    assert "SIGTERM: stopping after the running jobs" in err
+    if spawn == "fork":
+        assert "stopped before its worker started" in err
+    else:
+        assert "SIGTERM: stopping after the running jobs" in err
 
 
 def catches(pid: int, signum: int) -> bool:
