@@ -21,6 +21,9 @@ import pytest
 from circus_djmaster.store import pgserver
 from circus_djmaster.store.queries import schema_sql
 from circus_djmaster.store.sync_executor import connect, migrate
+from tests.support.spawn import spawn
+
+__all__ = ["spawn"]  # a fixture: the process-model tiers run in both spawn modes
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_LOCK = 0x646A7465  # any constant; serialises template creation across sessions

@@ -99,8 +99,10 @@ _COUNT = integer(minimum=1)
 # 0 would make a loop spin, or retire every worker at once.
 _POSITIVE = duration(positive=True)
 _CALLBACKS = {
-    "before_fork": "master: before it starts worker processes for a watcher",
-    "after_fork": "worker: in a new worker process, after the `app` import",
+    "before_fork": "master: before it starts worker processes for a watcher; with "
+    '`spawn = "fork"` the preloader instead, before each worker it forks',
+    "after_fork": "worker: in a new worker process, after the `app` import (with "
+    '`spawn = "fork"`: in the forked worker)',
     "before_work": "worker: before its run loop starts",
     "after_work": "worker: after its run loop ends",
     "around_work": "worker: wraps its run loop",

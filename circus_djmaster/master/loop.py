@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -42,16 +43,23 @@ from circus_djmaster.common.logs import event
 from circus_djmaster.config.render import watcher_index
 from circus_djmaster.config.settings import Database, Settings
 from circus_djmaster.config.targets import ForkTarget
+from circus_djmaster.contracts import preloader as rendezvous
 from circus_djmaster.contracts.exit_codes import WorkerExit, is_retiring
 from circus_djmaster.contracts.locked_by import worker_locked_by
 from circus_djmaster.contracts.running_jobs import forget, read_running
 from circus_djmaster.contracts.titles import master_application_name
-from circus_djmaster.contracts.watchers import watcher_name
+from circus_djmaster.contracts.watchers import PRELOADER_WATCHER, watcher_name
 from circus_djmaster.exceptions import CircusError, CircusTimeout
 from circus_djmaster.master.callbacks import MasterCallbacks
 from circus_djmaster.master.listener import Listener
 from circus_djmaster.master.polling import DatabasePoller
-from circus_djmaster.master.readings import OS_PROCESSES, Processes
+from circus_djmaster.master.preloading import (
+    PreloaderAction,
+    PreloaderSnapshot,
+    RetirePreloader,
+    plan_preloader,
+)
+from circus_djmaster.master.readings import OS_PROCESSES, Processes, describe_exit
 from circus_djmaster.master.releases import Release, charge_for_death
 from circus_djmaster.master.scaling import (
     Action,
@@ -111,6 +119,12 @@ class Master(SignalHandling):
         self.host = host or socket.gethostname()
         self.probe_interval = probe_interval
         self.index = watcher_index(settings)  # lower-cased watcher -> (group, database)
+        # spawn = "fork": the preloader's watcher and the watchers of its workers.
+        self.fork_watchers = frozenset(
+            name for name, (group, _) in self.index.items() if settings.group(group).spawn == "fork"
+        )
+        self.preloader: PreloaderSnapshot | None = None  # the last observation of it
+        self._settings_mtime = mtime_ns(settings.path)
         self.policies = {group.name: GroupPolicy.from_settings(group) for group in settings.workers}
         self.callbacks = MasterCallbacks.load(settings.callbacks)
         self.mode = Mode.RUNNING
@@ -147,6 +161,11 @@ class Master(SignalHandling):
     def on_event(self, watcher: str, event: str, message: Any) -> None:
         """A circus pubsub event (``watcher.<name>.<event>``): a hint to look again."""
         watcher = watcher.lower()
+        if watcher == PRELOADER_WATCHER and self.fork_watchers:
+            if event == "reap" and isinstance(message, dict):
+                self._on_preloader_reap(message)
+            self._wake.set()
+            return
         if watcher not in self.index:
             return
         if event == "reap" and isinstance(message, dict):
@@ -168,6 +187,20 @@ class Master(SignalHandling):
         elif not is_retiring(exit_code):
             # It died: release now (it may have lived between two observations).
             self._release_jobs(pid, watcher, self.book.death(pid, self.host, exit_code))
+
+    def _on_preloader_reap(self, message: dict[str, Any]) -> None:
+        exit_code = message.get("exit_code")
+        exit_code = exit_code if isinstance(exit_code, int) else None
+        if exit_code == WorkerExit.CONFIG_ERROR:
+            self._block(PRELOADER_WATCHER)
+        elif not is_retiring(exit_code):
+            log.warning(
+                "%s: the preloader pid %s %s; circus starts a new one, its workers go on",
+                PRELOADER_WATCHER,
+                message.get("process_pid"),
+                describe_exit(exit_code),
+                extra=event("preloader_died", exit_code=exit_code),
+            )
 
     # --- the loop ------------------------------------------------------------------
 
@@ -209,6 +242,7 @@ class Master(SignalHandling):
         snapshots = await self.observe()
         self._check_blocks(snapshots)  # parked watchers need a fresh status
         self._release_vanished()
+        await self._keep_preloader()
         now = time.monotonic()
         if now >= self._next_monitor:
             self._next_monitor = now + self.settings.monitor_interval
@@ -342,7 +376,36 @@ class Master(SignalHandling):
             )
         self.book.observed(current)
         self.snapshots = snapshots
+        if self.fork_watchers:
+            self.preloader = await self._observe_preloader(statuses)
         return snapshots
+
+    async def _observe_preloader(self, statuses: dict[str, Any]) -> PreloaderSnapshot | None:
+        if PRELOADER_WATCHER not in statuses:
+            if PRELOADER_WATCHER not in self._missing_reported:
+                self._missing_reported.add(PRELOADER_WATCHER)
+                log.error(
+                    "watcher %s is not in circusd: render circus.ini again from %s",
+                    PRELOADER_WATCHER,
+                    self.settings.path,
+                )
+            return None
+        status = WatcherStatus.parse(statuses[PRELOADER_WATCHER])
+        numprocesses, readings = 0, []
+        if status is not WatcherStatus.STOPPED:
+            numprocesses = await self.circus.numprocesses(PRELOADER_WATCHER)
+            for pid in await self.circus.pids(PRELOADER_WATCHER):
+                reading = self.processes.read_preloader(pid)
+                if reading is not None:
+                    readings.append(reading)
+        block = self.blocks.get(PRELOADER_WATCHER)
+        return PreloaderSnapshot(
+            status,
+            numprocesses,
+            tuple(readings),
+            blocked=block is not None,
+            parked=block is not None and block.parked,
+        )
 
     # --- dead workers ------------------------------------------------------------------
 
@@ -372,6 +435,19 @@ class Master(SignalHandling):
     def _block(self, watcher: str) -> None:
         if not self.blocks.block(watcher, mtime_ns(self.settings.path)):
             return
+        if watcher == PRELOADER_WATCHER:
+            log.error(
+                "%s: the preloader exited with code %d (settings or application import "
+                "error; its own error is in %s): no worker of a fork-mode group starts "
+                "until %s changes, `circusctl start %s`, or USR2 to the master",
+                PRELOADER_WATCHER,
+                int(WorkerExit.CONFIG_ERROR),
+                self.settings.log_file or "circusd's output",
+                self.settings.path,
+                PRELOADER_WATCHER,
+                extra=event("watcher_blocked", watcher=watcher),
+            )
+            return
         group, database = self.index[watcher]
         log.error(
             "%s: a worker exited with code %d (settings or application preload error; "
@@ -391,6 +467,8 @@ class Master(SignalHandling):
         if not self.blocks:
             return
         statuses = {snapshot.name: snapshot.status for snapshot in snapshots or ()}
+        if snapshots is not None and self.preloader is not None:
+            statuses[PRELOADER_WATCHER] = self.preloader.status
         unblocked = self.blocks.unblock(mtime_ns(self.settings.path), statuses)
         for watcher, why in unblocked.items():
             self._scale_due = True
@@ -421,11 +499,13 @@ class Master(SignalHandling):
             *(self.pollers[database].count(COUNT_WAIT) for database in databases)
         )
         counts = dict(zip(databases, results, strict=True))
+        # While the preloader cannot load, fork-mode watchers are held as they are.
+        held = self.fork_watchers if self.preloader is not None and self.preloader.blocked else ()
         ready = []
         for snapshot in snapshots:
             per_group = counts.get(snapshot.database)
             count = None if per_group is None else per_group.get(snapshot.group)
-            ready.append(_with_ready(snapshot, count))
+            ready.append(_with_ready(snapshot, None if snapshot.name in held else count))
         self.snapshots = ready
         actions = plan_scaling(self.policies, ready, rotation=self._rotation)
         self._rotation += 1
@@ -510,11 +590,56 @@ class Master(SignalHandling):
             )
 
     async def _before_fork(self, watcher: str, count: int) -> None:
-        if "before_fork" not in self.callbacks:
+        # spawn = "fork": the preloader runs before_fork, before each fork.
+        if "before_fork" not in self.callbacks or watcher in self.fork_watchers:
             return
         group, database = self.index[watcher]
         target = ForkTarget(self.settings.group(group), database, watcher, count)
         await self.callbacks.call("before_fork", self, target)
+
+    # --- the preloader (spawn = "fork") ----------------------------------------------------
+
+    async def _keep_preloader(self) -> None:
+        """One current preloader generation; a new one when the settings file changed."""
+        if self.preloader is None:
+            return
+        mtime = mtime_ns(self.settings.path)
+        stale = mtime != self._settings_mtime
+        self._settings_mtime = mtime
+        for action in plan_preloader(self.preloader, stale=stale):
+            try:
+                await self._act_preloader(action)
+            except (CircusError, CircusTimeout) as error:
+                log.warning("%s: %s failed: %s", PRELOADER_WATCHER, type(action).__name__, error)
+
+    async def _act_preloader(self, action: PreloaderAction) -> None:
+        if isinstance(action, RetirePreloader):
+            if self.retire_preloader(action.pid):
+                log.info(
+                    "%s: preloader pid %d retires (%s): it forks no more and exits once "
+                    "its workers are gone",
+                    PRELOADER_WATCHER,
+                    action.pid,
+                    action.why,
+                    extra=event("preloader_retiring", pid=action.pid),
+                )
+            return
+        if isinstance(action, ParkWatcher):
+            await self._act(action, None)
+            return
+        # A new generation: a note of a failed one must not stop its launchers.
+        with contextlib.suppress(OSError):
+            (rendezvous.folder_for(self.settings.path) / rendezvous.FAILED).unlink()
+        if isinstance(action, StartWatcher):
+            await self.circus.set_numprocesses(PRELOADER_WATCHER, 1)
+            await self.circus.start(PRELOADER_WATCHER)
+        else:
+            await self.circus.incr(PRELOADER_WATCHER, 1)
+        log.info(
+            "%s: a new preloader generation starts",
+            PRELOADER_WATCHER,
+            extra=event("preloader_started"),
+        )
 
     # --- the master's own signals --------------------------------------------------------
 

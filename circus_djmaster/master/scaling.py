@@ -77,6 +77,9 @@ class WatcherStatus(enum.Enum):
 class RetireReason(enum.Enum):
     MAX_MEMORY = "RSS over max_memory"
     HARD_MAX_MEMORY = "RSS over hard_max_memory"
+    # A worker forked by the preloader (spawn = "fork") is measured by its USS.
+    MAX_MEMORY_USS = "USS over max_memory"
+    HARD_MAX_MEMORY_USS = "USS over hard_max_memory"
     MAX_EXECUTION = "age over max_execution"
     REBALANCE = "slot needed by a starved database of its group"
     MASTER_STOPS = "the master stops (TERM or WINCH)"
@@ -410,17 +413,20 @@ def plan_limits(
 
 
 def _limit_for(group: GroupPolicy, watcher: str, worker: WorkerReading) -> Action | None:
-    rss = worker.rss
+    memory = worker.memory  # RSS, or USS for a forked worker (readings.WorkerReading)
+    forked = worker.forked_pid is not None
     # The hard limit applies to everyone, old and retiring workers included: it exists
     # for the process that would take the host down before its job ends.
-    if group.hard_max_memory is not None and rss is not None and rss > group.hard_max_memory:
-        return KillWorker(watcher, worker.pid, RetireReason.HARD_MAX_MEMORY)
+    if group.hard_max_memory is not None and memory is not None and memory > group.hard_max_memory:
+        reason = RetireReason.HARD_MAX_MEMORY_USS if forked else RetireReason.HARD_MAX_MEMORY
+        return KillWorker(watcher, worker.pid, reason)
     if worker.leaving or not worker.signalable:
         # Already finishing (a second SIGTERM would stop it at once), or still starting
         # (no handler yet: SIGTERM would kill it); the next pass looks again.
         return None
-    if group.max_memory is not None and rss is not None and rss > group.max_memory:
-        return RetireWorker(watcher, worker.pid, RetireReason.MAX_MEMORY)
+    if group.max_memory is not None and memory is not None and memory > group.max_memory:
+        reason = RetireReason.MAX_MEMORY_USS if forked else RetireReason.MAX_MEMORY
+        return RetireWorker(watcher, worker.pid, reason)
     if (
         group.max_execution is not None
         and worker.age is not None

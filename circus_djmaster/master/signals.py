@@ -18,7 +18,9 @@ QUIT    stops now, as for TERM                      QUIT: stop now, hand their j
 USR1    reopens its log                             USR1: reopen their logs
 USR2    exits; circus starts a new master process   USR2: `` [OLD]``, finish current
         (new pid file); the new one counts the old  jobs, exit; new jobs go to workers
-        workers against ``max_processes``           the new master starts
+        workers against ``max_processes``; with     the new master starts
+        ``spawn = "fork"`` the preloader retires
+        and the new master starts a new generation
 HUP     exits; circus starts a new master, which    untouched
         reads the settings again
 ======  ==========================================  ====================================
@@ -33,6 +35,7 @@ running jobs finish.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -42,6 +45,7 @@ from circus_djmaster.circusd.async_client import AsyncCircus
 from circus_djmaster.common import logs
 from circus_djmaster.common.logs import event
 from circus_djmaster.exceptions import CircusError, CircusTimeout
+from circus_djmaster.master.preloading import PreloaderSnapshot
 from circus_djmaster.master.readings import Processes
 from circus_djmaster.master.scaling import RetireReason, WatcherSnapshot, WatcherStatus
 from circus_djmaster.master.state import LoopExit, Mode, WorkerBook
@@ -80,6 +84,7 @@ class SignalHandling:
     snapshots: list[WatcherSnapshot]  # the last observation
     book: WorkerBook
     processes: Processes
+    preloader: PreloaderSnapshot | None  # spawn = "fork": the last observation of it
 
     async def observe(self) -> list[WatcherSnapshot]:
         """Look at circus and the workers again (the loop's observation)."""
@@ -144,10 +149,11 @@ class SignalHandling:
         return None
 
     async def handle_usr1(self, name: str) -> LoopExit | None:
-        """USR1: reopen the log, and tell the workers to reopen theirs."""
+        """USR1: reopen the log, and tell the workers (and the preloader) to reopen theirs."""
         self.reopen_logs()
         await self._refresh()
         sent = await self.signal_workers(signal.SIGUSR1)
+        self.signal_preloaders(signal.SIGUSR1)
         log.info(
             "USR1: log reopened; %d worker(s) reopen theirs",
             sent,
@@ -164,6 +170,9 @@ class SignalHandling:
             sent,
             extra=event("master_signal", signal=name, workers_signalled=sent),
         )
+        # spawn = "fork": the new master starts a preloader that imports the new code.
+        if self.signal_preloaders(signal.SIGUSR2):
+            log.info("USR2: the preloader retires; the new master starts a new generation")
         return LoopExit.RESTART
 
     async def handle_hup(self, name: str) -> LoopExit | None:
@@ -190,6 +199,34 @@ class SignalHandling:
         except ProcessLookupError:
             return False
         return True
+
+    def retire_preloader(self, pid: int) -> bool:
+        """USR2 to preloader ``pid`` (it forks no more, exits once its workers are gone);
+        False when it is gone or not a preloader this master observed."""
+        known = self.preloader is not None and any(
+            preloader.pid == pid for preloader in self.preloader.preloaders
+        )
+        if not known or pid <= 1 or pid in (self.pid, os.getppid()):
+            return False
+        try:
+            self.processes.kill(pid, signal.SIGUSR2)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def signal_preloaders(self, signum: int) -> int:
+        """Send ``signum`` to the current generation's preloader(s) (USR1: reopen the
+        log; USR2: retire); returns how many got it."""
+        if self.preloader is None:
+            return 0
+        sent = 0
+        for preloader in self.preloader.current:
+            if preloader.pid <= 1 or preloader.pid in (self.pid, os.getppid()):
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                self.processes.kill(preloader.pid, signum)
+                sent += 1
+        return sent
 
     async def signal_workers(
         self, signum: int, *, skip_leaving: bool = False, patience: float = 0.0

@@ -1,5 +1,6 @@
 """The worker's callbacks (settings ``[callbacks]``: ``after_fork``, ``before_work``,
-``after_work``, ``around_work``): loaded once at start, called safely.
+``after_work``, ``around_work``; the preloader's ``before_fork``): loaded once at
+start, called safely.
 
 A callback that cannot be imported stops the worker from starting (exit 78); an
 exception raised by one is logged with its traceback and never stops the worker's
@@ -19,6 +20,8 @@ log = logging.getLogger(__name__)
 
 
 WORKER_CALLBACKS = ("after_fork", "before_work", "after_work", "around_work")
+#: The preloader (spawn = "fork") also runs before_fork, before each fork.
+PRELOADER_CALLBACKS = ("before_fork", *WORKER_CALLBACKS)
 
 
 class WorkerCallbacks:
@@ -28,9 +31,12 @@ class WorkerCallbacks:
         self._functions = dict(functions)
 
     @classmethod
-    def load(cls, paths: Mapping[str, str]) -> WorkerCallbacks:
-        """The worker's callbacks; PreloadError if one cannot be imported (exit 78)."""
-        functions, failures = resolve_callbacks(paths, WORKER_CALLBACKS)
+    def load(
+        cls, paths: Mapping[str, str], names: tuple[str, ...] = WORKER_CALLBACKS
+    ) -> WorkerCallbacks:
+        """The callbacks ``names`` that ``paths`` sets (default: the worker's);
+        PreloadError if one cannot be imported (exit 78)."""
+        functions, failures = resolve_callbacks(paths, names)
         for name, exc in failures.items():
             raise PreloadError(f"callbacks.{name}: {exc}") from exc
         return cls(functions)

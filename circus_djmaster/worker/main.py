@@ -23,7 +23,7 @@ from circus_djmaster.contracts import titles
 from circus_djmaster.contracts.exit_codes import WorkerExit
 from circus_djmaster.exceptions import PreloadError, SettingsError
 from circus_djmaster.worker import early_signals
-from circus_djmaster.worker.callbacks import WorkerCallbacks
+from circus_djmaster.worker.callbacks import WORKER_CALLBACKS, WorkerCallbacks
 from circus_djmaster.worker.process import Worker
 
 __all__ = ["options_from", "preload", "run", "start_logging", "work"]
@@ -97,8 +97,9 @@ def work(
     return WorkerExit.RETIRED
 
 
-def preload(settings: Settings) -> WorkerCallbacks:
-    """chdir to the working directory, import the app and the worker callbacks.
+def preload(settings: Settings, callbacks: tuple[str, ...] = WORKER_CALLBACKS) -> WorkerCallbacks:
+    """chdir to the working directory, import the app and the ``callbacks`` named (the
+    worker's; the preloader's adds ``before_fork``).
 
     Raises PreloadError when the app or a callback cannot be imported (exit 78).
     """
@@ -111,7 +112,7 @@ def preload(settings: Settings) -> WorkerCallbacks:
         except BaseException as exc:
             log.exception("importing app %r failed", settings.app)
             raise PreloadError(f"importing app {settings.app!r} failed: {exc!r}") from exc
-    return WorkerCallbacks.load(settings.callbacks)
+    return WorkerCallbacks.load(settings.callbacks, callbacks)
 
 
 _OPTIONS = ("--settings", "--group", "--database")

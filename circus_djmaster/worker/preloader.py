@@ -62,7 +62,7 @@ from circus_djmaster.contracts.exit_codes import WorkerExit
 from circus_djmaster.contracts.watchers import watcher_name
 from circus_djmaster.exceptions import PreloadError, SettingsError
 from circus_djmaster.worker import early_signals, launcher_link, main
-from circus_djmaster.worker.callbacks import WorkerCallbacks
+from circus_djmaster.worker.callbacks import PRELOADER_CALLBACKS, WorkerCallbacks
 
 __all__ = ["Preloader", "run", "threads_problem"]
 
@@ -99,7 +99,7 @@ def run(settings_path: str) -> int:
     titles.set_title(titles.preloader_title(settings.path))
     started = time.monotonic()
     try:
-        callbacks = main.preload(settings)
+        callbacks = main.preload(settings, PRELOADER_CALLBACKS)
         problem = threads_problem()
         if problem is not None:
             raise PreloadError(problem)

@@ -163,7 +163,7 @@ class Worker:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._threads: list[JobThread] = []
-        self.running = RunningJobs(group.max_threads)
+        self.running = RunningJobs(group.max_threads, self.pid)
         self.gate = RunAloneGate()
         self.deadlines = CallDeadlines(settings.database_timeout + CLIENT_SLACK)
         self.watchdog = Watchdog(

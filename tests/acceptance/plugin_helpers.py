@@ -19,7 +19,7 @@ import psycopg
 
 from tests.support.circus_run import CircusRun, circus_env, circus_table, read, start_circus
 from tests.support.waiting import wait_until
-from tests.support.worker_run import events, write_settings
+from tests.support.worker_run import events, worker_pid, write_settings
 
 DEADLINE = 20.0
 WATCHER = "djmaster-worker0-primary"
@@ -136,15 +136,31 @@ def master_log(run: CircusRun) -> str:
     return read(run.log_file)
 
 
+def circus_pid(run: CircusRun, worker: int, watcher: str = WATCHER) -> int:
+    """The pid circus lists for the worker process ``worker`` (the pid jobs record):
+    itself, or with spawn = "fork" the launcher that stands for it."""
+    for pid in run.pids(watcher):
+        if worker_pid(pid) == worker:
+            return pid
+    return worker
+
+
+def memory_metric(spawn: str) -> str:
+    """What the master compares with max_memory: RSS, or USS for forked workers."""
+    return "USS" if spawn == "fork" else "RSS"
+
+
 __all__ = [
     "DEADLINE",
     "WATCHER",
+    "circus_pid",
     "db_now",
     "done",
     "enqueue",
     "enqueue_many",
     "event_at",
     "master_log",
+    "memory_metric",
     "running",
     "settings_file",
     "titles",

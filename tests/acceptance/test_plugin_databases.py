@@ -22,6 +22,8 @@ from tests.acceptance.plugin_helpers import (
     wait_until,
 )
 
+pytestmark = pytest.mark.usefixtures("spawn")  # both spawn modes
+
 PRIMARY = "djmaster-worker0-primary"
 SECONDARY = "djmaster-worker0-secondary"
 

@@ -9,18 +9,24 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests.acceptance.plugin_helpers import (
     DEADLINE,
     WATCHER,
+    circus_pid,
     done,
     enqueue,
     master_log,
+    memory_metric,
     running,
     settings_file,
     wait_until,
 )
+from tests.support.circus_run import PRELOADER_WATCHER
 from tests.support.worker_run import events, job_row
+
+pytestmark = pytest.mark.usefixtures("spawn")  # both spawn modes
 
 MB = 2**20
 
@@ -80,7 +86,7 @@ def test_job_killing_its_worker_every_time_fails_after_max_attempts(
 
 
 def test_job_over_max_memory_completes_and_its_worker_retires(
-    tmp_path: Path, database_url: str, conn: psycopg.Connection[Any]
+    tmp_path: Path, database_url: str, conn: psycopg.Connection[Any], spawn: str
 ) -> None:
     workers = [{"queues": ["q1"], "max_processes": 1, "sleep_delay": 0.2, "max_memory": "100MB"}]
     settings = settings_file(tmp_path, workers=workers, monitor_interval=0.5)
@@ -88,14 +94,16 @@ def test_job_over_max_memory_completes_and_its_worker_retires(
         # Idle workers retire at once; keep one busy: the allocation, then a 2 s job.
         enqueue(conn, "allocate_then_sleep", "m1", 150, 1.5, module="plugin_jobs")
         worker = wait_until(lambda: started_pid(conn, "m1"), DEADLINE, "job m1 to start")
-        wait_until(lambda: "RSS over max_memory" in master_log(run), DEADLINE, "the retire")
+        listed = circus_pid(run, worker)
+        metric = memory_metric(spawn)
+        wait_until(lambda: f"{metric} over max_memory" in master_log(run), DEADLINE, "the retire")
         wait_until(lambda: done(conn, "m1"), DEADLINE, "job m1 to complete")
-        wait_until(lambda: worker not in run.pids(WATCHER), DEADLINE, "its worker to retire")
-        assert f"retiring worker pid {worker} after its current job" in master_log(run)
+        wait_until(lambda: listed not in run.pids(WATCHER), DEADLINE, "its worker to retire")
+        assert f"retiring worker pid {listed} after its current job" in master_log(run)
 
 
 def test_hard_max_memory_kills_and_charges_an_attempt(
-    tmp_path: Path, database_url: str, conn: psycopg.Connection[Any]
+    tmp_path: Path, database_url: str, conn: psycopg.Connection[Any], spawn: str
 ) -> None:
     workers = [
         {
@@ -116,32 +124,41 @@ def test_hard_max_memory_kills_and_charges_an_attempt(
             return row if row is not None and row["failed_at"] is not None else None
 
         row = wait_until(failed, DEADLINE, "the job to fail after 2 hard kills")
+        metric = memory_metric(spawn)
         assert row["attempts"] == 2
-        assert "killed by the master: RSS over hard_max_memory" in (row["last_error"] or "")
-        assert master_log(run).count("RSS over hard_max_memory); its jobs are released") == 2
+        assert f"killed by the master: {metric} over hard_max_memory" in (row["last_error"] or "")
+        assert master_log(run).count(f"{metric} over hard_max_memory); its jobs are released") == 2
 
 
 def test_preload_failure_is_logged_once_without_a_crash_loop(
-    tmp_path: Path, database_url: str, conn: psycopg.Connection[Any]
+    tmp_path: Path, database_url: str, conn: psycopg.Connection[Any], spawn: str
 ) -> None:
+    """exec: the worker cannot import the app; fork: the preloader cannot (each exits
+    78). One error line, the watcher (fork: the preloader's) parked, no worker runs; an
+    operator's `circusctl start` tries once more, and so does a change of the settings."""
     settings = settings_file(tmp_path, polling_interval=0.5, app="no_such_module_for_djmaster")
+    parked = PRELOADER_WATCHER if spawn == "fork" else WATCHER
+    blocked = (
+        "the preloader exited with code 78" if spawn == "fork" else "a worker exited with code 78"
+    )
+    own_error = "cannot preload" if spawn == "fork" else "preload failed"
     with running(settings, {"DJMASTER_DATABASE_URL": database_url}) as run:
         enqueue(conn, "record", "c1")
-        blocked = "a worker exited with code 78"
         wait_until(lambda: blocked in master_log(run), DEADLINE, "the config error line")
-        wait_until(lambda: run.status(WATCHER) == "stopped", DEADLINE, "the watcher parked")
+        wait_until(lambda: run.status(parked) == "stopped", DEADLINE, "the watcher parked")
+        wait_until(lambda: run.pids(WATCHER) == [], DEADLINE, "no worker process left")
         # Several polling intervals and check_delays: nothing starts again.
         watch_until = time.monotonic() + 3.0
         while time.monotonic() < watch_until:
-            assert run.pids(WATCHER) == []
+            assert run.pids(WATCHER) == [] and run.pids(parked) == []
             time.sleep(0.1)
         text = master_log(run)
         assert text.count(blocked) == 1
-        assert text.count("preload failed") == 1
+        assert text.count(own_error) == 1
         assert not done(conn, "c1")
 
-        # An operator acts: `circusctl start` runs one worker again (it fails again).
-        assert run.ctl("start", WATCHER).returncode == 0
+        # An operator acts: `circusctl start` runs it once again (it fails again).
+        assert run.ctl("start", parked).returncode == 0
         wait_until(lambda: master_log(run).count(blocked) == 2, DEADLINE, "a second try")
 
         # The settings change: the master tries again.

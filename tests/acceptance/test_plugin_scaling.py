@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests.acceptance.plugin_helpers import (
     DEADLINE,
@@ -21,6 +22,8 @@ from tests.acceptance.plugin_helpers import (
     wait_until,
     watch_max,
 )
+
+pytestmark = pytest.mark.usefixtures("spawn")  # both spawn modes
 
 LISTENING = "database primary: listening for new jobs"
 

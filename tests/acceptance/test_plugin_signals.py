@@ -26,6 +26,8 @@ from tests.acceptance.plugin_helpers import (
 from tests.support.circus_run import PLUGIN_WATCHER, CircusRun, read
 from tests.support.worker_run import events, job_row
 
+pytestmark = pytest.mark.usefixtures("spawn")  # both spawn modes
+
 
 def started_pid(conn: psycopg.Connection[Any], key: str) -> int | None:
     for _, event, pid in events(conn, key):

@@ -1,5 +1,10 @@
 """The process tier runs in both spawn modes (tests/support/spawn.py)."""
 
-from tests.support.spawn import spawn
+from __future__ import annotations
 
-__all__ = ["spawn"]
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _both_spawn_modes(spawn: str) -> str:
+    return spawn

@@ -35,6 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CIRCUSD = Path(sys.executable).with_name("circusd")
 CIRCUSCTL = Path(sys.executable).with_name("circusctl")
 PLUGIN_WATCHER = "plugin:djmaster"
+PRELOADER_WATCHER = "djmaster-preloader"
 START_TIMEOUT = 20.0
 QUIT_TIMEOUT = 30.0
 

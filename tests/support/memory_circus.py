@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from circus_djmaster.contracts.titles import WorkerState
 from circus_djmaster.exceptions import CircusError
-from circus_djmaster.master.readings import WorkerReading
+from circus_djmaster.master.readings import PreloaderReading, WorkerReading
 
 #: Fake pids, far above any real pid_max: no real process (or file of one) has them.
 _PIDS = itertools.count(90_000_000)
@@ -114,6 +114,8 @@ class MemoryProcesses:
 
     def __init__(self) -> None:
         self.states: dict[int, WorkerState] = {}
+        #: preloader pids (spawn = "fork") -> whether its title says [OLD]
+        self.preloaders: dict[int, bool] = {}
         self.signals: list[tuple[int, signal.Signals]] = []
 
     def read(self, pid: int, *, retiring: bool) -> WorkerReading | None:
@@ -123,9 +125,14 @@ class MemoryProcesses:
         return WorkerReading(pid, state, rss=50 * 2**20, age=1.0, retiring=retiring)
 
     def kill(self, pid: int, signum: int) -> None:
-        if pid not in self.states:
+        if pid not in self.states and pid not in self.preloaders:
             raise ProcessLookupError(pid)
         self.signals.append((pid, signal.Signals(signum)))
 
     def exit_code(self, pid: int) -> int | None:
         return None
+
+    def read_preloader(self, pid: int) -> PreloaderReading | None:
+        old = self.preloaders.get(pid)
+        # Younger pids are younger processes here (the pids count up).
+        return None if old is None else PreloaderReading(pid, old, age=100_000_000 - pid % 10**8)

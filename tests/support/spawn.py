@@ -1,8 +1,10 @@
 """The ``spawn`` fixture: the tiers that exercise the process model (process,
 acceptance, hostile, faults) run their tests in both spawn modes.
 
-A conftest makes it autouse (``from tests.support.spawn import spawn``); a test module
-that is about one mode only overrides it (``spawn = spawn_only("fork")``).
+tests/conftest.py provides it; a test module opts in with
+``pytestmark = pytest.mark.usefixtures("spawn")`` (tests/process does for the whole
+tier), a test asks for it by name to know the mode, and a module about one mode only
+overrides it with ``spawn = spawn_only("fork")``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import pytest
 from tests.support import worker_run
 
 
-def _use(mode: str) -> Iterator[str]:
+def use_spawn(mode: str) -> Iterator[str]:
+    """Write ``spawn = mode`` into the worker groups of the settings files written from
+    now on (tests/support/worker_run.py); end the preloaders started meanwhile."""
     worker_run.DEFAULT_SPAWN = mode
     try:
         yield mode
@@ -24,17 +28,17 @@ def _use(mode: str) -> Iterator[str]:
         worker_run.DEFAULT_SPAWN = "exec"
 
 
-@pytest.fixture(params=worker_run.SPAWN_MODES, autouse=True)
+@pytest.fixture(params=worker_run.SPAWN_MODES)
 def spawn(request: pytest.FixtureRequest) -> Iterator[str]:
     """The spawn mode of the worker groups this test writes (``exec``, ``fork``)."""
-    yield from _use(request.param)
+    yield from use_spawn(request.param)
 
 
 def spawn_only(mode: str) -> Any:
     """A ``spawn`` fixture for a module whose tests are about one mode."""
 
-    @pytest.fixture(autouse=True)
+    @pytest.fixture
     def spawn() -> Iterator[str]:
-        yield from _use(mode)
+        yield from use_spawn(mode)
 
     return spawn
