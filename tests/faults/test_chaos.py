@@ -42,6 +42,8 @@ from tests.support.circus_run import circus_env, circus_table, read
 from tests.support.pg_servers import EmbeddedServer
 from tests.support.worker_run import write_settings
 
+pytestmark = pytest.mark.usefixtures("spawn")  # both spawn modes
+
 
 @dataclasses.dataclass(frozen=True)
 class Form:

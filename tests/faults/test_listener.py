@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests.acceptance.plugin_helpers import (
     WATCHER,
@@ -34,6 +35,8 @@ from tests.support import log_lines
 from tests.support.circus_run import CircusRun
 from tests.support.pg_servers import EmbeddedServer
 from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.usefixtures("spawn")  # both spawn modes
 
 LISTEN_APP = "djmaster-master-listen"
 NOTIFY_PICKUP = 2.0  # seconds from insert to the job's start, through NOTIFY

@@ -34,7 +34,9 @@ from tests.support.circus_run import (
 from tests.support.netns import Host, isolated_hosts, same_host, start_circus_on, unavailable
 from tests.support.pg_servers import EmbeddedServer
 from tests.support.waiting import wait_until
-from tests.support.worker_run import write_settings
+from tests.support.worker_run import listed_pid, write_settings
+
+pytestmark = pytest.mark.usefixtures("spawn")  # both spawn modes
 
 SHORT_JOBS = 3000
 LONG_JOB = 6.0  # seconds: long enough to kill its worker mid-run
@@ -187,7 +189,9 @@ def test_two_hosts_on_one_database_run_each_job_once_and_release_only_their_own(
                 return busy if set(busy) == set(labels) else None
 
             busy = wait_until(busy_on_both, DEADLINE, "long jobs running on both hosts")
-            (key_a, pid_a), (key_b, pid_b) = busy[labels[0]][0], busy[labels[1]][0]
+            (key_a, worker_a), (key_b, worker_b) = busy[labels[0]][0], busy[labels[1]][0]
+            # The pids locked_by names (a launcher's, with spawn = "fork").
+            pid_a, pid_b = listed_pid(worker_a), listed_pid(worker_b)
             spared = [key for key in longs if key not in (key_a, key_b)]
             lock_host = {
                 label: (host.name if isolated else socket.gethostname())
@@ -195,8 +199,8 @@ def test_two_hosts_on_one_database_run_each_job_once_and_release_only_their_own(
             }
             assert locked_by(conn, key_a)[0] == f"host:{lock_host[labels[0]]} pid:{pid_a}"
             assert locked_by(conn, key_b)[0] == f"host:{lock_host[labels[1]]} pid:{pid_b}"
-            os.kill(pid_a, signal.SIGKILL)
-            os.kill(pid_b, signal.SIGKILL)
+            os.kill(worker_a, signal.SIGKILL)
+            os.kill(worker_b, signal.SIGKILL)
 
             def released(run: CircusRun, lock: str) -> bool:
                 return f"of a dead worker ({lock})" in read(run.log_file)

@@ -43,6 +43,8 @@ from tests.support.circus_run import free_port, read
 from tests.support.pg_servers import EmbeddedServer
 from tests.support.waiting import wait_until
 
+pytestmark = pytest.mark.usefixtures("spawn")  # both spawn modes
+
 DEADLINE = 30.0
 GOOD_PASSWORD = "late-pw-7c1e9a"
 WRONG_PASSWORD = "wrong-pw-52b4d0"

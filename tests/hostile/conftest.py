@@ -15,8 +15,7 @@ from circus_djmaster.store import pgserver
 from circus_djmaster.store.sync_executor import connect
 
 
-@pytest.fixture(scope="module")
-def module_database_url(pg_server_url: str, template_database: str) -> Iterator[str]:
+def _database(pg_server_url: str, template_database: str) -> Iterator[str]:
     name = f"djmaster_hostile_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     url = pgserver.create_database(pg_server_url, name, template=template_database)
     yield url
@@ -24,8 +23,26 @@ def module_database_url(pg_server_url: str, template_database: str) -> Iterator[
 
 
 @pytest.fixture(scope="module")
+def module_database_url(pg_server_url: str, template_database: str) -> Iterator[str]:
+    yield from _database(pg_server_url, template_database)
+
+
+@pytest.fixture(scope="module")
 def module_conn(module_database_url: str) -> Iterator[psycopg.Connection[Any]]:
     with connect(module_database_url) as connection:
+        yield connection
+
+
+@pytest.fixture(scope="module")
+def mode_database_url(pg_server_url: str, template_database: str, spawn: str) -> Iterator[str]:
+    """A database per module and spawn mode, for modules that run once per mode
+    (tests/support/spawn.py ``spawn_per_module``): the runs do not see each other's jobs."""
+    yield from _database(pg_server_url, template_database)
+
+
+@pytest.fixture(scope="module")
+def mode_conn(mode_database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    with connect(mode_database_url) as connection:
         yield connection
 
 

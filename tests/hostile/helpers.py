@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.support import worker_run
 from tests.support.circus_run import REPO_ROOT, CircusRun
 from tests.support.waiting import wait_until
 from tests.support.worker_run import job_row
@@ -44,7 +45,9 @@ def toml_string(value: str) -> str:
 
 
 def add_group(settings: Path, **values: Any) -> None:
-    """Append one more [[workers]] table (write_settings puts them last)."""
+    """Append one more [[workers]] table (write_settings puts them last), in the spawn
+    mode of the test (worker_run.DEFAULT_SPAWN) unless ``spawn`` is given."""
+    values.setdefault("spawn", worker_run.DEFAULT_SPAWN)
     lines = ["[[workers]]"]
     for key, value in values.items():
         if isinstance(value, str):

@@ -73,6 +73,13 @@ BAD_VALUES: dict[str, list[Bad]] = {
         ("3", "expected a string, got integer 3"),
         ('""', "must not be empty"),
     ],
+    "one of exec, fork": [
+        ('"spawn"', '"spawn" is not one of exec, fork'),
+        ('"forkserver"', '"forkserver" is not one of exec, fork'),
+        ("true", "expected a string, got boolean true"),
+        ('""', "must not be empty"),
+        _UNSET_VARIABLE,
+    ],
     "boolean": [
         ('"yes"', 'expected true or false, got string "yes"'),
         ("1", "expected true or false, got integer 1"),
@@ -294,6 +301,7 @@ def test_a_worker_of_an_unknown_group_or_database_exits_78(
         assert str(path) in result.stderr and f'"{named}"' in result.stderr, result.stderr
 
 
+@pytest.mark.usefixtures("spawn")  # fork: the preloader cannot load the file either
 def test_circusd_on_a_good_ini_whose_settings_broke_since_starts_no_worker(
     tmp_path: Path, database_url: str, conn: psycopg.Connection[Any]
 ) -> None:

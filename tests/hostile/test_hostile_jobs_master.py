@@ -45,8 +45,12 @@ from tests.hostile.helpers import (
     wait_failed,
 )
 from tests.support.circus_run import CircusRun, circus_table, read, start_circus
+from tests.support.spawn import spawn_per_module
 from tests.support.waiting import wait_until
 from tests.support.worker_run import job_row, write_settings
+
+#: The module runs once per spawn mode (its circusd is shared by its tests).
+spawn = spawn_per_module()
 
 J = "tests.support.jobs"
 H = "tests.support.hostile_jobs"
@@ -78,8 +82,9 @@ class Hostile:
 @pytest.fixture(scope="module")
 def hostile(
     tmp_path_factory: pytest.TempPathFactory,
-    module_database_url: str,
-    module_conn: psycopg.Connection[Any],
+    mode_database_url: str,
+    mode_conn: psycopg.Connection[Any],
+    spawn: str,
 ) -> Iterator[Hostile]:
     folder = tmp_path_factory.mktemp("hostile-master")
     common = {"sleep_delay": 0.2, "max_attempts": MAX_ATTEMPTS}
@@ -105,10 +110,10 @@ def hostile(
         ],
     )
     add_group(settings, name="odd", queues=ODD_QUEUES, max_processes=2, sleep_delay=0.2)
-    run = start_circus(settings, minimal_env({"DJMASTER_DATABASE_URL": module_database_url}))
+    run = start_circus(settings, minimal_env({"DJMASTER_DATABASE_URL": mode_database_url}))
     try:
         master_pid = run.wait_for_master()
-        yield Hostile(run, module_conn, module_database_url, master_pid)
+        yield Hostile(run, mode_conn, mode_database_url, master_pid)
     finally:
         run.close()
 
@@ -192,7 +197,7 @@ def test_jobs_reserved_ahead_by_a_worker_that_dies_are_not_charged_for_its_death
 
 
 def test_a_job_allocating_past_hard_max_memory_is_killed_charged_and_fails(
-    env: Hostile,
+    env: Hostile, spawn: str
 ) -> None:
     """400 MB held by a job of a group with max_memory 100MB, hard_max_memory 200MB: the
     master SIGKILLs the worker at its next monitor tick, releases the job and charges it
@@ -205,12 +210,13 @@ def test_a_job_allocating_past_hard_max_memory_is_killed_charged_and_fails(
         insert_job(conn, f"{J}:record", key, queue="mem", priority=1)
     row = wait_failed(conn, hog, "the memory hog to fail for good")
     assert row["attempts"] == MAX_ATTEMPTS
-    assert "killed by the master: RSS over hard_max_memory" in row["last_error"]
+    metric = "USS" if spawn == "fork" else "RSS"  # a forked worker's own memory
+    assert f"killed by the master: {metric} over hard_max_memory" in row["last_error"]
     assert len(set(start_pids(conn, "hog"))) == MAX_ATTEMPTS
     assert not done_keys(conn, ["hog"]), "the hog never completed"
     wait_until(lambda: done_keys(conn, innocents) == set(innocents), DEADLINE, "innocent jobs")
     log = read(env.run.log_file)
-    assert log.count("RSS over hard_max_memory); its jobs are released") == MAX_ATTEMPTS
+    assert log.count(f"{metric} over hard_max_memory); its jobs are released") == MAX_ATTEMPTS
     env.assert_master_survived("mem", "mem-after")
 
 

@@ -25,6 +25,8 @@ from circus_djmaster.contracts.exit_codes import WorkerExit
 from tests.hostile.helpers import done_keys, insert_job
 from tests.support.worker_run import events, job_row, start_worker, write_settings
 
+pytestmark = pytest.mark.usefixtures("spawn")  # both spawn modes
+
 J = "tests.support.jobs"
 H = "tests.support.hostile_jobs"
 MB = 2**20

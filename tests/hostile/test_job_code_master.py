@@ -28,8 +28,12 @@ import pytest
 from circus_djmaster import enqueue
 from tests.hostile.helpers import call_failed, done_keys, insert_job, start_pids, wait_failed
 from tests.support.circus_run import CircusRun, circus_env, circus_table, start_circus
+from tests.support.spawn import spawn_per_module
 from tests.support.waiting import wait_until
 from tests.support.worker_run import events, job_row, write_settings
+
+#: The module runs once per spawn mode (its circusd is shared by its tests).
+spawn = spawn_per_module()
 
 C = "tests.support.job_code_jobs"
 DEADLINE = 60.0
@@ -45,8 +49,9 @@ class Env:
 @pytest.fixture(scope="module")
 def master(
     tmp_path_factory: pytest.TempPathFactory,
-    module_database_url: str,
-    module_conn: psycopg.Connection[Any],
+    mode_database_url: str,
+    mode_conn: psycopg.Connection[Any],
+    spawn: str,
 ) -> Iterator[Env]:
     folder = tmp_path_factory.mktemp("job-code-master")
     settings = write_settings(
@@ -68,10 +73,10 @@ def master(
             },
         ],
     )
-    run = start_circus(settings, circus_env({"DJMASTER_DATABASE_URL": module_database_url}))
+    run = start_circus(settings, circus_env({"DJMASTER_DATABASE_URL": mode_database_url}))
     try:
         run.wait_for_master()
-        yield Env(run, module_conn, module_database_url)
+        yield Env(run, mode_conn, mode_database_url)
     finally:
         run.close()
 

@@ -37,6 +37,7 @@ from circus.config import get_config
 
 from circus_djmaster.config.render import render_ini
 from circus_djmaster.config.settings import load_settings
+from circus_djmaster.contracts import preloader as rendezvous
 from circus_djmaster.exceptions import SettingsError
 from tests.hostile.helpers import call_failed, start_pids
 from tests.support.circus_run import (
@@ -46,8 +47,12 @@ from tests.support.circus_run import (
     read,
     start_circus,
 )
+from tests.support.spawn import spawn_per_module
 from tests.support.waiting import wait_until
 from tests.support.worker_run import write_settings
+
+#: The module runs once per spawn mode (its circusd is shared by its tests).
+spawn = spawn_per_module()
 
 TAG = uuid.uuid4().hex[:12]
 GOOD_PASSWORD = f"pw-good-{TAG}"
@@ -131,14 +136,15 @@ class Secure:
 @pytest.fixture(scope="module")
 def secure(
     tmp_path_factory: pytest.TempPathFactory,
-    module_database_url: str,
-    module_conn: psycopg.Connection[Any],
+    mode_database_url: str,
+    mode_conn: psycopg.Connection[Any],
+    spawn: str,
 ) -> Iterator[Secure]:
     folder = tmp_path_factory.mktemp("security")
     server = RefusingServer()
     urls = {
         "DJM_PRIMARY_URL": psycopg.conninfo.make_conninfo(
-            module_database_url, password=GOOD_PASSWORD
+            mode_database_url, password=GOOD_PASSWORD
         ),
         "DJM_SECONDARY_URL": (
             f"postgresql://djm:{WRONG_PASSWORD}@127.0.0.1:{server.port}/jobs?sslmode=disable"
@@ -162,12 +168,12 @@ def secure(
     )
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT)
-    env["DJMASTER_DATABASE_URL"] = module_database_url  # where the job functions record
+    env["DJMASTER_DATABASE_URL"] = mode_database_url  # where the job functions record
     env.update(urls)
     run = start_circus(settings, env)
     try:
         run.wait_for_master()
-        yield Secure(run, folder, module_conn, server, urls)
+        yield Secure(run, folder, mode_conn, server, urls)
     finally:
         run.close()
         server.close()
@@ -195,9 +201,11 @@ def all_command_lines() -> dict[int, str]:
 # ---------------------------------------------------------------- passwords
 
 
-def test_no_password_in_any_command_line_or_process_title(env: Secure) -> None:
+def test_no_password_in_any_command_line_or_process_title(env: Secure, spawn: str) -> None:
     """While a worker runs a job: every process's command line (psutil, and ``ps -eo
-    args``) is free of the three passwords, and the titles are the documented ones."""
+    args``) is free of the three passwords, and the titles are the documented ones (with
+    spawn = "fork" also the preloader's and the launcher's); nothing secret is in the
+    preloader's private folder either."""
     enqueue_sql = "INSERT INTO delayed_jobs (handler, queue) VALUES (%s, 'q1')"
     handler = '{"callable": "tests.support.jobs:sleep_then_record", "args": ["ps", 3]}'
     env.conn.execute(enqueue_sql, (handler,))
@@ -210,6 +218,18 @@ def test_no_password_in_any_command_line_or_process_title(env: Secure) -> None:
     assert master is not None
     assert lines[master].startswith(f"djmaster: master ({env.run.settings.path})")
     assert "delayed_job: worker[0] (q1) @primary" in ps and "djmaster: master (" in ps
+    if spawn == "fork":
+        (preloader,) = env.run.pids("djmaster-preloader")
+        assert lines[preloader].startswith(f"djmaster: preloader ({env.run.settings.path})")
+        (launcher,) = env.run.pids("djmaster-worker0-primary")
+        assert lines[launcher].startswith(
+            f"delayed_job: launcher[worker0] @primary -> worker pid {worker}"
+        )
+        folder = rendezvous.folder_for(env.run.settings.path)
+        for path in folder.iterdir():
+            assert not leaks(path.name, *secrets)
+            if path.is_file() and not path.is_symlink():
+                assert not leaks(read(path), *secrets), path
     assert not leaks(ps, *secrets)
     for pid, line in lines.items():
         assert not leaks(line, *secrets), f"pid {pid}: {line}"

@@ -31,6 +31,8 @@ from typing import Any
 import psutil
 import psycopg
 
+from circus_djmaster.contracts.titles import launched_pid
+
 from . import log_lines
 from .circus_run import CircusRun, read, start_circus
 from .pg_servers import EmbeddedServer
@@ -61,6 +63,13 @@ class Fault:
     pid: int | None = None  # the killed process
     key: str | None = None  # the job the killed worker was running
     note: str = ""
+    #: The pid circus listed for the killed worker, which ``locked_by`` and the master's
+    #: release line name: the worker's own, or its launcher's (spawn = "fork").
+    listed_pid: int | None = None
+
+    @property
+    def released_pid(self) -> int | None:
+        return self.listed_pid if self.listed_pid is not None else self.pid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,9 +264,9 @@ def analyse(
             ]
             rerun = min(starts) - fault.at if starts else math.inf
         release = None
-        if fault.kind == WORKER_KILL and fault.pid in (released or {}):
-            assert released is not None and fault.pid is not None
-            release = released[fault.pid] - fault.at
+        if fault.kind == WORKER_KILL and fault.released_pid in (released or {}):
+            assert released is not None and fault.released_pid is not None
+            release = released[fault.released_pid] - fault.at
         recovery = Recovery(fault, first, rerun, release)
         if fault.until is not None:
             ends = [r.ended for r in completed if r.ended is not None]
@@ -450,6 +459,15 @@ class ChaosHarness:
                         pids.add(child.pid)
         return pids
 
+    def launcher_of(self, worker: int) -> int | None:
+        """The launcher standing for forked worker ``worker`` (spawn = "fork"), if any."""
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(self.circus.process.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if launched_pid(" ".join(child.cmdline())) == worker:
+                        return child.pid
+        return None
+
     # --- faults ------------------------------------------------------------------
 
     def busy_workers(self) -> list[tuple[str, int]]:
@@ -471,13 +489,14 @@ class ChaosHarness:
         if not busy:
             return None
         key, pid = self.rng.choice(busy)
+        listed = self.launcher_of(pid)
         at = time.time()
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             return None
         self.cut.update(other for other, owner in busy if owner == pid)
-        fault = Fault(WORKER_KILL, at, pid=pid, key=key, note=note)
+        fault = Fault(WORKER_KILL, at, pid=pid, key=key, note=note, listed_pid=listed)
         self.faults.append(fault)
         self.log(f"chaos: SIGKILL worker {pid} running job {key} {note}".rstrip())
         return fault

@@ -42,3 +42,14 @@ def spawn_only(mode: str) -> Any:
         yield from use_spawn(mode)
 
     return spawn
+
+
+def spawn_per_module() -> Any:
+    """A ``spawn`` fixture of module scope, for modules that share one circusd between
+    their tests: each module runs once per spawn mode."""
+
+    @pytest.fixture(scope="module", params=worker_run.SPAWN_MODES)
+    def spawn(request: pytest.FixtureRequest) -> Iterator[str]:
+        yield from use_spawn(request.param)
+
+    return spawn

@@ -182,6 +182,17 @@ def stop_preloaders() -> None:
     _preloaders.clear()
 
 
+def listed_pid(worker: int) -> int:
+    """The pid circus (or a test) started for the process ``worker`` that runs jobs: the
+    launcher standing for it (spawn = "fork"), or ``worker`` itself. ``locked_by`` and
+    the master's lines name this pid."""
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if launched_pid(" ".join(process.cmdline())) == worker:
+                return int(process.pid)
+    return worker
+
+
 def worker_pid(pid: int) -> int:
     """The pid of the process running the jobs of circus' (or a test's) process
     ``pid``: the worker a launcher stands for, or ``pid`` itself."""
