@@ -9,15 +9,13 @@ import sys
 import time
 from typing import Any
 
-import psutil
 import psycopg
 
-from circus_djmaster.common.memory import rss_with_children
 from circus_djmaster.config.settings import Settings, load_settings
 from circus_djmaster.contracts.exit_codes import CliExit
-from circus_djmaster.contracts.titles import state_from_title
-from circus_djmaster.contracts.watchers import watcher_name
+from circus_djmaster.contracts.watchers import PRELOADER_WATCHER, watcher_name
 from circus_djmaster.exceptions import CircusError, CircusTimeout, SettingsError
+from circus_djmaster.master.readings import read_preloader, read_worker
 from circus_djmaster.store import statements
 from circus_djmaster.store.errors import describe_error
 from circus_djmaster.store.statements import JobFilter
@@ -64,10 +62,22 @@ def add_commands(sub: Any) -> None:
 
 @dataclasses.dataclass
 class WorkerView:
-    pid: int
+    pid: int  # what circus lists (a launcher's with spawn = "fork")
     state: str
     rss: int
     age: float
+    #: spawn = "fork": the forked worker's own pid, and its USS (what its limits compare)
+    worker_pid: int | None = None
+    uss: int | None = None
+
+
+@dataclasses.dataclass
+class PreloaderView:
+    """The preloader watcher (spawn = "fork") and its processes (generations)."""
+
+    watcher: str
+    status: str | None
+    processes: list[dict[str, Any]]  # pid, old, age (seconds)
 
 
 @dataclasses.dataclass
@@ -96,14 +106,19 @@ def cmd_status(args: argparse.Namespace) -> int:
         return CliExit.USAGE
     circus_error, watchers = _circus_watchers(settings)
     databases = [_database_view(settings, db.name, watchers) for db in settings.databases]
+    preloader = _preloader_view(watchers) if settings.forks else None
     if args.json:
         report = {
             "circus": {"endpoint": settings.circus.endpoint, "error": circus_error},
             "databases": [dataclasses.asdict(db) for db in databases],
         }
+        if preloader is not None:
+            report["preloader"] = dataclasses.asdict(preloader)
         print(json.dumps(report, indent=2))
     else:
         _print_status(settings, circus_error, databases)
+        if preloader is not None:
+            _print_preloader(preloader)
     return CliExit.FAILED if circus_error or any(db.error for db in databases) else CliExit.OK
 
 
@@ -112,15 +127,20 @@ def _circus_watchers(settings: Settings) -> tuple[str | None, dict[str, tuple[st
     from circus_djmaster.circusd.client import SyncCircus
 
     watchers: dict[str, tuple[str, list[int]]] = {}
+    names = [
+        watcher_name(group.name, database.name)
+        for group in settings.workers
+        for database in settings.databases
+    ]
+    if settings.forks:
+        names.append(PRELOADER_WATCHER)
     try:
         with SyncCircus(settings.circus.endpoint, timeout=CIRCUS_TIMEOUT) as circus:
-            for group in settings.workers:
-                for database in settings.databases:
-                    name = watcher_name(group.name, database.name)
-                    try:
-                        watchers[name] = (circus.status(name), circus.pids(name))
-                    except CircusError:  # not in circusd (circus.ini not rendered again)
-                        watchers[name] = ("error", [])
+            for name in names:
+                try:
+                    watchers[name] = (circus.status(name), circus.pids(name))
+                except CircusError:  # not in circusd (circus.ini not rendered again)
+                    watchers[name] = ("error", [])
     except CircusTimeout as exc:
         return (
             f"circusd is not reachable at {settings.circus.endpoint} ({exc}); is it running?",
@@ -163,14 +183,40 @@ def _database_view(
 
 
 def _worker_view(pid: int) -> WorkerView | None:
-    try:
-        process = psutil.Process(pid)
-        title = " ".join(process.cmdline())
-        rss = rss_with_children(process)  # a child exiting meanwhile is left out
-        age = time.time() - process.create_time()
-    except psutil.Error:
+    # The master's own reading: a launcher's is its forked worker's (spawn = "fork").
+    reading = read_worker(pid)
+    if reading is None:
         return None
-    return WorkerView(pid, state_from_title(title).value, rss, age)
+    return WorkerView(
+        pid,
+        reading.state.value,
+        reading.rss or 0,
+        reading.age or 0.0,
+        worker_pid=reading.forked_pid,
+        uss=reading.uss,
+    )
+
+
+def _preloader_view(watchers: dict[str, tuple[str, list[int]]]) -> PreloaderView:
+    status, pids = watchers.get(PRELOADER_WATCHER, (None, []))
+    processes = [
+        {"pid": reading.pid, "old": reading.old, "age": reading.age}
+        for pid in pids
+        if (reading := read_preloader(pid)) is not None
+    ]
+    return PreloaderView(PRELOADER_WATCHER, status, processes)
+
+
+def _print_preloader(view: PreloaderView) -> None:
+    generations = ", ".join(
+        f"pid {process['pid']} {'old' if process['old'] else 'current'} "
+        f"age {_duration(process['age'])}"
+        for process in view.processes
+    )
+    print(
+        f"preloader {view.watcher}: {view.status or 'unknown'}"
+        + (f", {generations}" if generations else "")
+    )
 
 
 def _print_status(settings: Settings, circus_error: str | None, dbs: list[DatabaseView]) -> None:
@@ -194,9 +240,18 @@ def _print_status(settings: Settings, circus_error: str | None, dbs: list[Databa
                     + (_duration(oldest) if oldest is not None else "-")
                 )
             for worker in group.workers:
+                if worker.worker_pid is None:
+                    print(
+                        f"    pid {worker.pid:<7} {worker.state:<8} "
+                        f"RSS {worker.rss / 2**20:6.1f} MB  age {_duration(worker.age)}"
+                    )
+                    continue
+                uss = (worker.uss or 0) / 2**20
                 print(
                     f"    pid {worker.pid:<7} {worker.state:<8} "
-                    f"RSS {worker.rss / 2**20:6.1f} MB  age {_duration(worker.age)}"
+                    f"USS {uss:6.1f} MB (RSS {worker.rss / 2**20:.1f} MB, shared with the "
+                    f"preloader)  age {_duration(worker.age)}  "
+                    f"forked worker pid {worker.worker_pid}"
                 )
 
 
