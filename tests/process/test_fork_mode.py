@@ -13,6 +13,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -355,3 +356,27 @@ def test_a_preloader_refuses_a_folder_others_may_enter(tmp_path: Path, database_
         assert f"{folder}: mode 755 lets other users in (must be 700)" in said
     finally:
         folder.chmod(0o700)
+
+
+def test_a_launcher_imports_nothing_heavy_and_refuses_a_bad_command_line(tmp_path: Path) -> None:
+    """What a launcher loaded when it gave up at once on a command line circus.ini would
+    never give: the standard library, the contracts and setproctitle only."""
+    probe = (
+        "import runpy, sys\n"
+        "sys.argv = ['circus_djmaster', 'launch', '--settings', 's.toml', '--group', 'g']\n"
+        "try:\n"
+        "    runpy.run_module('circus_djmaster', run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    print(exit.code)\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+    code, modules = result.stdout.splitlines()
+    assert int(code) == WorkerExit.CONFIG_ERROR
+    assert "usage: launch --settings FILE --group NAME --database NAME" in result.stderr
+    loaded = set(modules.split())
+    assert "circus_djmaster.worker.launcher" in loaded
+    heavy = {"psycopg", "psutil", "circus", "zmq", "jinja2", "tomllib", "circus_djmaster.config"}
+    assert not loaded & heavy, loaded & heavy

@@ -23,6 +23,7 @@ from circus_djmaster.config.settings import Settings, load_settings
 from circus_djmaster.contracts.watchers import (
     AFTER_REAP_HOOK,
     PLUGIN_CLASS,
+    PRELOADER_WATCHER,
     watcher_name,
 )
 from circus_djmaster.exceptions import RenderError, SettingsError
@@ -360,3 +361,50 @@ def test_cli_requires_a_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         config_cli.main([])
     assert caught.value.code == 2
+
+
+# ------------------------------------------------------------------ fork mode
+
+FORKING = TWO_BY_TWO.replace('max_run_time = "90.5s"', 'max_run_time = "90.5s"\nspawn = "fork"')
+
+
+def test_fork_groups_run_a_launcher_and_a_preloader_watcher(
+    tmp_path: Path, secret_env: None
+) -> None:
+    settings = load_settings(write_settings(tmp_path / "app", FORKING))
+    config = circus_config(tmp_path, render_ini(settings, python=sys.executable))
+    by_name = {watcher["name"]: watcher for watcher in config["watchers"]}
+    mail = by_name["djmaster-mail-primary"]
+    assert shlex.split(mail["args"]) == [
+        *("-m", "circus_djmaster", "launch", "--settings", str(settings.path)),
+        *("--group", "mail", "--database", "primary", "--wait", "60"),
+    ]
+    assert mail["numprocesses"] == 0 and mail["graceful_timeout"] == 91 + GRACE_MARGIN
+    # The exec group beside it is unchanged.
+    assert shlex.split(by_name["djmaster-default-primary"]["args"])[2] == "worker"
+    preloader = by_name[PRELOADER_WATCHER]
+    assert preloader["cmd"] == sys.executable
+    assert shlex.split(preloader["args"]) == [
+        *("-m", "circus_djmaster", "preloader", "--settings", str(settings.path)),
+    ]
+    assert preloader["numprocesses"] == 1, "it imports the app while circusd starts"
+    assert preloader["respawn"] is True
+    assert preloader["priority"] > 0, "started before the workers and the plugin"
+    assert preloader["stop_signal"] == signal.SIGTERM
+    # It waits for its workers when stopped: as long as the longest fork group's.
+    assert preloader["graceful_timeout"] == 91 + GRACE_MARGIN
+    assert preloader["hooks"] == {"after_reap": [AFTER_REAP_HOOK, False]}
+    assert preloader["copy_env"] is True
+    assert preloader["working_dir"] == str(settings.working_directory)
+
+
+def test_without_fork_groups_there_is_no_preloader(settings: Settings) -> None:
+    assert PRELOADER_WATCHER not in render_ini(settings)
+
+
+def test_the_preload_timeout_is_the_launchers_wait(tmp_path: Path, secret_env: None) -> None:
+    text = 'preload_timeout = "2m30s"\n' + FORKING
+    settings = load_settings(write_settings(tmp_path / "app", text))
+    config = circus_config(tmp_path, render_ini(settings, python=sys.executable))
+    (mail,) = [w for w in config["watchers"] if w["name"] == "djmaster-mail-reports"]
+    assert shlex.split(mail["args"])[-2:] == ["--wait", "150"]

@@ -180,7 +180,10 @@ def test_defaults(tmp_path: Path) -> None:
         min_priority=None,
         max_priority=None,
         destroy_failed_jobs=False,
+        spawn="exec",
     )
+    assert settings.preload_timeout == 60.0
+    assert not settings.forks
     assert settings.circus == CircusSettings(
         endpoint="tcp://127.0.0.1:5555",
         pubsub_endpoint="tcp://127.0.0.1:5556",
@@ -189,6 +192,13 @@ def test_defaults(tmp_path: Path) -> None:
         logoutput="-",
     )
     assert settings.lock_timeout == 4 * 3600.0 + LOCK_MARGIN
+
+
+def test_spawn_fork_per_group(tmp_path: Path) -> None:
+    text = '[[workers]]\nspawn = "fork"\n[[workers]]\nspawn = "EXEC"\n'
+    settings = load_settings(write(tmp_path, 'preload_timeout = "90s"\n' + text))
+    assert [group.spawn for group in settings.workers] == ["fork", "exec"]
+    assert settings.forks and settings.preload_timeout == 90.0
 
 
 def test_group_names_default_by_position(tmp_path: Path) -> None:

@@ -449,6 +449,25 @@ def limits(**fields: object) -> dict[str, GroupPolicy]:
             {"hard_max_memory": 250 * MB},
             KillWorker("djmaster-g-primary", 1, RetireReason.HARD_MAX_MEMORY),
         ),
+        # A forked worker (spawn = "fork") is measured by its USS: the 450 MB it shares
+        # with the preloader count in its RSS, not against its limits.
+        (
+            WorkerReading(1, BUSY, rss=450 * MB, forked_pid=2, uss=3 * MB),
+            {"max_memory": 200 * MB, "hard_max_memory": 250 * MB},
+            None,
+        ),
+        (
+            WorkerReading(1, BUSY, rss=650 * MB, forked_pid=2, uss=210 * MB),
+            {"max_memory": 200 * MB},
+            RetireWorker("djmaster-g-primary", 1, RetireReason.MAX_MEMORY_USS),
+        ),
+        (
+            WorkerReading(1, BUSY, rss=700 * MB, forked_pid=2, uss=260 * MB),
+            {"max_memory": 200 * MB, "hard_max_memory": 250 * MB},
+            KillWorker("djmaster-g-primary", 1, RetireReason.HARD_MAX_MEMORY_USS),
+        ),
+        # Its USS unreadable (the worker just ended): nothing, whatever its RSS.
+        (WorkerReading(1, BUSY, rss=700 * MB, forked_pid=2), {"max_memory": 1}, None),
     ],
 )
 def test_limits(worker: WorkerReading, fields: dict[str, object], expected: object) -> None:
