@@ -24,8 +24,10 @@ plugin read their URLs (``${VAR}``) from circusd's environment (``copy_env``).
 from __future__ import annotations
 
 import math
+import os
 import re
 import shlex
+import subprocess
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -126,20 +128,28 @@ def render_ini(settings: Settings, *, python: str = sys.executable) -> str:
     """The text of ``circus.ini`` for ``settings``.
 
     ``python`` is the interpreter circusd runs workers with (absolute; it must have
-    circus-djmaster installed). Raises :class:`SettingsError` for a settings value
-    that cannot be written safely and :class:`RenderError` for a bad ``python``.
+    circus-djmaster installed: with ``spawn = "fork"`` groups, another interpreter than
+    this one is asked where its launcher is). Raises :class:`SettingsError` for a
+    settings value that cannot be written safely and :class:`RenderError` for a bad
+    ``python``.
     """
     _check_settings(settings)
     interpreter = _interpreter(python)
     settings_path = str(settings.path)
     output_file = str(settings.log_file) if settings.log_file is not None else None
+    launcher = None
+    if settings.forks:
+        launcher = launcher_of(interpreter)
+        reason = _unsafe_reason(launcher, plugin=False)
+        if reason is not None:
+            raise RenderError(f"the launcher's path {reason}")
     watchers = [
         _Watcher(
             name=watcher_name(group.name, database.name),
             group=group.name,
             database=database.name,
             cmd=shlex.quote(interpreter),
-            args=shlex.join(worker_args(settings, group, database.name)),
+            args=shlex.join(worker_args(settings, group, database.name, launcher=launcher)),
             working_dir=str(settings.working_directory),
             graceful_timeout=graceful_timeout(group),
             output_file=output_file,
@@ -182,22 +192,44 @@ def render_ini(settings: Settings, *, python: str = sys.executable) -> str:
     )
 
 
-def worker_args(settings: Settings, group: WorkerGroup, database: str) -> list[str]:
+def worker_args(
+    settings: Settings, group: WorkerGroup, database: str, *, launcher: str | None = None
+) -> list[str]:
     """The arguments of ``python`` for a worker of ``group`` on ``database``: ``-m
-    circus_djmaster worker …``, or with ``spawn = "fork"`` ``-m circus_djmaster launch
-    … --wait PRELOAD_TIMEOUT`` (the launcher reads no settings: its start is measured
-    in milliseconds)."""
+    circus_djmaster worker …``, or with ``spawn = "fork"`` ``-S LAUNCHER … --wait
+    PRELOAD_TIMEOUT``: the launcher file (``launcher``, default: this installation's)
+    run without ``site`` and without settings, so that it starts in milliseconds
+    (worker/launcher.py)."""
     where = ["--settings", str(settings.path), "--group", group.name, "--database", database]
     if group.spawn == "fork":
-        return [
-            "-m",
-            "circus_djmaster",
-            "launch",
-            *where,
-            "--wait",
-            f"{settings.preload_timeout:g}",
-        ]
+        script = launcher or str(LAUNCHER)
+        return ["-S", script, *where, "--wait", f"{settings.preload_timeout:g}"]
     return ["-m", "circus_djmaster", "worker", *where]
+
+
+#: The launcher of this installation (config/ never imports worker/: a path suffices).
+LAUNCHER = Path(__file__).resolve().parents[1] / "worker" / "launcher.py"
+
+
+def launcher_of(python: str) -> str:
+    """The launcher file of the circus-djmaster that interpreter ``python`` imports (the
+    one workers will run): this installation's for this interpreter, else asked of it.
+    Raises RenderError when it cannot import circus_djmaster."""
+    if os.path.realpath(python) == os.path.realpath(sys.executable):
+        return str(LAUNCHER)
+    probe = "import circus_djmaster, os; print(os.path.dirname(circus_djmaster.__file__))"
+    try:
+        result = subprocess.run(
+            [python, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+        )
+    except OSError as error:
+        raise RenderError(f"python interpreter {python!r} cannot be run: {error}") from None
+    if result.returncode != 0 or not result.stdout.strip():
+        raise RenderError(
+            f"python interpreter {python!r} cannot import circus_djmaster: "
+            f"{result.stderr.strip()[-300:]}"
+        )
+    return str(Path(result.stdout.strip()) / "worker" / "launcher.py")
 
 
 def _environment() -> jinja2.Environment:

@@ -8,28 +8,28 @@ starting, idle, busy, old and cut-off workers apart (:class:`WorkerState`), and 
 ``djmaster status``: a title written by one version is read by another during a deploy.
 
 With ``spawn = "fork"`` the process circus starts for a worker is a launcher
-(worker/launcher.py) that stands for a worker forked by the preloader: its title,
-``delayed_job: launcher[mail] @primary -> worker pid 1234``, names that worker,
-so that the master and ``djmaster status`` read the worker's own title, memory and age
-(:func:`launched_pid`). The preloader shows ``djmaster: preloader (/path/djmaster.toml)``,
-with `` [OLD]`` once a newer generation replaces it.
+(worker/launcher.py) that stands for a worker forked by the preloader: its command name
+names that worker (contracts/preloader.py, ``launched_pid``), so that the master and
+``djmaster status`` read the worker's own title, memory and age. The preloader shows
+``djmaster: preloader (/path/djmaster.toml)``, with `` [OLD]`` once a newer generation
+replaces it.
 """
 
 from __future__ import annotations
 
 import enum
-from pathlib import Path
+
+TYPE_CHECKING = False  # typing's own costs a launcher's start (worker/launcher.py)
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = [
     "BUSY_MARK",
-    "LAUNCHER_PREFIX",
     "NO_DB_MARK",
     "OLD_MARK",
     "WORKER_PREFIX",
     "WorkerState",
     "forked_child_title",
-    "launched_pid",
-    "launcher_title",
     "master_application_name",
     "master_title",
     "preloader_is_old",
@@ -41,9 +41,7 @@ __all__ = [
 ]
 
 WORKER_PREFIX = "delayed_job: worker["
-LAUNCHER_PREFIX = "delayed_job: launcher["
 PRELOADER_PREFIX = "djmaster: preloader ("
-_LAUNCHED = " -> worker pid "
 BUSY_MARK = " [BUSY]"
 OLD_MARK = " [OLD]"
 NO_DB_MARK = " [NO DB]"
@@ -100,25 +98,6 @@ def state_from_title(title: str) -> WorkerState:
     if title.endswith(BUSY_MARK):
         return WorkerState.BUSY
     return WorkerState.NO_DB if title.endswith(NO_DB_MARK) else WorkerState.IDLE
-
-
-def launcher_title(group: str, database: str, worker_pid: int | None) -> str:
-    """The title of a launcher of worker group ``group`` on ``database`` (spawn =
-    "fork"), naming the worker it stands for once the preloader forked it."""
-    title = f"{LAUNCHER_PREFIX}{group}] @{database}"
-    if worker_pid is None:
-        return title + " (waiting for the preloader)"
-    return f"{title}{_LAUNCHED}{worker_pid}"
-
-
-def launched_pid(title: str) -> int | None:
-    """The worker pid a launcher's title names; None for any other title (an exec-mode
-    worker, a launcher still waiting for its worker)."""
-    title = title.replace("\0", " ").strip()
-    if not title.startswith(LAUNCHER_PREFIX):
-        return None
-    _, sep, pid = title.rpartition(_LAUNCHED)
-    return int(pid) if sep and pid.isdigit() else None
 
 
 def preloader_title(settings_path: Path | str, *, old: bool = False) -> str:

@@ -629,7 +629,7 @@ class Master(SignalHandling):
             return
         # A new generation: a note of a failed one must not stop its launchers.
         with contextlib.suppress(OSError):
-            (rendezvous.folder_for(self.settings.path) / rendezvous.FAILED).unlink()
+            rendezvous.clear_failure(rendezvous.folder_for(self.settings.path))
         if isinstance(action, StartWatcher):
             await self.circus.set_numprocesses(PRELOADER_WATCHER, 1)
             await self.circus.start(PRELOADER_WATCHER)

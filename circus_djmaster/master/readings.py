@@ -6,9 +6,9 @@ itself (docs/master.md, "circus 0.19, measured"). Memory includes the worker's c
 (a job may start processes): common/memory.py.
 
 With ``spawn = "fork"`` the pid circus lists is a launcher standing for a worker forked
-by the preloader (worker/launcher.py): its title names that worker, and the reading is
-the worker's (title, age, RSS, and USS, which its limits compare: the pages it shares
-with the preloader count in its RSS, not in its USS).
+by the preloader (worker/launcher.py): its command name names that worker, and the
+reading is the worker's (title, age, RSS, and USS, which its limits compare: the pages
+it shares with the preloader count in its RSS, not in its USS).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from typing import Protocol
 import psutil
 
 from circus_djmaster.common.memory import rss_with_children, uss_with_children
+from circus_djmaster.contracts.preloader import launched_pid
 from circus_djmaster.contracts.titles import (
     WORKER_PREFIX,
     WorkerState,
-    launched_pid,
     preloader_is_old,
     state_from_title,
 )
@@ -98,6 +98,7 @@ def read_worker(pid: int, *, retiring: bool = False) -> WorkerReading | None:
             if process.status() == psutil.STATUS_ZOMBIE:
                 return None
             title = " ".join(process.cmdline())
+            forked = launched_pid(process.name())
             age = max(0.0, time.time() - process.create_time())
             rss = rss_with_children(process)
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
@@ -105,7 +106,6 @@ def read_worker(pid: int, *, retiring: bool = False) -> WorkerReading | None:
     except psutil.AccessDenied:
         # Not ours to read (should not happen: circus runs workers as our user).
         return WorkerReading(pid, WorkerState.STARTING, retiring=retiring)
-    forked = launched_pid(title)
     if forked is None:
         return WorkerReading(pid, state_from_title(title), rss=rss, age=age, retiring=retiring)
     try:
@@ -132,7 +132,7 @@ def forked_worker(pid: int) -> int | None:
     """The worker a launcher ``pid`` stands for, when it has one and that process shows
     a worker's title (so a pid reused meanwhile is never taken for it)."""
     try:
-        forked = launched_pid(" ".join(psutil.Process(pid).cmdline()))
+        forked = launched_pid(psutil.Process(pid).name())
         if forked is None:
             return None
         title = " ".join(psutil.Process(forked).cmdline()).replace("\0", " ").strip()

@@ -1,10 +1,12 @@
-"""``python -m circus_djmaster launch --settings FILE --group G --database D --wait S``: what
-circus runs for a worker of a ``spawn = "fork"`` group.
+"""``python -S …/circus_djmaster/worker/launcher.py --settings FILE --group G --database D
+--wait S``: what circus runs for a worker of a ``spawn = "fork"`` group (``djmaster
+launch`` and ``python -m circus_djmaster launch`` run it too).
 
-A minimal process (the standard library, the package's contracts and setproctitle;
-no settings, no application, no psycopg) that has the preloader fork the real worker
-for it and then stands for that worker, so that circus' process *is* the worker as far
-as circus, the master and operators can tell (docs/master.md, "Fork mode"):
+A minimal process (the standard library and the package's contracts: no settings, no
+application, no psycopg, not even ``site``: it starts in about 15 ms) that has the
+preloader fork the real worker for it and then stands for that worker, so that circus'
+process *is* the worker as far as circus, the master and operators can tell
+(docs/master.md, "Fork mode"):
 
 * it passes its stdin, stdout and stderr (circus' pipes or streams) and one end of a
   control socket pair to the preloader (``SCM_RIGHTS``, contracts/preloader.py): the
@@ -12,8 +14,9 @@ as circus, the master and operators can tell (docs/master.md, "Fork mode"):
 * the worker goes by this process' pid: ``locked_by``, the running-jobs file, database
   application names; circus' reap, the after_reap hook and the master's release of a
   dead worker's jobs work unchanged;
-* its title names the worker (``delayed_job: launcher[mail] @primary -> worker pid
-  1234``): the master and ``djmaster status`` read the worker's title, memory and age;
+* its command name (``/proc/PID/comm``) names the worker, ``djl:1234``
+  (contracts/titles.py): the master and ``djmaster status`` read the worker's title,
+  memory and age;
 * every signal it gets (circus' ``stop_signal``, ``circusctl signal``, the master's
   TERM, QUIT, USR1, USR2; also INT and HUP) is relayed to the worker (through a pidfd
   when the kernel has them, so never to a reused pid); if its own parent (circusd)
@@ -36,19 +39,34 @@ group, threads in the preloader) or none answering in time ends it with 78.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
-import signal
-import socket
 import sys
 import time
-from typing import Any
 
-from circus_djmaster.contracts import preloader as rendezvous
-from circus_djmaster.contracts import titles
-from circus_djmaster.contracts.exit_codes import WorkerExit
-from circus_djmaster.contracts.watchers import PRELOADER_WATCHER
+TYPE_CHECKING = False  # typing's own import costs milliseconds of every launcher's start
+if TYPE_CHECKING:
+    import signal
+    import socket
+    from typing import Any
+else:
+    # signal.py and socket.py add enums of every signal, address family and socket type
+    # to these C cores at import: about 7 ms of a launcher's start. The names used here
+    # are the same in both.
+    import _signal as signal
+    import _socket as socket
+
+if __name__ == "__main__":
+    # Run as a file by circus.ini (``python -S``: no site, no .pth files): the package
+    # is found next to this file, and this folder's modules must not shadow any other.
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from circus_djmaster.contracts import preloader as rendezvous  # noqa: E402
+from circus_djmaster.contracts.watchers import PRELOADER_WATCHER  # noqa: E402
+
+# contracts/exit_codes.py, its enum and functools would add 3 ms to the start: the
+# codes (WorkerExit's values) are checked equal by tests/process/test_fork_mode.py.
+RETIRED, CRASHED, CONFIG_ERROR = 0, 1, 78
 
 __all__ = ["RELAYED", "Launcher", "main"]
 
@@ -69,6 +87,20 @@ ENDED_WAIT = 2.0
 TICK = 0.5
 _FIRST_RETRY = 0.005
 _MAX_RETRY = 0.1
+
+
+class _ignoring:
+    """``contextlib.suppress`` without contextlib's import (about 4 ms of this process'
+    start, a tenth of a scale-from-zero pickup)."""
+
+    def __init__(self, *errors: type[BaseException]) -> None:
+        self.errors = errors
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> bool:
+        return kind is not None and issubclass(kind, self.errors)
 
 
 class _Retry(Exception):
@@ -124,7 +156,7 @@ class Launcher:
 
     def _send(self, signum: int) -> None:
         assert self.worker is not None
-        with contextlib.suppress(ProcessLookupError, OSError):
+        with _ignoring(ProcessLookupError, OSError):
             if self.pidfd is not None:
                 signal.pidfd_send_signal(self.pidfd, signum)
             else:
@@ -136,11 +168,10 @@ class Launcher:
         """Get a worker, stand for it; the exit code (or this process dies of the signal
         that killed the worker)."""
         self.install_signals()
-        self._title()
         deadline = time.monotonic() + self.wait
         while self.worker is None:
             if self._stopped():
-                return WorkerExit.RETIRED
+                return RETIRED
             try:
                 outcome = self._ask(deadline)
             except _Retry:
@@ -148,7 +179,7 @@ class Launcher:
                 continue
             if outcome is not None:
                 return outcome
-        self._title()
+        self._publish()
         return self._stand()
 
     def _stopped(self) -> bool:
@@ -158,9 +189,12 @@ class Launcher:
             return True
         return False
 
-    def _title(self) -> None:
-        with contextlib.suppress(Exception):
-            titles.set_title(titles.launcher_title(self.group, self.database, self.worker))
+    def _publish(self) -> None:
+        """Name the worker in this process' command name (the master reads it)."""
+        if self.worker is None:
+            return
+        with _ignoring(OSError), open("/proc/self/comm", "w") as comm:
+            comm.write(rendezvous.launcher_comm(self.worker))
 
     def _connect(self, deadline: float) -> socket.socket | int:
         """A connection to the preloader, or an exit code when there will be none."""
@@ -169,12 +203,12 @@ class Launcher:
             conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             try:
                 rendezvous.private_folder(self.folder, create=False)
-                conn.connect(str(self.folder / rendezvous.CURRENT))
+                conn.connect(rendezvous.current_link(self.folder))
                 return conn
             except rendezvous.InsecureFolder as exc:
                 conn.close()
                 _say(f"cannot use the preloader's folder: {exc}")
-                return WorkerExit.CONFIG_ERROR
+                return CONFIG_ERROR
             except OSError:
                 conn.close()
             failure = rendezvous.read_failure(self.folder)
@@ -184,17 +218,17 @@ class Launcher:
                     f"(fix it, then touch {self.settings} or `circusctl start "
                     f"{PRELOADER_WATCHER}`)"
                 )
-                return WorkerExit.RETIRED
+                return RETIRED
             if time.monotonic() >= deadline:
                 _say(
                     f"no preloader accepted this worker within {self.wait:g}s "
-                    f"({self.folder / rendezvous.CURRENT}): is the watcher "
+                    f"({rendezvous.current_link(self.folder)}): is the watcher "
                     f"{PRELOADER_WATCHER} running (`circusctl status {PRELOADER_WATCHER}`)? "
                     "Its log says why not; preload_timeout sets the wait"
                 )
-                return WorkerExit.CONFIG_ERROR
+                return CONFIG_ERROR
             if self._stopped():
-                return WorkerExit.RETIRED
+                return RETIRED
             self._sleep(pause)
             pause = min(pause * 2, _MAX_RETRY)
 
@@ -208,17 +242,8 @@ class Launcher:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.control = mine
         try:
-            rendezvous.send(
-                self.conn,
-                {
-                    "fork": {
-                        "group": self.group,
-                        "database": self.database,
-                        "launcher": os.getpid(),
-                    }
-                },
-                [0, 1, 2, theirs.fileno()],
-            )
+            request = f"{self.group} {self.database} {os.getpid()}"
+            rendezvous.send(self.conn, "fork", request, [0, 1, 2, theirs.fileno()])
         except OSError as exc:
             raise _Retry() from exc
         finally:
@@ -233,32 +258,32 @@ class Launcher:
                     self._from_worker(before_fork=True)
             if self.worker is None and time.monotonic() >= deadline + ENDED_WAIT:
                 _say("the preloader accepted but forked no worker in time")
-                return WorkerExit.CONFIG_ERROR
+                return CONFIG_ERROR
         return None
 
     def _from_preloader(self, *, before_fork: bool = False) -> int | None:
         assert self.conn is not None
         try:
-            message, fds = rendezvous.receive(self.conn)
-        except (OSError, ValueError):
-            message, fds = None, []
-        if message is None:
+            kind, text, fds = rendezvous.receive(self.conn)
+        except OSError:
+            kind, text, fds = None, "", []
+        if kind == "forked" and text.isdigit() and fds and self.pidfd is None:
+            self.pidfd = fds.pop(0)  # the worker's pidfd (the hello may have brought one)
+        for extra in fds:
+            os.close(extra)
+        if kind is None:
             self.conn.close()
             self.conn = None  # the preloader died; the worker may live on
             return None
-        if "forked" in message:
-            self.worker = int(message["forked"])
-            if fds:
-                self.pidfd = fds[0]
-                for extra in fds[1:]:
-                    os.close(extra)
-        elif "ended" in message:
-            self.status = int(message["ended"])
-        elif "retry" in message:
+        if kind == "forked" and text.isdigit():
+            self.worker = int(text)
+        elif kind == "ended" and text.lstrip("-").isdigit():
+            self.status = int(text)
+        elif kind == "retry":
             raise _Retry()
-        elif "refused" in message:
-            _say(f"the preloader refused to fork this worker: {message['refused']}")
-            return WorkerExit.CONFIG_ERROR
+        elif kind == "refused":
+            _say(f"the preloader refused to fork this worker: {text}")
+            return CONFIG_ERROR
         return None
 
     def _from_worker(self, *, before_fork: bool = False) -> bool:
@@ -266,21 +291,23 @@ class Launcher:
         every copy of its end, are gone)."""
         assert self.control is not None
         try:
-            message, _fds = rendezvous.receive(self.control)
-        except (OSError, ValueError):
-            message = None
-        if message is None:
+            kind, text, _fds = rendezvous.receive(self.control)
+        except OSError:
+            kind, text = None, ""
+        if kind is None:
             self.control.close()
             self.control = None
             if before_fork and self.worker is None:
                 raise _Retry()  # the preloader died before it forked
             return False
-        if "hello" in message and self.worker is None:
-            self.worker = int(message["hello"])
-            with contextlib.suppress(OSError, AttributeError):
+        if kind == "hello" and text.isdigit() and self.worker is None:
+            self.worker = int(text)
+            try:
                 self.pidfd = os.pidfd_open(self.worker)
-        elif "exit" in message:
-            self.code = int(message["exit"])
+            except (OSError, AttributeError):
+                self.pidfd = None
+        elif kind == "exit" and text.lstrip("-").isdigit():
+            self.code = int(text)
         return True
 
     def _stand(self) -> int:
@@ -312,11 +339,11 @@ class Launcher:
         if self.status is not None:
             if os.WIFSIGNALED(self.status):
                 _die_of(os.WTERMSIG(self.status))
-            return os.WEXITSTATUS(self.status) if os.WIFEXITED(self.status) else WorkerExit.CRASHED
+            return os.WEXITSTATUS(self.status) if os.WIFEXITED(self.status) else CRASHED
         if self.code is not None:
             return self.code
         _say(f"worker pid {self.worker} ended without an exit status (its preloader is gone)")
-        return WorkerExit.CRASHED
+        return CRASHED
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -333,7 +360,7 @@ class Launcher:
         except InterruptedError:
             ready = []
         if self._wake_r in ready:
-            with contextlib.suppress(BlockingIOError):
+            with _ignoring(BlockingIOError):
                 while os.read(self._wake_r, 256):
                     pass
             self._relay()
@@ -361,20 +388,20 @@ def _alive(pid: int) -> bool:
 
 def _die_of(signum: int) -> None:
     """End this process of ``signum``, as the worker ended (no core file)."""
-    with contextlib.suppress(Exception):
+    with _ignoring(Exception):
         import resource
 
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    with contextlib.suppress(OSError, ValueError):  # SIGKILL and SIGSTOP keep theirs
+    with _ignoring(OSError, ValueError):  # SIGKILL and SIGSTOP keep theirs
         signal.signal(signum, signal.SIG_DFL)
-    with contextlib.suppress(OSError, ValueError):
+    with _ignoring(OSError, ValueError):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
     os.kill(os.getpid(), signum)
     os._exit(128 + signum)  # a signal whose default action is not to end the process
 
 
 def _say(text: str) -> None:
-    with contextlib.suppress(OSError):
+    with _ignoring(OSError):
         print(f"djmaster launcher [{os.getpid()}]: {text}", file=sys.stderr, flush=True)
 
 
@@ -398,5 +425,9 @@ def main(argv: list[str]) -> int:
         launcher = Launcher(values["--settings"], values["--group"], values["--database"], wait)
     except (KeyError, ValueError):
         _say(f"usage: launch --settings FILE --group NAME --database NAME [--wait S], not {argv}")
-        return WorkerExit.CONFIG_ERROR
+        return CONFIG_ERROR
     return launcher.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

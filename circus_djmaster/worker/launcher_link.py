@@ -5,7 +5,7 @@ for the worker towards circus and the master (worker/launcher.py). The worker is
 preloader's child, not the launcher's, so the two talk over a socket pair the launcher
 made (contracts/preloader.py has the messages):
 
-* first thing, the worker says ``{"hello": pid}``, so its launcher knows it even if
+* first thing, the worker says ``hello PID``, so its launcher knows it even if
   the preloader dies before it answers;
 * just before it exits, the worker sends its exit code (:func:`exit_process`), which
   its launcher then exits with: the exit-code protocol holds (contracts/exit_codes.py);
@@ -44,7 +44,7 @@ class LauncherLink:
     def hello(self) -> None:
         """Tell the launcher this process' pid."""
         with contextlib.suppress(OSError):
-            rendezvous.send(self.sock, {"hello": os.getpid()})
+            rendezvous.send(self.sock, "hello", str(os.getpid()))
 
     def watch(self) -> None:
         """End the process as soon as the launcher's end closes (a daemon thread that
@@ -62,7 +62,7 @@ class LauncherLink:
 
     def report_exit(self, code: int) -> None:
         with contextlib.suppress(OSError):
-            rendezvous.send(self.sock, {"exit": code})
+            rendezvous.send(self.sock, "exit", str(code))
 
 
 def install(fd: int) -> LauncherLink:

@@ -93,8 +93,7 @@ def run(settings_path: str) -> int:
         with contextlib.suppress(OSError):
             rendezvous.write_failure(folder, os.getpid(), str(exc))
         return WorkerExit.CONFIG_ERROR
-    with contextlib.suppress(FileNotFoundError):
-        (folder / rendezvous.FAILED).unlink()
+    rendezvous.clear_failure(folder)
     logs.configure(settings.log_file, settings.log_level, prefix="preloader ")
     titles.set_title(titles.preloader_title(settings.path))
     started = time.monotonic()
@@ -140,7 +139,7 @@ class Preloader:
         self,
         settings: Settings,
         settings_mtime: int | None,
-        folder: Path,
+        folder: str,
         callbacks: WorkerCallbacks,
     ) -> None:
         self.settings = settings
@@ -205,7 +204,7 @@ class Preloader:
             self._listener.close()
             self._listener = None
         with contextlib.suppress(FileNotFoundError):
-            self._socket_path.unlink()
+            os.unlink(self._socket_path)
         titles.set_title(titles.preloader_title(self.settings.path, old=True))
         log.info(
             "%s: old generation, forking no more; exiting once its %d worker(s) are gone",
@@ -251,9 +250,9 @@ class Preloader:
 
     def _listen(self) -> None:
         with contextlib.suppress(FileNotFoundError):
-            self._socket_path.unlink()  # left by a dead process that had our pid
+            os.unlink(self._socket_path)  # left by a dead process that had our pid
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        listener.bind(str(self._socket_path))
+        listener.bind(self._socket_path)
         os.chmod(self._socket_path, 0o600)
         listener.listen(BACKLOG)
         listener.setblocking(False)
@@ -261,11 +260,11 @@ class Preloader:
         self._poll.register(listener.fileno(), select.POLLIN)
         # Swap the link to this generation atomically: a launcher connects to the old
         # generation or to this one, never to nothing once one was there.
-        link = self.folder / f".{rendezvous.CURRENT}.{self.pid}"
+        link = os.path.join(self.folder, f".{rendezvous.CURRENT}.{self.pid}")
         with contextlib.suppress(FileNotFoundError):
-            link.unlink()
-        os.symlink(self._socket_path.name, link)
-        os.replace(link, self.folder / rendezvous.CURRENT)
+            os.unlink(link)
+        os.symlink(os.path.basename(self._socket_path), link)
+        os.replace(link, rendezvous.current_link(self.folder))
         log.info(
             "ready: forking workers of %s (generation %d)",
             ", ".join(group.name for group in self.settings.workers if group.spawn == "fork"),
@@ -295,11 +294,11 @@ class Preloader:
     def _on_message(self, connection: socket.socket) -> None:
         fd = connection.fileno()
         try:
-            message, fds = rendezvous.receive(connection)
-        except (OSError, ValueError) as exc:
+            kind, text, fds = rendezvous.receive(connection)
+        except OSError as exc:
             log.warning("a launcher's message could not be read (%s); closing it", exc)
-            message, fds = None, []
-        if message is None:
+            kind, text, fds = None, "", []
+        if kind is None:
             # The launcher is gone. Its worker must not run on unseen: circus and the
             # master count it dead and release its jobs.
             worker = self._worker_of.get(fd)
@@ -309,33 +308,32 @@ class Preloader:
                     os.kill(worker, signal.SIGKILL)
             self._drop(connection)
             return
-        request = message.get("fork")
-        if not isinstance(request, dict) or fd in self._worker_of or len(fds) != 4:
+        if kind != "fork" or fd in self._worker_of or len(fds) != 4:
             _close_all(fds)
-            self._answer(connection, {"refused": f"unexpected message {sorted(message)}"})
+            self._answer(connection, "refused", f"unexpected message {kind!r}")
             self._drop(connection)
             return
-        self._fork(connection, request, fds)
+        self._fork(connection, text, fds)
 
     def _answer(
-        self, connection: socket.socket, message: dict[str, object], fds: Sequence[int] = ()
+        self, connection: socket.socket, kind: str, text: str, fds: Sequence[int] = ()
     ) -> None:
         with contextlib.suppress(OSError):
-            rendezvous.send(connection, message, fds)
+            rendezvous.send(connection, kind, text, fds)
 
     # --- forking ----------------------------------------------------------------------
 
-    def _fork(self, connection: socket.socket, request: dict[str, object], fds: list[int]) -> None:
+    def _fork(self, connection: socket.socket, request: str, fds: list[int]) -> None:
         try:
             target = self._target(request)
         except (SettingsError, ValueError, TypeError) as exc:
             _close_all(fds)
-            self._answer(connection, {"refused": str(exc)})
+            self._answer(connection, "refused", str(exc))
             self._drop(connection)
             return
         if self._stale():
             _close_all(fds)
-            self._answer(connection, {"retry": "this preloader generation is old"})
+            self._answer(connection, "retry", "this preloader generation is old")
             self._drop(connection)
             return
         self.callbacks.call("before_fork", self, target)
@@ -343,7 +341,7 @@ class Preloader:
         if problem is not None:
             _close_all(fds)
             log.error("not forking a worker for %s: %s", target.watcher, problem)
-            self._answer(connection, {"refused": problem})
+            self._answer(connection, "refused", problem)
             self._drop(connection)
             return
         self._warn_sockets(fds)
@@ -358,7 +356,7 @@ class Preloader:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             _close_all(fds)
             log.error("fork failed for %s: %s", target.watcher, exc)
-            self._answer(connection, {"retry": f"fork failed: {exc}"})
+            self._answer(connection, "retry", f"fork failed: {exc}")
             self._drop(connection)
             return
         if pid == 0:
@@ -368,23 +366,26 @@ class Preloader:
         self._children[pid] = connection
         self._worker_of[connection.fileno()] = pid
         pidfd = _pidfd(pid)
-        self._answer(connection, {"forked": pid}, [pidfd] if pidfd is not None else [])
+        self._answer(connection, "forked", str(pid), [pidfd] if pidfd is not None else [])
         if pidfd is not None:
             os.close(pidfd)
         log.debug(
             "forked worker pid %d for %s (launcher %s)", pid, target.watcher, target.launcher_pid
         )
 
-    def _target(self, request: dict[str, object]) -> ForkTarget:
-        group = self.settings.group(str(request["group"]))
-        database = self.settings.database(str(request["database"]))
+    def _target(self, request: str) -> ForkTarget:
+        """The target of ``fork GROUP DATABASE LAUNCHER_PID``; SettingsError for a group
+        or database the settings do not have, ValueError for anything else wrong."""
+        fields = request.split(" ")
+        if len(fields) != 3 or not fields[2].isdigit() or int(fields[2]) <= 1:
+            raise ValueError(f"a fork request must be GROUP DATABASE PID, not {request!r}")
+        group = self.settings.group(fields[0])
+        database = self.settings.database(fields[1])
+        launcher = int(fields[2])
         if group.spawn != "fork":
             raise ValueError(
                 f'group {group.name} has spawn = "{group.spawn}" in {self.settings.path}'
             )
-        launcher = request["launcher"]
-        if not isinstance(launcher, int) or launcher <= 1:
-            raise ValueError(f"bad launcher pid {launcher!r}")
         return ForkTarget(
             group, database.name, watcher_name(group.name, database.name), 1, launcher
         )
@@ -459,7 +460,7 @@ class Preloader:
                 return
             connection = self._children.pop(pid, None)
             if connection is not None:
-                self._answer(connection, {"ended": status})
+                self._answer(connection, "ended", str(status))
                 self._worker_of.pop(connection.fileno(), None)
             log.debug("worker pid %d ended (wait status %d)", pid, status)
 

@@ -222,10 +222,9 @@ def test_no_password_in_any_command_line_or_process_title(env: Secure, spawn: st
         (preloader,) = env.run.pids("djmaster-preloader")
         assert lines[preloader].startswith(f"djmaster: preloader ({env.run.settings.path})")
         (launcher,) = env.run.pids("djmaster-worker0-primary")
-        assert lines[launcher].startswith(
-            f"delayed_job: launcher[worker0] @primary -> worker pid {worker}"
-        )
-        folder = rendezvous.folder_for(env.run.settings.path)
+        assert psutil.Process(launcher).name() == f"djl:{worker}"
+        assert "/circus_djmaster/worker/launcher.py --settings" in lines[launcher]
+        folder = Path(rendezvous.folder_for(env.run.settings.path))
         for path in folder.iterdir():
             assert not leaks(path.name, *secrets)
             if path.is_file() and not path.is_symlink():

@@ -22,6 +22,7 @@ import psycopg
 import pytest
 
 from circus_djmaster import enqueue
+from circus_djmaster.config.render import LAUNCHER
 from circus_djmaster.contracts import preloader as rendezvous
 from circus_djmaster.contracts.exit_codes import WorkerExit
 from circus_djmaster.contracts.running_jobs import read_running
@@ -108,8 +109,7 @@ def test_the_preloader_forks_the_worker_which_goes_by_its_launchers_pid(
         assert facts["ppid"] == preloader, "the worker is the preloader's child"
         assert facts["frozen"] > 0, "gc.freeze() ran before the fork"
         assert worker_pid(launcher.pid) == worker
-        title = " ".join(psutil.Process(launcher.pid).cmdline()).strip()
-        assert title == f"delayed_job: launcher[worker0] @primary -> worker pid {worker}"
+        assert psutil.Process(launcher.pid).name() == f"djl:{worker}"
         row = job_row(conn, job_id)
         assert row is not None
         assert row["locked_by"] == f"host:{socket.gethostname()} pid:{launcher.pid}"
@@ -334,20 +334,19 @@ def test_a_changed_settings_file_retires_the_preloader_before_its_next_fork(
 
 def test_the_rendezvous_folder_is_private_to_the_user(settings: Path, database_url: str) -> None:
     start_preloader(settings, worker_env(database_url))
-    folder = rendezvous.folder_for(settings)
+    folder = Path(rendezvous.folder_for(settings))
     for path in (folder.parent, folder):
         info = path.lstat()
         assert stat.S_ISDIR(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o700, path
         assert info.st_uid == os.geteuid()
-    socket_path = folder / os.readlink(folder / rendezvous.CURRENT)
+    socket_path = folder / os.readlink(rendezvous.current_link(str(folder)))
     assert stat.S_ISSOCK(socket_path.lstat().st_mode)
     assert stat.S_IMODE(socket_path.lstat().st_mode) == 0o600
 
 
 def test_a_preloader_refuses_a_folder_others_may_enter(tmp_path: Path, database_url: str) -> None:
     settings = write_settings(tmp_path)
-    folder = rendezvous.folder_for(settings)
-    rendezvous.private_folder(folder)
+    folder = Path(rendezvous.private_folder(rendezvous.folder_for(settings)))
     folder.chmod(0o755)
     try:
         preloader = start_preloader(settings, worker_env(database_url))
@@ -358,25 +357,39 @@ def test_a_preloader_refuses_a_folder_others_may_enter(tmp_path: Path, database_
         folder.chmod(0o700)
 
 
-def test_a_launcher_imports_nothing_heavy_and_refuses_a_bad_command_line(tmp_path: Path) -> None:
-    """What a launcher loaded when it gave up at once on a command line circus.ini would
-    never give: the standard library, the contracts and setproctitle only."""
-    probe = (
-        "import runpy, sys\n"
-        "sys.argv = ['circus_djmaster', 'launch', '--settings', 's.toml', '--group', 'g']\n"
-        "try:\n"
-        "    runpy.run_module('circus_djmaster', run_name='__main__')\n"
-        "except SystemExit as exit:\n"
-        "    print(exit.code)\n"
-        "print(' '.join(sorted(sys.modules)))\n"
+def test_the_launchers_exit_codes_are_the_protocols() -> None:
+    """The launcher spells the exit codes out (contracts/exit_codes.py's enum would cost
+    its start 3 ms): they must stay WorkerExit's."""
+    from circus_djmaster.worker import launcher
+
+    assert (launcher.RETIRED, launcher.CRASHED, launcher.CONFIG_ERROR) == (
+        WorkerExit.RETIRED,
+        WorkerExit.CRASHED,
+        WorkerExit.CONFIG_ERROR,
     )
+
+
+def test_a_launcher_imports_nothing_heavy_and_refuses_a_bad_command_line() -> None:
+    """What a launcher loads, run as circus.ini runs it (``python -S``), when it gives up
+    at once on a command line circus.ini would never give: the standard library's C
+    cores and the package's contracts only (its start is measured in milliseconds)."""
     result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-S", "-X", "importtime", str(LAUNCHER), "--settings", "s.toml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
-    code, modules = result.stdout.splitlines()
-    assert int(code) == WorkerExit.CONFIG_ERROR
+    assert result.returncode == WorkerExit.CONFIG_ERROR
     assert "usage: launch --settings FILE --group NAME --database NAME" in result.stderr
-    loaded = set(modules.split())
-    assert "circus_djmaster.worker.launcher" in loaded
-    heavy = {"psycopg", "psutil", "circus", "zmq", "jinja2", "tomllib", "circus_djmaster.config"}
+    loaded = {
+        line.rsplit("|", 1)[1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    assert "circus_djmaster.contracts.preloader" in loaded
+    heavy = {
+        *("psycopg", "psutil", "circus", "zmq", "jinja2", "tomllib", "circus_djmaster.config"),
+        *("typing", "json", "pathlib", "hashlib", "contextlib", "enum", "socket", "signal"),
+    }
     assert not loaded & heavy, loaded & heavy

@@ -31,7 +31,7 @@ from typing import Any
 import psutil
 import psycopg
 
-from circus_djmaster.contracts.titles import launched_pid
+from circus_djmaster.contracts.preloader import launched_pid
 
 from . import log_lines
 from .circus_run import CircusRun, read, start_circus
@@ -464,7 +464,7 @@ class ChaosHarness:
         with contextlib.suppress(psutil.Error):
             for child in psutil.Process(self.circus.process.pid).children(recursive=True):
                 with contextlib.suppress(psutil.Error):
-                    if launched_pid(" ".join(child.cmdline())) == worker:
+                    if launched_pid(child.name()) == worker:
                         return child.pid
         return None
 

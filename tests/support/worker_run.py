@@ -25,9 +25,10 @@ from typing import Any
 import psutil
 import psycopg
 
+from circus_djmaster.config.render import LAUNCHER
 from circus_djmaster.config.settings import load_settings
 from circus_djmaster.contracts import preloader as rendezvous
-from circus_djmaster.contracts.titles import launched_pid
+from circus_djmaster.contracts.preloader import launched_pid
 
 from .waiting import wait_until
 
@@ -92,7 +93,7 @@ def worker_argv(
     the group forks)."""
     where = ["--settings", str(settings), "--group", group, "--database", database]
     if _spawn_of(settings, group) == "fork":
-        return [sys.executable, "-m", "circus_djmaster", "launch", *where, "--wait", f"{wait:g}"]
+        return [sys.executable, "-S", str(LAUNCHER), *where, "--wait", f"{wait:g}"]
     return [sys.executable, "-m", "circus_djmaster", "worker", *where]
 
 
@@ -115,7 +116,7 @@ def start_worker(
     ``settings`` is started first if it does not run yet)."""
     env = popen.pop("env", None) or worker_env(database_url)
     argv = worker_argv(settings, group=group, database=database)
-    if argv[3] == "launch":
+    if argv[1] == "-S":  # a launcher
         start_preloader(settings, env)
     return subprocess.Popen(
         argv,
@@ -163,7 +164,7 @@ def preloader_answers(settings: Path) -> bool:
     """A preloader of ``settings`` accepts connections."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as probe:
         try:
-            probe.connect(str(rendezvous.folder_for(settings) / rendezvous.CURRENT))
+            probe.connect(rendezvous.current_link(rendezvous.folder_for(settings)))
         except OSError:
             return False
     return True
@@ -188,7 +189,7 @@ def listed_pid(worker: int) -> int:
     the master's lines name this pid."""
     for process in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
-            if launched_pid(" ".join(process.cmdline())) == worker:
+            if launched_pid(process.name()) == worker:
                 return int(process.pid)
     return worker
 
@@ -197,7 +198,7 @@ def worker_pid(pid: int) -> int:
     """The pid of the process running the jobs of circus' (or a test's) process
     ``pid``: the worker a launcher stands for, or ``pid`` itself."""
     with contextlib.suppress(psutil.Error):
-        forked = launched_pid(" ".join(psutil.Process(pid).cmdline()))
+        forked = launched_pid(psutil.Process(pid).name())
         if forked is not None:
             return forked
     return pid

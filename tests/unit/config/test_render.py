@@ -18,7 +18,13 @@ from circus.plugins import _cfg2str, _str2cfg
 
 from circus_djmaster.circusd.hooks import after_reap
 from circus_djmaster.cli import config as config_cli
-from circus_djmaster.config.render import GRACE_MARGIN, graceful_timeout, render_ini, watcher_index
+from circus_djmaster.config.render import (
+    GRACE_MARGIN,
+    LAUNCHER,
+    graceful_timeout,
+    render_ini,
+    watcher_index,
+)
 from circus_djmaster.config.settings import Settings, load_settings
 from circus_djmaster.contracts.watchers import (
     AFTER_REAP_HOOK,
@@ -375,10 +381,12 @@ def test_fork_groups_run_a_launcher_and_a_preloader_watcher(
     config = circus_config(tmp_path, render_ini(settings, python=sys.executable))
     by_name = {watcher["name"]: watcher for watcher in config["watchers"]}
     mail = by_name["djmaster-mail-primary"]
+    # The launcher runs as a file without site (milliseconds count: worker/launcher.py).
     assert shlex.split(mail["args"]) == [
-        *("-m", "circus_djmaster", "launch", "--settings", str(settings.path)),
+        *("-S", str(LAUNCHER), "--settings", str(settings.path)),
         *("--group", "mail", "--database", "primary", "--wait", "60"),
     ]
+    assert LAUNCHER.name == "launcher.py" and LAUNCHER.is_file()
     assert mail["numprocesses"] == 0 and mail["graceful_timeout"] == 91 + GRACE_MARGIN
     # The exec group beside it is unchanged.
     assert shlex.split(by_name["djmaster-default-primary"]["args"])[2] == "worker"
