@@ -59,6 +59,7 @@ class Circus:
         workers: list[dict[str, Any]],
         databases: dict[str, str],
         env: Mapping[str, str],
+        tables: dict[str, dict[str, Any]] | None = None,
     ) -> Circus:
         """Run circusd on these settings; raise BenchError("not available: ...") if the
         master does not come up."""
@@ -75,6 +76,7 @@ class Circus:
             },
             workers=workers,
             databases=databases,
+            tables=tables,
             circus={
                 "endpoint": endpoint,
                 "pubsub_endpoint": f"tcp://127.0.0.1:{free_port()}",

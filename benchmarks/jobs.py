@@ -29,6 +29,20 @@ def _write(kind: str, key: str, *extra: float) -> None:
     os.write(_fd, (" ".join(fields) + "\n").encode())
 
 
+def hold(key: str, seconds: float) -> None:
+    """A job that notes when it started, then holds its worker ``seconds`` (B3F memory)."""
+    _write("job", str(key))
+    time.sleep(seconds)
+
+
+def after_fork(worker: object) -> None:
+    """The ``after_fork`` callback of B3F: when the worker got there, and when the
+    process circus started for it was created (the launcher with ``spawn = "fork"``,
+    the worker itself with ``"exec"``)."""
+    pid = getattr(worker, "pid", os.getpid())
+    _write("forked", "-", process_created(pid))
+
+
 def noop() -> None:
     """A job that does nothing but note when it started (B1)."""
     _write("noop", "-")
@@ -62,13 +76,14 @@ def read_records(path: str | os.PathLike[str]) -> list[Record]:
     return rows
 
 
-def process_created() -> float:
-    """When this process was created (epoch seconds, 1/CLK_TCK resolution: 10 ms).
+def process_created(pid: int | None = None) -> float:
+    """When process ``pid`` (default: this one) was created (epoch seconds, 1/CLK_TCK
+    resolution: 10 ms).
 
-    From /proc/self/stat's start time since boot and CLOCK_BOOTTIME, not psutil's
+    From /proc/PID/stat's start time since boot and CLOCK_BOOTTIME, not psutil's
     ``create_time()``, whose boot time is rounded to the second."""
     try:
-        with open("/proc/self/stat", encoding="ascii") as file:
+        with open(f"/proc/{pid or 'self'}/stat", encoding="ascii") as file:
             fields = file.read().rsplit(")", 1)[1].split()
         started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
         age = time.clock_gettime(time.CLOCK_BOOTTIME) - started

@@ -45,12 +45,17 @@ def write_settings(
     workers: list[dict[str, Any]],
     databases: dict[str, str] | None = None,
     circus: dict[str, Any] | None = None,
+    tables: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
-    """A djmaster.toml; databases default to ``primary = "${DJMASTER_DATABASE_URL}"``."""
+    """A djmaster.toml; databases default to ``primary = "${DJMASTER_DATABASE_URL}"``;
+    ``tables``: more tables (``{"callbacks": {...}}``)."""
     lines = [f"{key} = {toml_value(value)}" for key, value in top.items()]
     lines.append("[databases]")
     for name, url in (databases or {"primary": "${DJMASTER_DATABASE_URL}"}).items():
         lines.append(f"{name} = {toml_value(url)}")
+    for table, values in (tables or {}).items():
+        lines.append(f"[{table}]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
     if circus:
         lines.append("[circus]")
         lines += [f"{key} = {toml_value(value)}" for key, value in circus.items()]

@@ -1,4 +1,5 @@
-"""The scenarios B1-B6 of issue 6 and B9 of issue 13; each module has ``run(ctx) -> Section``."""
+"""The scenarios B1-B6 of issue 6, B9 of issue 13 and B3F of issue 12; each module has
+``run(ctx) -> Section``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ MODULES = {
     "B1": ("b1_drain", "Drain throughput"),
     "B2": ("b2_pickup", "Warm pickup latency"),
     "B3": ("b3_scale_from_zero", "Scale-from-zero pickup"),
+    "B3F": ("b3f_fork", "Fork mode: pickup and memory, side by side with exec"),
     "B4": ("b4_queries", "Query cost at scale"),
     "B5": ("b5_master", "Master overhead"),
     "B6": ("b6_pgbench", "The physical reference (pgbench)"),
