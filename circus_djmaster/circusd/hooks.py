@@ -18,12 +18,27 @@ A hook that raises is logged by circus and ignored for ``after_reap``, but it wo
 still leave the watcher respawning a retired worker, so this one never raises. It
 must also be fast and never block: it runs on circusd's only thread, between two
 ``waitpid`` calls.
+
+``before_spawn`` installs the **immediate reaper**. circus 0.19 reaps exited children
+only in its periodic check (``Arbiter.manage_watchers``, every ``check_delay``; it has no
+SIGCHLD handler), so for up to ``check_delay`` (5 s by default) a retired worker is a
+zombie: gone from ``circusctl list``, yet still counted in ``numprocesses`` until the
+after_reap hook runs. The master took it for a process about to spawn, and a job
+enqueued meanwhile waited for the check (issue 11 measured ~4.5 s). The reaper handles
+SIGCHLD in circusd: on the next turn of its loop it runs ``Arbiter.reap_processes`` (the
+reaping half of the periodic check, which calls the after_reap hook), so a retired
+worker's slot is free within milliseconds. Respawning is left to the periodic check,
+so a crash loop is as throttled as before. While a circus command runs (they are
+exclusive, and some wait on processes themselves), the reap waits for it to end.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import signal
+from types import FrameType
 from typing import Any
 
 from circus_djmaster.contracts.exit_codes import WorkerExit, is_retiring
@@ -86,3 +101,68 @@ def _is_stopping(watcher: Any) -> bool:
     if not callable(is_stopping):
         return False
     return bool(is_stopping())
+
+
+#: While circus runs a command, the immediate reap is tried again this often (seconds).
+REAP_RETRY = 0.02
+
+_reaper: _Reaper | None = None
+
+
+class _Reaper:
+    """circusd's SIGCHLD handler: reap at the loop's next turn (see the module doc).
+
+    Reads two private attributes of circus 0.19's Arbiter (``_exclusive_running_command``,
+    ``_restarting``: what ``circus.util.synchronized`` checks) to stay out of its
+    commands; pyproject pins circus below 0.20.
+    """
+
+    def __init__(self, arbiter: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.arbiter = arbiter
+        self.loop = loop
+        self.scheduled = False
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # A Python signal handler runs between two bytecodes of circusd's main thread:
+        # schedule, never reap here (circus' own code may be halfway through a reap).
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon_threadsafe(self.reap)
+
+    def reap(self) -> None:
+        arbiter = self.arbiter
+        busy = getattr(arbiter, "_exclusive_running_command", None) is not None
+        if busy or getattr(arbiter, "_restarting", False) or getattr(arbiter, "_stopping", False):
+            self.loop.call_later(REAP_RETRY, self.reap)
+            return
+        self.scheduled = False
+        try:
+            arbiter.reap_processes()
+        except Exception:
+            with contextlib.suppress(Exception):
+                logger.exception("djmaster: immediate reap failed")
+
+
+def before_spawn(watcher: Any, arbiter: Any, hook_name: str, **kwargs: Any) -> bool:
+    """Install the immediate reaper in circusd, once; let the spawn go on (True).
+
+    ``hooks.before_spawn`` of every worker watcher (``djmaster-config render`` writes
+    it): circus runs it in circusd's main thread before it spawns a process, which is
+    where a signal handler can be installed. Never raises: a False or an exception
+    would stop the spawn.
+    """
+    global _reaper
+    try:
+        if _reaper is not None:
+            _reaper.arbiter = arbiter  # the same circusd, possibly a reloaded arbiter
+            return True
+        loop = getattr(getattr(arbiter, "loop", None), "asyncio_loop", None)
+        if loop is None:
+            loop = asyncio.get_event_loop()
+        _reaper = _Reaper(arbiter, loop)
+        signal.signal(signal.SIGCHLD, _reaper.on_signal)
+        logger.info("djmaster: circusd reaps exited workers at once (SIGCHLD)")
+    except Exception:
+        with contextlib.suppress(Exception):
+            logger.exception("djmaster: installing the immediate reaper failed")
+    return True
