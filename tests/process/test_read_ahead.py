@@ -50,7 +50,7 @@ def test_auto_hands_back_jobs_held_behind_a_long_one_for_another_worker(
     try:
         wait_until(lambda: all(events(conn, f"warm-{n}") for n in range(5)), 15, "warm-up jobs")
         # One statement, so that the worker's next reserve sees them all.
-        long, *behind = enqueue_many(
+        _long, *behind = enqueue_many(
             [
                 JobCall(f"{J}:sleep_then_record", ["long", 20], queue="q1", priority=0),
                 *(
