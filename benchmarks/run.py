@@ -56,7 +56,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.only = (
-        [key.strip().upper() for key in args.only.split(",")] if args.only else list(MODULES)
+        [_scenario(key) for key in args.only.split(",")] if args.only else list(MODULES)
     )
     unknown = [key for key in args.only if key not in MODULES]
     if unknown:
@@ -114,6 +114,12 @@ def log(message: str) -> None:
 
 def _terminate(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
+
+
+def _scenario(text: str) -> str:
+    """A scenario key as given (``b3b`` is ``B3b``)."""
+    wanted = text.strip().lower()
+    return next((key for key in MODULES if key.lower() == wanted), text.strip().upper())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
