@@ -55,9 +55,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--keep", action="store_true", help="keep the scratch folder (logs, settings) after the run"
     )
     args = parser.parse_args(argv)
-    args.only = (
-        [_scenario(key) for key in args.only.split(",")] if args.only else list(MODULES)
-    )
+    args.only = [_scenario(key) for key in args.only.split(",")] if args.only else list(MODULES)
     unknown = [key for key in args.only if key not in MODULES]
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(MODULES)}")

@@ -5,11 +5,17 @@ from __future__ import annotations
 import re
 import time
 
+import psycopg
+
 from benchmarks import jobs
 from benchmarks.circus_run import Circus, MasterLog, not_available
 from benchmarks.common import Context, Row, Section, Table, connect, percentile, wait_for
+from benchmarks.scenarios.b4_queries import FILL, LOCK_TIMEOUT, explain_generic, scans, time_calls
 from benchmarks.scenarios.b5_master import DATABASES, measure_idle
 from circus_djmaster.store import sync_executor
+from circus_djmaster.store.async_executor import MASTER_SESSION_OPTIONS
+from circus_djmaster.store.queries import query
+from circus_djmaster.store.statements import JobFilter
 
 GROUPS = 20
 TURN = re.compile(r"scaling turn: (\d+) circus command\(s\), ([\d.]+) ms")
@@ -23,12 +29,18 @@ database (payload `"*"`) wakes the master, which observes circusd (its watchers'
 status), counts every group on every database and decides: the time of that turn as the
 master logs it (from the turn's start to its decision: `scaling turn: N circus
 command(s), T ms`), and the circus commands it sent ({passes} passes per run). Nothing is
-ready, so no command grows a watcher: the commands are the observation's."""
+ready, so no command grows a watcher: the commands are the observation's. **At {rows:,}
+rows**: the two statements a scaling pass runs per group and database (the capped ready
+count and the next scheduled run_at), on a table filled as B4's (per 1,000 rows 3 ready, 2
+running, 600 scheduled, 395 failed), timed as B4 does on a session with the master's
+options (generic plans; ms per call, mean of {calls}), with the scans of their plan."""
 
 
 def run(ctx: Context) -> Section:
     idle = ctx.size(60, 10)
     passes = ctx.size(20, 5)
+    rows = ctx.size(10_000_000, 200_000)
+    calls = ctx.size(200, 50)
     watchers = GROUPS * DATABASES
     section = Section(
         "B7",
@@ -40,6 +52,8 @@ def run(ctx: Context) -> Section:
             watchers=watchers,
             idle=idle,
             passes=passes,
+            rows=rows,
+            calls=calls,
         ),
     )
     idle_row = Row("b7/idle", "circus-djmaster", f"plugin, idle, {watchers} watchers")
@@ -54,6 +68,16 @@ def run(ctx: Context) -> Section:
                 ("passes", "counting passes per minute"),
             ],
             [idle_row, circusd_row],
+        ),
+        Table(
+            f"The pass's statements at {rows:,} rows",
+            [("ms", "ms per call"), ("index", "scans of delayed_jobs (generic plan)")],
+            [
+                Row("b7/count", "circus-djmaster", "count_ready_in_queues, limit 8"),
+                Row("b7/next", "circus-djmaster", "seconds_to_next_in_queues"),
+                Row("b7/count-any", "circus-djmaster", "count_ready_any_queue, limit 8"),
+                Row("b7/next-any", "circus-djmaster", "seconds_to_next_any_queue"),
+            ],
         ),
         Table(
             "Scaling turn",
@@ -102,7 +126,39 @@ def run(ctx: Context) -> Section:
                 row.fail(error)
     finally:
         circus.close()
+    measure_statements(ctx, rows, calls, section.tables[1].rows)
     return section
+
+
+def measure_statements(ctx: Context, rows: int, calls: int, timed: list[Row]) -> None:
+    """The master's per-group statements on a big table (B4's fill)."""
+    url = ctx.fresh_database("djbench_b7_big")
+    try:
+        with connect(url) as conn:
+            sync_executor.migrate(conn)
+            conn.execute(FILL, {"rows": rows})
+            conn.execute("VACUUM ANALYZE delayed_jobs")
+        extra = {"lock_timeout": LOCK_TIMEOUT, "limit": 8}
+        some, every = JobFilter(("q1", "q2")).params() | extra, JobFilter().params() | extra
+        names = (
+            ("count_ready_in_queues", some),
+            ("seconds_to_next_in_queues", some),
+            ("count_ready_any_queue", every),
+            ("seconds_to_next_any_queue", every),
+        )
+        with (
+            connect(url) as conn,
+            psycopg.connect(url, autocommit=True, options=MASTER_SESSION_OPTIONS) as master_conn,
+        ):
+            for row, (name, values) in zip(timed, names, strict=True):
+                try:
+                    row.text["index"] = scans(explain_generic(conn, query(name), values))
+                    for _ in range(ctx.runs):
+                        row.add("ms", time_calls(master_conn, query(name), values, calls, False))
+                except Exception as error:
+                    row.fail(error)
+    finally:
+        ctx.drop_database("djbench_b7_big")
 
 
 def measure_turns(circus: Circus, url: str, count: int, row: Row) -> None:
