@@ -14,21 +14,26 @@ from circus_djmaster import JobCall, enqueue_many
 HOW = """\
 Worker processes started by hand (no master: only how they reserve matters), `max_threads
 = 1`, `idle_timeout = 0`, jobs enqueued in one statement before the workers start.
-**Long**: 2 processes, 10 jobs that sleep 1 s, at the defaults (`read_ahead = "auto"`):
-makespan = first job start -> last job end (5 s if the two workers share the jobs
-evenly, 10 s if one of them holds them all). **Mix**: 2 processes, {mix} jobs: every
-{every}th sleeps 1 s, the others 1 ms; the latency of the short jobs from the enqueue to
-their start, p50/p90, at the defaults and with `read_ahead = 1` (one job per round trip),
-back to back."""
+**Long**: 2 processes, {long} jobs that sleep 1 s, at the defaults (`read_ahead = "auto"`):
+makespan = first job start -> last job end (half the jobs' seconds if the two workers
+share them evenly, all of them if one worker holds them all). **Mix**: 2 processes,
+{mix} jobs: every {every}th sleeps 1 s, the others 1 ms; the latency of the short jobs
+from the enqueue to their start, p50/p90, at the defaults and with `read_ahead = 1` (one
+job per round trip), back to back."""
 
 LONG = 10
 MIX = 60
 EVERY = 6
+QUICK_LONG = 4  # the quick run's sizes: a smoke test of the harness
+QUICK_MIX = 24
 
 
 def run(ctx: Context) -> Section:
-    section = Section("B8", "Fairness under auto read-ahead", HOW.format(mix=MIX, every=EVERY))
-    long_row = Row("b8/long", "circus-djmaster", f"2x1, {LONG} x 1 s jobs, defaults")
+    long, mix = ctx.size(LONG, QUICK_LONG), ctx.size(MIX, QUICK_MIX)
+    section = Section(
+        "B8", "Fairness under auto read-ahead", HOW.format(long=long, mix=mix, every=EVERY)
+    )
+    long_row = Row("b8/long", "circus-djmaster", f"2x1, {long} x 1 s jobs, defaults")
     auto_row = Row("b8/mix/auto", "circus-djmaster", "2x1, 1 ms among 1 s jobs, defaults")
     one_row = Row("b8/mix/ra1", "circus-djmaster", "2x1, 1 ms among 1 s jobs, read_ahead 1")
     section.tables += [
@@ -48,9 +53,9 @@ def run(ctx: Context) -> Section:
         return section
     for _ in range(ctx.runs):
         for row, calls, batch in (
-            (long_row, long_jobs(), None),
-            (auto_row, mixed_jobs(), None),
-            (one_row, mixed_jobs(), 1),
+            (long_row, long_jobs(long), None),
+            (auto_row, mixed_jobs(mix), None),
+            (one_row, mixed_jobs(mix), 1),
         ):
             try:
                 measure(ctx, ours, row, calls, batch)
@@ -59,18 +64,18 @@ def run(ctx: Context) -> Section:
     return section
 
 
-def long_jobs() -> list[JobCall]:
-    return [JobCall("benchmarks.jobs:sleep", [f"long-{n}", 1.0], queue=QUEUE) for n in range(LONG)]
+def long_jobs(count: int) -> list[JobCall]:
+    return [JobCall("benchmarks.jobs:sleep", [f"long-{n}", 1.0], queue=QUEUE) for n in range(count)]
 
 
-def mixed_jobs() -> list[JobCall]:
+def mixed_jobs(count: int) -> list[JobCall]:
     return [
         JobCall(
             "benchmarks.jobs:sleep",
             [f"{'long' if n % EVERY == 0 else 'short'}-{n}", 1.0 if n % EVERY == 0 else 0.001],
             queue=QUEUE,
         )
-        for n in range(MIX)
+        for n in range(count)
     ]
 
 
