@@ -121,6 +121,8 @@ def test_rendered_ini_parses_with_circus_loader(tmp_path: Path, settings: Settin
             group,
             "--database",
             database,
+            "--wid",
+            "$(circus.wid)",
         ]
         assert watcher["working_dir"] == str(settings.working_directory)
         assert watcher["numprocesses"] == 0
@@ -134,9 +136,13 @@ def test_rendered_ini_parses_with_circus_loader(tmp_path: Path, settings: Settin
         assert watcher["copy_env"] is True
         assert watcher["copy_path"] is True
         assert watcher["hooks"] == {"after_reap": [AFTER_REAP_HOOK, False]}
-        # No log_file: no stream, the worker writes to circusd's stdout/stderr.
-        assert watcher["stdout_stream"] == {}
-        assert watcher["stderr_stream"] == {}
+        # No log_file: the workers' output goes to a file of their own, not circusd's.
+        workers_log = {
+            "class": "WatchedFileStream",
+            "filename": str(settings.path.with_name("djmaster-workers.log")),
+        }
+        assert watcher["stdout_stream"] == workers_log
+        assert watcher["stderr_stream"] == workers_log
 
     (plugin,) = config["plugins"]
     assert plugin["name"] == "plugin:djmaster"
@@ -170,7 +176,7 @@ def test_circus_builds_the_watchers(tmp_path: Path, secret_env: None) -> None:
     config = circus_config(tmp_path, render_ini(settings))
     for watcher_config in config["watchers"]:
         assert watcher_config["stdout_stream"] == {
-            "class": "FileStream",
+            "class": "WatchedFileStream",
             "filename": str(tmp_path / "log" / "djmaster.log"),
         }
         assert watcher_config["stderr_stream"] == watcher_config["stdout_stream"]
@@ -360,3 +366,29 @@ def test_cli_requires_a_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         config_cli.main([])
     assert caught.value.code == 2
+
+
+def test_circus_gives_each_worker_its_wid(tmp_path: Path, secret_env: None) -> None:
+    """circus substitutes each process' wid into the args the ini gives (the worker's
+    title and log lines show it): read back and formatted by circus' own Process."""
+    from circus.process import Process
+
+    settings = load_settings(write_settings(tmp_path))
+    config = circus_config(tmp_path, render_ini(settings))
+    watcher = config["watchers"][0]
+    for wid in (1, 2, 7):
+        process = Process(watcher["name"], wid, watcher["cmd"], args=watcher["args"], spawn=False)
+        argv = process.format_args()
+        assert argv[-2:] == ["--wid", str(wid)]
+
+
+def test_without_log_file_workers_write_apart_from_circusd(
+    tmp_path: Path, secret_env: None
+) -> None:
+    """No log_file: the workers' output goes to <stem>-workers.log, not circusd's own."""
+    settings = load_settings(write_settings(tmp_path))
+    config = circus_config(tmp_path, render_ini(settings))
+    for watcher in config["watchers"]:
+        stream = {"class": "WatchedFileStream", "filename": str(tmp_path / "djmaster-workers.log")}
+        assert watcher["stdout_stream"] == stream
+        assert watcher["stderr_stream"] == stream

@@ -143,6 +143,7 @@ def test_full_file_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         stats_endpoint="tcp://127.0.0.1:6557",
         check_delay=2.0,
         logoutput=str(tmp_path / "log" / "circus.log"),
+        stop_timeout=None,
     )
     assert settings.group("mail") is mail
     assert settings.database("secondary").url() == "postgresql://localhost/other"
@@ -187,6 +188,7 @@ def test_defaults(tmp_path: Path) -> None:
         stats_endpoint="tcp://127.0.0.1:5557",
         check_delay=5.0,
         logoutput="-",
+        stop_timeout=None,
     )
     assert settings.lock_timeout == 4 * 3600.0 + LOCK_MARGIN
 
