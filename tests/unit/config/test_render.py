@@ -328,12 +328,45 @@ def test_cli_unsafe_path_exit_2(
     assert repr(str(path)) in capsys.readouterr().err
 
 
-def test_cli_warns_when_log_folder_is_missing(
+def test_cli_render_makes_the_folders_circusd_writes_into(
     tmp_path: Path, secret_env: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = write_settings(tmp_path, 'log_file = "nowhere/djmaster.log"\n' + TWO_BY_TWO)
+    """A log_file in a folder that did not exist made circusd drop every worker watcher
+    with a mere warning: no job ever ran (issue 14). render now makes it (and those of
+    pid_file and circus' logoutput) before circus.ini exists."""
+    text = (
+        'log_file = "nowhere/djmaster.log"\npid_file = "run/pids/master.pid"\n'
+        + TWO_BY_TWO
+        + '\n[circus]\nlogoutput = "circus-logs/circusd.log"\n'
+    )
+    path = write_settings(tmp_path, text)
     assert config_cli.main(["render", str(path), "-o", str(tmp_path / "circus.ini")]) == 0
-    assert "nowhere" in capsys.readouterr().err
+    for folder in ("nowhere", "run/pids", "circus-logs"):
+        assert (tmp_path / folder).is_dir(), folder
+    err = capsys.readouterr().err
+    assert f"created folder {tmp_path / 'nowhere'} (for log_file)" in err
+    assert f"created folder {tmp_path / 'circus-logs'} (for circus.logoutput)" in err
+    # circusd can now open every watcher's output file.
+    from circus.watcher import Watcher
+
+    for watcher_config in circus_config(tmp_path, (tmp_path / "circus.ini").read_text())[
+        "watchers"
+    ]:
+        watcher = Watcher.load_from_config(dict(watcher_config))
+        for stream in (watcher.stdout_stream, watcher.stderr_stream):
+            stream.close()
+
+
+def test_cli_render_refuses_when_a_folder_cannot_be_made(
+    tmp_path: Path, secret_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "afile").write_text("not a folder")
+    path = write_settings(tmp_path, 'log_file = "afile/log/djmaster.log"\n' + TWO_BY_TWO)
+    output = tmp_path / "circus.ini"
+    assert config_cli.main(["render", str(path), "-o", str(output)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}: log_file: cannot create folder {tmp_path / 'afile' / 'log'}: " in err
+    assert not output.exists()  # nothing circusd would run without its workers
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
