@@ -89,12 +89,21 @@ def graceful_timeout(group: WorkerGroup) -> int:
     return math.ceil(group.max_run_time) + GRACE_MARGIN
 
 
-def workers_output(settings: Settings) -> Path:
+def workers_output(settings: Settings) -> Path | None:
     """Where circusd writes the workers' stdout and stderr: ``log_file``, or, when it
     is unset, ``<settings stem>-workers.log`` next to the settings file (so that the
-    workers' lines never mix with circusd's own output)."""
+    workers' lines never mix with circusd's own output).
+
+    None when ``log_file`` names something that is not a regular file (a pipe or a
+    terminal: ``/proc/1/fd/1`` in a container): circus' file streams cannot open it (they
+    need a seekable file), so the workers keep circusd's own stdout and stderr, which
+    is then that same output.
+    """
     if settings.log_file is not None:
-        return settings.log_file
+        log_file = settings.log_file
+        if log_file.exists() and not log_file.is_file():
+            return None
+        return log_file
     return settings.path.with_name(f"{settings.path.stem}-workers.log")
 
 
@@ -132,7 +141,7 @@ class _Watcher:
     args: str
     working_dir: str
     graceful_timeout: int
-    output_file: str
+    output_file: str | None
 
 
 @dataclass(frozen=True)
@@ -153,7 +162,8 @@ def render_ini(settings: Settings, *, python: str = sys.executable) -> str:
     _check_settings(settings)
     interpreter = _interpreter(python)
     settings_path = str(settings.path)
-    output_file = str(workers_output(settings))
+    output = workers_output(settings)
+    output_file = None if output is None else str(output)
     watchers = [
         _Watcher(
             name=watcher_name(group.name, database.name),

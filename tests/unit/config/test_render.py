@@ -425,3 +425,13 @@ def test_without_log_file_workers_write_apart_from_circusd(
         stream = {"class": "WatchedFileStream", "filename": str(tmp_path / "djmaster-workers.log")}
         assert watcher["stdout_stream"] == stream
         assert watcher["stderr_stream"] == stream
+
+
+def test_a_log_file_that_is_a_pipe_gets_no_circus_stream(tmp_path: Path, secret_env: None) -> None:
+    """``log_file = "/proc/1/fd/1"`` in a container: circus' file streams need a seekable
+    file (they open it "a+"), so the workers keep circusd's own output, the same pipe."""
+    fifo = tmp_path / "output"
+    os.mkfifo(fifo)
+    settings = load_settings(write_settings(tmp_path, f'log_file = "{fifo}"\n' + TWO_BY_TWO))
+    for watcher in circus_config(tmp_path, render_ini(settings))["watchers"]:
+        assert watcher["stdout_stream"] == {} and watcher["stderr_stream"] == {}
