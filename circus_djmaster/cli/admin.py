@@ -106,7 +106,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
                 print(f"database {name}: {describe_error(exc)}", file=sys.stderr)
                 left += 1
         if left == 0:
-            print("no job left" + ("" if args.scheduled else " (ready, running or retrying)"))
+            print("no job left")
             return CliExit.OK
         if time.monotonic() > deadline:
             print(f"{left} job(s) still to do after {args.timeout:g}s", file=sys.stderr)

@@ -241,8 +241,6 @@ def _check_settings(settings: Settings) -> None:
     check("working_directory", str(settings.working_directory))
     if settings.log_file is not None:
         check("log_file", str(settings.log_file))
-    if settings.pid_file is not None:
-        check("pid_file", str(settings.pid_file))
     # circus passes its endpoints and logoutput to the plugin's command line too.
     for key in ("endpoint", "pubsub_endpoint", "logoutput"):
         check(f"circus.{key}", str(getattr(settings.circus, key)), plugin=True)
