@@ -106,6 +106,7 @@ class _Version(argparse.Action):
 
 
 def add_version_option(parser: argparse.ArgumentParser) -> None:
+    """``--version`` on ``parser``: prints ``PROG VERSION`` and exits 0."""
     parser.add_argument("--version", action=_Version, help="print the version and exit")
 
 

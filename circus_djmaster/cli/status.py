@@ -45,6 +45,7 @@ _CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear the screen
 
 
 def add_command(sub: Any) -> None:
+    """Add ``status`` to the ``djmaster`` parser's commands (``sub``)."""
     status = sub.add_parser(
         "status",
         help="queues, counts, watchers and workers per database and worker group",
@@ -81,6 +82,8 @@ def add_command(sub: Any) -> None:
 
 @dataclasses.dataclass
 class WorkerView:
+    """A worker process as ``status`` shows it (psutil's reading of a pid circus lists)."""
+
     pid: int
     wid: int | None  # circus' wid, from the title
     state: str
@@ -90,6 +93,8 @@ class WorkerView:
 
 @dataclasses.dataclass
 class GroupView:
+    """A worker group on one database: its watcher, counts and workers."""
+
     name: str
     queues: list[str]
     watcher: str
@@ -104,6 +109,8 @@ class GroupView:
 
 @dataclasses.dataclass
 class DatabaseView:
+    """A database of the settings; ``error`` when it could not be counted."""
+
     name: str
     error: str | None
     groups: list[GroupView]
@@ -111,12 +118,16 @@ class DatabaseView:
 
 @dataclasses.dataclass
 class MasterView:
+    """The master's watcher (``plugin:djmaster``) in circusd."""
+
     status: str | None  # circusd's word for plugin:djmaster; None: circusd down
     pids: list[int]
 
 
 @dataclasses.dataclass
 class Report:
+    """Everything ``status`` shows (``--json`` prints :meth:`as_json`)."""
+
     endpoint: str
     circus_error: str | None
     master: MasterView
@@ -337,6 +348,7 @@ def fit(lines: list[str], columns: int, rows: int) -> list[str]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """``djmaster status``; returns a :class:`CliExit` code."""
     try:
         settings = load_settings(settings_path(args))
     except (SettingsError, DjmasterError) as exc:

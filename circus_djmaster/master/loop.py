@@ -106,7 +106,7 @@ class Master(SignalHandling):
         """``processes`` reads and signals the workers, ``connect(database, role)``
         opens a database connection (default: :func:`async_executor.connect`); the unit
         tests of the loop give in-memory ones. ``metrics`` records what the master does
-        (default: nothing; ``master.metrics.metrics_for`` makes the one of the settings)."""
+        (default: nothing; ``master.plugin.metrics_for`` makes the one of the settings)."""
         self.settings = settings
         self.metrics = metrics or MetricsRecorder()
         self.circus = circus

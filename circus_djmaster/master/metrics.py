@@ -2,8 +2,8 @@
 
 :class:`MetricsRecorder` records nothing: it is what the master uses when the settings
 have no ``[metrics]`` table, so the loop calls the same methods either way and
-``prometheus_client`` is imported only when the table is there
-(:mod:`circus_djmaster.master.prometheus`, :func:`metrics_for`).
+``prometheus_client`` is imported only when the table is there (the plugin then makes a
+:class:`~circus_djmaster.master.prometheus.PrometheusMetrics`: plugin.py).
 
 Labels are names from the settings (database, group, watcher) and fixed words (state,
 reason, outcome): never a URL, a host or a job's arguments.
@@ -14,12 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from circus_djmaster.config.settings import Settings
-
 if TYPE_CHECKING:
     from circus_djmaster.master.scaling import WatcherSnapshot
 
-__all__ = ["SELF_RETIRED", "MetricsRecorder", "metrics_for"]
+__all__ = ["SELF_RETIRED", "MetricsRecorder"]
 
 #: The reason label of a worker that retired by itself (exit 0 the master did not ask
 #: for: idle, its own memory or age limit, a signal from an operator).
@@ -61,15 +59,3 @@ class MetricsRecorder:
 
     def close(self) -> None:
         """Stop serving (the master exits)."""
-
-
-def metrics_for(settings: Settings) -> MetricsRecorder:
-    """A recorder serving Prometheus metrics when the settings have ``[metrics]`` (it
-    starts listening at once, in threads of its own), else one recording nothing."""
-    if settings.metrics is None:
-        return MetricsRecorder()
-    from circus_djmaster.master.prometheus import PrometheusMetrics
-
-    metrics = PrometheusMetrics(settings)
-    metrics.serve()
-    return metrics

@@ -32,11 +32,17 @@ from circus_djmaster.contracts import titles
 from circus_djmaster.contracts.watchers import PLUGIN_WATCHER
 from circus_djmaster.exceptions import SettingsError
 from circus_djmaster.master.loop import Master
-from circus_djmaster.master.metrics import MetricsRecorder, metrics_for
+from circus_djmaster.master.metrics import MetricsRecorder
 from circus_djmaster.master.signals import HANDLED_SIGNALS, circus_stops_me, stop_own_watcher
 from circus_djmaster.master.state import LoopExit, mtime_ns
 
-__all__ = ["DelayedJobMaster", "default_log_file", "remove_pid_file", "write_pid_file"]
+__all__ = [
+    "DelayedJobMaster",
+    "default_log_file",
+    "metrics_for",
+    "remove_pid_file",
+    "write_pid_file",
+]
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +184,19 @@ class DelayedJobMaster(CircusPlugin):  # type: ignore[misc]  # circus has no typ
             return
         log.info("%s changed: restarting the master to read it", self.settings_path)
         self.loop_exit = LoopExit.RESTART
+
+
+def metrics_for(settings: Settings) -> MetricsRecorder:
+    """A recorder serving Prometheus metrics when the settings have ``[metrics]`` (it
+    starts listening at once, in threads of its own), else one recording nothing:
+    prometheus_client is imported only then."""
+    if settings.metrics is None:
+        return MetricsRecorder()
+    from circus_djmaster.master.prometheus import PrometheusMetrics
+
+    metrics = PrometheusMetrics(settings)
+    metrics.serve()
+    return metrics
 
 
 def write_pid_file(path: Path, pid: int) -> None:
