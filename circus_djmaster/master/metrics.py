@@ -37,9 +37,11 @@ class MetricsRecorder:
         """The master asked circus for ``workers`` more processes of ``watcher``."""
 
     def retired(self, watcher: str, reason: str) -> None:
-        """A worker of ``watcher`` retires: the master sent it TERM (``reason``: a
-        lower-cased :class:`~circus_djmaster.master.scaling.RetireReason` name), or it
-        exited 0 on its own (:data:`SELF_RETIRED`)."""
+        """A worker of ``watcher`` retires: the master sent it TERM to retire it
+        (``reason``: a lower-cased :class:`~circus_djmaster.master.scaling.RetireReason`
+        name of a ``RetireWorker`` action), or it exited 0 on its own
+        (:data:`SELF_RETIRED`: idle, its own limits, a signal from someone else, or the
+        TERM the master sends every worker when it stops)."""
 
     def killed(self, watcher: str, reason: str) -> None:
         """The master sent SIGKILL to a worker of ``watcher`` (``hard_max_memory``)."""

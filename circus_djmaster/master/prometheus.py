@@ -74,8 +74,8 @@ class PrometheusMetrics(MetricsRecorder):
         )
         self._retirements = counter(
             "djmaster_worker_retirements",
-            "Workers retired, by reason: max_memory, max_execution, rebalance, "
-            "master_stops (the master sent TERM) or self (exited 0 on their own)",
+            "Workers retired, by reason: max_memory, max_execution, rebalance (the master "
+            "sent TERM) or self (exited 0 on their own)",
             ["watcher", "reason"],
         )
         self._kills = counter(
