@@ -67,7 +67,7 @@ PICKUP_STEPS = [
 
 
 def run(ctx: Context) -> Section:
-    samples = ctx.size(20, 5)
+    samples = ctx.size(20, 3)
     section = Section(
         "B3F",
         "Fork mode: pickup and memory, side by side with exec",
@@ -148,14 +148,18 @@ def _groups(max_processes: int, idle_timeout: float = 0.0) -> list[dict[str, Any
 
 
 def _start(
-    ctx: Context, name: str, app: str, workers: list[dict[str, Any]]
+    ctx: Context,
+    name: str,
+    app: str,
+    workers: list[dict[str, Any]],
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[Circus, str, Path]:
     url = ctx.fresh_database(f"djbench_b3f_{name}")
     with connect(url) as conn:
         store.migrate(conn)
     folder = ctx.folder(f"b3f-{name}")
     record = folder / "jobs.rec"
-    env = {"DJMASTER_DATABASE_URL": url, jobs.RECORD_ENV: str(record)}
+    env = {"DJMASTER_DATABASE_URL": url, jobs.RECORD_ENV: str(record), **(extra_env or {})}
     circus = Circus.start(
         ctx,
         folder,
@@ -247,14 +251,22 @@ def _sample(
 
 
 def _memory(ctx: Context, memory: dict[tuple[str, str], Row]) -> None:
-    circus, url, record = _start(ctx, "memory", MEMORY_APP, _groups(MEMORY_WORKERS, 0.0))
+    # The quick run (a smoke test) holds 20 MB for 3 s instead of 200 MB for 8 s.
+    objects, hold = ctx.size(("550000", 8.0), ("55000", 3.0))
+    circus, url, record = _start(
+        ctx,
+        "memory",
+        MEMORY_APP,
+        _groups(MEMORY_WORKERS, 0.0),
+        {"BENCH_BIG_APP_OBJECTS": objects},
+    )
     try:
         wait_for(lambda: "ready: forking workers" in _text(circus.log_file), 120, "the preloader")
         with connect(url) as conn:
             for run in range(ctx.runs):
                 for mode in MODES:
                     for count in (1, MEMORY_WORKERS):
-                        readings = _hold(circus, conn, record, mode, count, f"{run}-{count}")
+                        readings = _hold(circus, conn, record, mode, count, f"{run}-{count}", hold)
                         workers = [r for r in readings if r[0] == "worker"]
                         preloader = [r for r in readings if r[0] == "preloader"]
                         total = sum(r[3] for r in readings) / MB
@@ -272,15 +284,21 @@ def _memory(ctx: Context, memory: dict[tuple[str, str], Row]) -> None:
 
 
 def _hold(
-    circus: Circus, conn: psycopg.Connection[Any], record: Path, mode: str, count: int, tag: str
+    circus: Circus,
+    conn: psycopg.Connection[Any],
+    record: Path,
+    mode: str,
+    count: int,
+    tag: str,
+    seconds: float,
 ) -> list[tuple[str, int, int, int]]:
-    """Run ``count`` holding jobs of ``mode`` at once; (kind, rss, uss, pss) of each
-    worker (and of the preloader, fork) while they all run."""
+    """Run ``count`` jobs of ``mode`` holding their worker ``seconds`` at once; (kind,
+    rss, uss, pss) of each worker (and of the preloader, fork) while they all run."""
     watcher = watcher_name(mode, DATABASE)
     circus.wait_idle([watcher_name(m, DATABASE) for m in MODES], timeout=60)
     keys = [f"mem-{mode}-{tag}-{n}" for n in range(count)]
     for key in keys:
-        enqueue("benchmarks.jobs:hold", [key, 8.0], queue=mode, connection=conn)
+        enqueue("benchmarks.jobs:hold", [key, seconds], queue=mode, connection=conn)
 
     def running() -> set[int] | None:
         pids = {r.pid for r in jobs.read_records(record) if r.kind == "job" and r.key in keys}

@@ -62,13 +62,16 @@ EXAMPLES: Mapping[tuple[str, str], str] = {
     ("workers", "max_memory"): '"300MB"',
     ("workers", "hard_max_memory"): '"1GB"',
     ("workers", "max_execution"): '"1h"',
+    ("workers", "read_ahead"): "100",
     ("workers", "min_priority"): "0",
     ("workers", "max_priority"): "10",
+    ("circus", "stop_timeout"): '"90s"',
+    ("metrics", "port"): "9188",
 }
 
 #: Sections in the order they are written; a declared section missing here comes last.
 #: TOML needs the top-level keys before any table.
-ORDER = ("", "databases", "workers", "callbacks", "circus")
+ORDER = ("", "databases", "workers", "callbacks", "circus", "metrics")
 
 _HEADER = """\
 # djmaster.toml: settings of circus-djmaster (written by `djmaster-config init`).
@@ -141,7 +144,10 @@ def _section_block(section: Section) -> list[str]:
     if section.name == "workers":
         return _workers(section)
     lines = ["", *_comment(section.doc)]
-    if section.name:
+    if section.optional:
+        # Present, the table turns its feature on: leave it to the user to uncomment.
+        lines.append(f"# {section.header}  # uncomment with the lines below to turn it on")
+    elif section.name:
         lines.append(section.header)
     if section.name == "databases":
         return lines + _databases()

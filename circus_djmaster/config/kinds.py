@@ -8,6 +8,7 @@ Messages show the offending value, except for URLs, which may hold a password.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
@@ -21,11 +22,13 @@ __all__ = [
     "BOOLEAN",
     "CALLABLE",
     "ENDPOINT",
+    "HOST",
     "LOGOUTPUT",
     "MODULE",
     "NAME",
     "NAME_PATTERN",
     "PATH",
+    "PORT",
     "SIZE",
     "STRINGS",
     "URL",
@@ -36,6 +39,7 @@ __all__ = [
     "format_duration",
     "format_size",
     "integer",
+    "is_loopback",
     "parse_duration",
     "parse_size",
     "toml_type",
@@ -187,7 +191,7 @@ class Kind:
     to_toml: Callable[[Any], str] = describe
 
 
-def integer(*, minimum: int | None = None) -> Kind:
+def integer(*, minimum: int | None = None, maximum: int | None = None) -> Kind:
     def parse(value: Any, _base: Path) -> int:
         # Strings are accepted so that "${PROCESSES:-2}" works.
         if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
@@ -196,9 +200,40 @@ def integer(*, minimum: int | None = None) -> Kind:
             raise _type_error("an integer", value)
         if minimum is not None and value < minimum:
             raise ValueError(f"{value} is too small (minimum {minimum})")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"{value} is too large (maximum {maximum})")
         return value
 
-    return Kind("integer" if minimum is None else f"integer ≥ {minimum}", parse)
+    if minimum is not None and maximum is not None:
+        name = f"integer {minimum} to {maximum}"
+    elif minimum is not None:
+        name = f"integer ≥ {minimum}"
+    else:
+        name = "integer"
+    return Kind(name, parse)
+
+
+#: ``read_ahead = "auto"`` (the default): the worker sizes each reserve itself.
+AUTO = "auto"
+
+
+def count_or_auto() -> Kind:
+    """An integer ≥ 1, or ``"auto"``: parsed as the integer, or None for auto."""
+    count = integer(minimum=1)
+
+    def parse(value: Any, base: Path) -> int | None:
+        if isinstance(value, str) and value.strip().lower() == AUTO:
+            return None
+        try:
+            parsed: int = count.parse(value, base)
+        except ValueError as error:
+            raise ValueError(f'{error}; or "{AUTO}"') from None
+        return parsed
+
+    def to_toml(value: Any) -> str:
+        return f'"{AUTO}"' if value is None else describe(value)
+
+    return Kind(f'integer ≥ 1 or "{AUTO}"', parse, to_toml)
 
 
 def _boolean(value: Any, _base: Path) -> bool:
@@ -302,6 +337,33 @@ def _endpoint(value: Any, _base: Path) -> str:
     return text
 
 
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
+
+
+def _host(value: Any, _base: Path) -> str:
+    text = _string(value).strip()
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        if not _HOSTNAME.fullmatch(text):
+            raise ValueError(
+                f"{describe(value)} is not an IP address or a host name "
+                '(examples: "127.0.0.1", "::1", "0.0.0.0", "localhost")'
+            ) from None
+    return text
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _name(value: Any, _base: Path) -> str:
     text = _string(value)
     if not NAME_PATTERN.fullmatch(text):
@@ -345,3 +407,5 @@ NAME = Kind("name", _name)
 STRINGS = Kind("array of strings", _string_list)
 URL = Kind("URL", _url)
 LOGOUTPUT = Kind('"-" or path', _logoutput)
+HOST = Kind("host", _host)
+PORT = integer(minimum=1, maximum=65535)

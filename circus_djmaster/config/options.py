@@ -16,15 +16,18 @@ from circus_djmaster.config.kinds import (
     BOOLEAN,
     CALLABLE,
     ENDPOINT,
+    HOST,
     LOGOUTPUT,
     MODULE,
     NAME,
     PATH,
+    PORT,
     SIZE,
     STRINGS,
     URL,
     Kind,
     choice,
+    count_or_auto,
     duration,
     integer,
 )
@@ -35,6 +38,9 @@ class Section:
     name: str  # "" for the top level
     header: str  # as written in the file
     doc: str
+    #: A table that turns a feature on by being there (``[metrics]``): absent, the
+    #: feature is off and its options' defaults do not apply.
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,14 @@ SECTIONS: tuple[Section, ...] = (
         "database, scaled from zero to `max_processes` on demand.",
     ),
     Section("circus", "[circus]", "Values for the generated `circus.ini`."),
+    Section(
+        "metrics",
+        "[metrics]",
+        "Prometheus metrics (`/metrics`, served by the master) when this table is "
+        "present; absent, no port is opened. Labels carry database, group and watcher "
+        "names, never a URL (docs/operations.md lists the metrics).",
+        optional=True,
+    ),
 )
 
 _COUNT = integer(minimum=1)
@@ -127,6 +141,10 @@ OPTIONS: tuple[Option, ...] = (
            default_doc="unset (stderr)"),
     Option("", "log_level", choice("debug", "info", "warning", "error"),
            "level of the log file", default="info"),
+    Option("", "log_format", choice("text", "json"), 'log lines as text, or `"json"`: '
+           "one JSON object per line (time, level, logger, pid, message and the line's "
+           "fields: job id, queue, callable, attempt, duration, outcome, watcher…) for a "
+           "log collector", default="text"),
     Option("", "database_timeout", _POSITIVE, "bound on every database round trip of "
            "workers and the master: the server's `statement_timeout`, and a deadline a "
            "few seconds longer on the client for a server that stops answering (the "
@@ -169,8 +187,10 @@ OPTIONS: tuple[Option, ...] = (
            "found no job for this long (0: as soon as a pass finds none)", default=0.0),
     Option("workers", "sleep_delay", _POSITIVE, "how long an idle worker thread "
            "waits before looking for jobs again", default=5.0),
-    Option("workers", "read_ahead", _COUNT, "jobs reserved per database round trip",
-           default=1),
+    Option("workers", "read_ahead", count_or_auto(), "jobs reserved per database round "
+           'trip; `"auto"`: one per free job thread, more while the recent jobs are short '
+           "(the rule: docs/master.md, Reserving jobs)",
+           default=None, default_doc='`"auto"`'),
     Option("workers", "max_attempts", _COUNT, "attempts before a job is marked failed",
            default=25),
     Option("workers", "max_run_time", _POSITIVE, "a job running longer fails "
@@ -189,6 +209,16 @@ OPTIONS: tuple[Option, ...] = (
            "checks (and respawns) processes", default=5.0),
     Option("circus", "logoutput", LOGOUTPUT, 'circusd log; `"-"` means stdout',
            default="-"),
+    Option("circus", "stop_timeout", _POSITIVE, "how long your service manager waits "
+           "for circusd to stop before it kills everything (systemd's `TimeoutStopSec`, "
+           "Docker's stop grace period): `djmaster-config check` warns when a group's "
+           "`graceful_timeout` (`max_run_time` + 10s) is longer",
+           default_doc="unset (no check)"),
+    Option("metrics", "port", PORT, "TCP port of the metrics endpoint (required in "
+           "`[metrics]`)"),
+    Option("metrics", "host", HOST, "address the metrics endpoint listens on; any "
+           "other than loopback opens it to other machines (no authentication: `check` "
+           "warns)", default="127.0.0.1"),
 )  # fmt: skip
 
 

@@ -38,6 +38,7 @@ import jinja2
 from circus_djmaster.config.settings import Settings, WorkerGroup
 from circus_djmaster.contracts.watchers import (
     AFTER_REAP_HOOK,
+    BEFORE_SPAWN_HOOK,
     PLUGIN_CLASS,
     PLUGIN_SECTION,
     PRELOADER_WATCHER,
@@ -45,7 +46,14 @@ from circus_djmaster.contracts.watchers import (
 )
 from circus_djmaster.exceptions import Problem, RenderError, SettingsError
 
-__all__ = ["graceful_timeout", "render_ini", "watcher_index", "worker_args"]
+__all__ = [
+    "graceful_timeout",
+    "output_folders",
+    "render_ini",
+    "watcher_index",
+    "worker_args",
+    "workers_output",
+]
 
 TEMPLATE = "circus.ini.j2"
 
@@ -60,6 +68,9 @@ PLUGIN_GRACEFUL_TIMEOUT = 10
 WORKER_PRIORITY = 0
 #: The preloader starts first: it imports the application while the rest comes up.
 PRELOADER_PRIORITY = 2
+#: circus substitutes each process' wid here (circus.process.Process.format_args): the
+#: worker shows it in its title and log lines (distinct among a watcher's live processes).
+WID_ARGUMENT = "$(circus.wid)"
 
 # What circus substitutes in option values (circus.util._CIRCUS_VAR), and $WID in cmd.
 _CIRCUS_SUBSTITUTION = re.compile(r"\$\(circus\.|\(\(circus\.|\$WID", re.IGNORECASE)
@@ -89,6 +100,46 @@ def graceful_timeout(group: WorkerGroup) -> int:
     """Seconds circus waits after ``stop_signal`` before SIGKILL: a graceful stop lets
     the current jobs finish, and a job may run up to ``max_run_time``."""
     return math.ceil(group.max_run_time) + GRACE_MARGIN
+
+
+def workers_output(settings: Settings) -> Path | None:
+    """Where circusd writes the workers' stdout and stderr: ``log_file``, or, when it
+    is unset, ``<settings stem>-workers.log`` next to the settings file (so that the
+    workers' lines never mix with circusd's own output).
+
+    None when ``log_file`` names something that is not a regular file (a pipe or a
+    terminal: ``/proc/1/fd/1`` in a container): circus' file streams cannot open it (they
+    need a seekable file), so the workers keep circusd's own stdout and stderr, which
+    is then that same output.
+    """
+    if settings.log_file is not None:
+        log_file = settings.log_file
+        if log_file.exists() and not log_file.is_file():
+            return None
+        return log_file
+    return settings.path.with_name(f"{settings.path.stem}-workers.log")
+
+
+def output_folders(settings: Settings) -> list[tuple[str, Path]]:
+    """``(key, folder)`` of every folder that circusd, the master or the workers write
+    into when run on ``settings``: circusd drops a watcher whose output file it cannot
+    open (with a mere warning in its own log), so ``djmaster-config render`` makes them
+    first. In the order of the keys; a folder named by two keys is listed once."""
+    files = [
+        ("log_file", settings.log_file),
+        ("pid_file", settings.pid_file),
+        (
+            "circus.logoutput",
+            None if settings.circus.logoutput == "-" else Path(settings.circus.logoutput),
+        ),
+    ]
+    seen: set[Path] = set()
+    folders = []
+    for key, path in files:
+        if path is not None and path.parent not in seen:
+            seen.add(path.parent)
+            folders.append((key, path.parent))
+    return folders
 
 
 # ------------------------------------------------------------------ rendering
@@ -136,7 +187,8 @@ def render_ini(settings: Settings, *, python: str = sys.executable) -> str:
     _check_settings(settings)
     interpreter = _interpreter(python)
     settings_path = str(settings.path)
-    output_file = str(settings.log_file) if settings.log_file is not None else None
+    output = workers_output(settings)
+    output_file = None if output is None else str(output)
     launcher = None
     if settings.forks:
         launcher = launcher_of(interpreter)
@@ -149,7 +201,9 @@ def render_ini(settings: Settings, *, python: str = sys.executable) -> str:
             group=group.name,
             database=database.name,
             cmd=shlex.quote(interpreter),
-            args=shlex.join(worker_args(settings, group, database.name, launcher=launcher)),
+            args=shlex.join(
+                worker_args(settings, group, database.name, launcher=launcher, wid=WID_ARGUMENT)
+            ),
             working_dir=str(settings.working_directory),
             graceful_timeout=graceful_timeout(group),
             output_file=output_file,
@@ -187,20 +241,29 @@ def render_ini(settings: Settings, *, python: str = sys.executable) -> str:
             preloader_priority=PRELOADER_PRIORITY,
             plugin=plugin,
             hook=AFTER_REAP_HOOK,
+            spawn_hook=BEFORE_SPAWN_HOOK,
             worker_priority=WORKER_PRIORITY,
         )
     )
 
 
 def worker_args(
-    settings: Settings, group: WorkerGroup, database: str, *, launcher: str | None = None
+    settings: Settings,
+    group: WorkerGroup,
+    database: str,
+    *,
+    launcher: str | None = None,
+    wid: str | None = None,
 ) -> list[str]:
     """The arguments of ``python`` for a worker of ``group`` on ``database``: ``-m
     circus_djmaster worker …``, or with ``spawn = "fork"`` ``-S LAUNCHER … --wait
     PRELOAD_TIMEOUT``: the launcher file (``launcher``, default: this installation's)
     run without ``site`` and without settings, so that it starts in milliseconds
-    (worker/launcher.py)."""
+    (worker/launcher.py). ``wid``: the value of ``--wid`` (circus.ini gives
+    :data:`WID_ARGUMENT`), none when None."""
     where = ["--settings", str(settings.path), "--group", group.name, "--database", database]
+    if wid is not None:
+        where += ["--wid", wid]
     if group.spawn == "fork":
         script = launcher or str(LAUNCHER)
         return ["-S", script, *where, "--wait", f"{settings.preload_timeout:g}"]

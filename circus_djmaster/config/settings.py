@@ -44,6 +44,7 @@ __all__ = [
     "LOCK_MARGIN",
     "CircusSettings",
     "Database",
+    "MetricsSettings",
     "Settings",
     "WorkerGroup",
     "expand_env",
@@ -133,7 +134,7 @@ class WorkerGroup:
     max_execution: float | None
     idle_timeout: float
     sleep_delay: float
-    read_ahead: int
+    read_ahead: int | None  # None: "auto" (worker/read_ahead.py)
     max_attempts: int
     max_run_time: float
     min_priority: int | None
@@ -150,6 +151,15 @@ class CircusSettings:
     stats_endpoint: str
     check_delay: float
     logoutput: str  # "-" (stdout) or an absolute path
+    stop_timeout: float | None  # seconds the service manager gives circusd to stop
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """``[metrics]``: where the master serves Prometheus metrics."""
+
+    port: int
+    host: str
 
 
 @dataclass(frozen=True)
@@ -161,6 +171,7 @@ class Settings:
     pid_file: Path | None
     log_file: Path | None
     log_level: str
+    log_format: str  # "text" or "json"
     database_timeout: float
     listen: bool
     app: str | None
@@ -169,6 +180,7 @@ class Settings:
     databases: tuple[Database, ...]
     workers: tuple[WorkerGroup, ...]
     circus: CircusSettings
+    metrics: MetricsSettings | None = None  # None: no [metrics] table, no endpoint
 
     def group(self, name: str) -> WorkerGroup:
         for group in self.workers:
@@ -335,6 +347,18 @@ class _Reader:
         if isinstance(low, int) and isinstance(high, int) and low > high:
             self.problem(f"{prefix}.min_priority", f"{low} is greater than max_priority ({high})")
 
+    def metrics(self, data: Mapping[str, Any], context: _Context) -> MetricsSettings | None:
+        raw = self.subtable(data, "metrics")
+        if raw is None:
+            return None
+        values = self.table(raw, "metrics", "metrics", context)
+        if "port" not in raw:
+            self.problem("metrics.port", "required when [metrics] is present")
+            return None
+        if _INVALID in values.values():
+            return None
+        return MetricsSettings(**values)
+
     def check_circus(self, values: dict[str, Any]) -> None:
         # circusd cannot bind two sockets to one address; say so before it fails.
         seen: dict[str, str] = {}
@@ -362,6 +386,7 @@ def parse_settings(
     workers = reader.workers(data)
     circus = reader.table(reader.subtable(data, "circus") or {}, "circus", "circus", context)
     reader.check_circus(circus)
+    metrics = reader.metrics(data, context)
     if reader.problems:
         raise SettingsError(path, reader.problems)
     return Settings(
@@ -372,6 +397,7 @@ def parse_settings(
         databases=tuple(databases),
         workers=tuple(workers),
         circus=CircusSettings(**circus),
+        metrics=metrics,
         **top,
     )
 

@@ -26,3 +26,5 @@ class ForkTarget:
     count: int  # how many processes (1 for a fork by the preloader)
     #: With ``spawn = "fork"``: the pid of the launcher the worker is forked for.
     launcher_pid: int | None = None
+    #: With ``spawn = "fork"``: circus' wid of that launcher (the worker shows it).
+    wid: int | None = None

@@ -30,9 +30,10 @@ come from one installation; the messages:
 =========  =================================  ============================================
 from       message                            meaning
 =========  =================================  ============================================
-launcher   ``fork GROUP DATABASE PID``        fork a worker of GROUP on DATABASE for me
-                                              (pid PID); fds: stdin, stdout, stderr and the
-                                              worker's end of the control socket pair
+launcher   ``fork GROUP DATABASE PID WID``    fork a worker of GROUP on DATABASE for me
+                                              (pid PID, circus wid WID or ``-``); fds:
+                                              stdin, stdout, stderr and the worker's end
+                                              of the control socket pair
 preloader  ``forked PID``                     the worker's pid; fd: its pidfd (when the
                                               kernel has pidfd_open)
 preloader  ``refused REASON``                 a configuration error (the launcher exits 78)

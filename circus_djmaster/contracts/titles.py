@@ -1,7 +1,9 @@
 """Process titles (``ps``) and database application names (``pg_stat_activity``).
 
-Workers show the seed's title, ``delayed_job: worker[0] (queue1, queue2) @primary``,
-with `` [BUSY]`` while a job runs, `` [NO DB]`` (instead of `` [BUSY]``: a worker with a
+Workers show the seed's title, ``delayed_job: worker[0] (queue1, queue2) @primary #2``
+(``worker[N]``: the group's position in the settings, as the seed's; ``#2``: the
+process' circus ``wid``, distinct among the live processes of its watcher), with
+`` [BUSY]`` while a job runs, `` [NO DB]`` (instead of `` [BUSY]``: a worker with a
 job running is busy whatever else happens) while none of its job threads can reach its
 database, and `` [OLD]`` after USR2. The master reads titles back (psutil) to tell
 starting, idle, busy, old and cut-off workers apart (:class:`WorkerState`), and so does
@@ -18,10 +20,8 @@ replaces it.
 from __future__ import annotations
 
 import enum
-
-TYPE_CHECKING = False  # typing's own costs a launcher's start (worker/launcher.py)
-if TYPE_CHECKING:
-    from pathlib import Path
+import re
+from pathlib import Path
 
 __all__ = [
     "BUSY_MARK",
@@ -36,6 +36,7 @@ __all__ = [
     "preloader_title",
     "set_title",
     "state_from_title",
+    "wid_from_title",
     "worker_application_name",
     "worker_title",
 ]
@@ -62,7 +63,7 @@ def _queues_shown(queues: tuple[str, ...]) -> str:
     names = ", ".join(queues) if queues else "*"
     if len(names) > MAX_QUEUES_SHOWN:
         # The title must fit the process' argv area (setproctitle cuts it off there),
-        # and the master reads [BUSY]/[OLD] (or a launcher's worker pid) at its end.
+        # and the master reads [BUSY]/[OLD] at its end.
         names = names[: MAX_QUEUES_SHOWN - 1] + "…"
     return names
 
@@ -72,12 +73,16 @@ def worker_title(
     queues: tuple[str, ...],
     database: str,
     *,
+    wid: int | None = None,
     busy: bool = False,
     old: bool = False,
     no_db: bool = False,
 ) -> str:
-    """The title of worker ``index`` (its group's position in the settings)."""
+    """The title of a worker of group ``index`` (its position in the settings) whose
+    circus ``wid`` is ``wid`` (None: started by hand, not by circus)."""
     title = f"delayed_job: worker[{index}] ({_queues_shown(queues)}) @{database}"
+    if wid is not None:
+        title += f" #{wid}"
     if busy:
         title += BUSY_MARK
     elif no_db:
@@ -110,6 +115,18 @@ def preloader_is_old(title: str) -> bool:
     workers and exits once its workers are gone)."""
     title = title.replace("\0", " ").strip()
     return title.startswith(PRELOADER_PREFIX) and title.endswith(OLD_MARK)
+
+
+_WID = re.compile(r" #(\d+)(?= \[|$)")
+
+
+def wid_from_title(title: str) -> int | None:
+    """The circus ``wid`` a worker title shows; None when it shows none."""
+    title = title.replace("\0", " ").strip()
+    if not title.startswith(WORKER_PREFIX):
+        return None
+    match = _WID.search(title)
+    return int(match.group(1)) if match else None
 
 
 def forked_child_title(parent: int, database: str) -> str:

@@ -52,6 +52,7 @@ from circus_djmaster.contracts.watchers import PRELOADER_WATCHER, watcher_name
 from circus_djmaster.exceptions import CircusError, CircusTimeout
 from circus_djmaster.master.callbacks import MasterCallbacks
 from circus_djmaster.master.listener import Listener
+from circus_djmaster.master.metrics import SELF_RETIRED, MetricsRecorder
 from circus_djmaster.master.polling import DatabasePoller
 from circus_djmaster.master.preloading import (
     PreloaderAction,
@@ -91,6 +92,9 @@ COUNT_WAIT = 2.0
 #: once (a NOTIFY must start a worker fast), the following ones of a burst (spawn,
 #: start, reap, a flood of NOTIFYs…) are gathered into the next turn.
 MIN_TURN_INTERVAL = 0.05
+#: How long a worker the master signalled is remembered until circus reaps it, so that
+#: its exit is not counted again in the metrics (seconds).
+SIGNALLED_MEMORY = 600.0
 
 
 class Master(SignalHandling):
@@ -106,11 +110,14 @@ class Master(SignalHandling):
         probe_interval: float = 10.0,
         processes: Processes = OS_PROCESSES,
         connect: Connector | None = None,
+        metrics: MetricsRecorder | None = None,
     ) -> None:
         """``processes`` reads and signals the workers, ``connect(database, role)``
         opens a database connection (default: :func:`async_executor.connect`); the unit
-        tests of the loop give in-memory ones."""
+        tests of the loop give in-memory ones. ``metrics`` records what the master does
+        (default: nothing; ``master.plugin.metrics_for`` makes the one of the settings)."""
         self.settings = settings
+        self.metrics = metrics or MetricsRecorder()
         self.circus = circus
         self.processes = processes
         self.connect = connect or self._connect
@@ -124,6 +131,7 @@ class Master(SignalHandling):
             name for name, (group, _) in self.index.items() if settings.group(group).spawn == "fork"
         )
         self.preloader: PreloaderSnapshot | None = None  # the last observation of it
+        self._failure_checked = False  # the note of a preloader that failed before us
         self._settings_mtime = mtime_ns(settings.path)
         self.policies = {group.name: GroupPolicy.from_settings(group) for group in settings.workers}
         self.callbacks = MasterCallbacks.load(settings.callbacks)
@@ -132,6 +140,7 @@ class Master(SignalHandling):
         self.blocks = Blocks()  # watchers blocked by configuration errors
         self.book = WorkerBook()  # the workers it knows, and their deaths
         self._missing_reported: set[str] = set()
+        self._signalled: dict[int, float] = {}  # pid -> when the master sent TERM/KILL
         self._signals: collections.deque[int] = collections.deque()
         self._wake = asyncio.Event()
         self._scale_due = True
@@ -182,6 +191,7 @@ class Master(SignalHandling):
         exit_code = message.get("exit_code")
         exit_code = exit_code if isinstance(exit_code, int) else None
         self.book.reaped(pid, exit_code)  # for the message when it vanishes from `list`
+        self._count_exit(watcher, pid, exit_code)
         if exit_code == WorkerExit.CONFIG_ERROR:
             self._block(watcher)
         elif not is_retiring(exit_code):
@@ -201,6 +211,24 @@ class Master(SignalHandling):
                 describe_exit(exit_code),
                 extra=event("preloader_died", exit_code=exit_code),
             )
+
+    def _count_exit(self, watcher: str, pid: int, exit_code: int | None) -> None:
+        """Tell the metrics how a worker of ``watcher`` (lower-cased) ended; an exit the
+        master caused (TERM, SIGKILL) was counted when it sent the signal."""
+        now = time.monotonic()
+        signalled = self._signalled.pop(pid, None) is not None
+        for old, when in list(self._signalled.items()):
+            if now - when > SIGNALLED_MEMORY:  # its reap event never came
+                del self._signalled[old]
+        name = watcher_name(*self.index[watcher])
+        if exit_code == WorkerExit.CONFIG_ERROR:
+            self.metrics.config_error(name)
+        elif signalled or exit_code is None:
+            return
+        elif exit_code == WorkerExit.RETIRED:
+            self.metrics.retired(name, SELF_RETIRED)
+        else:
+            self.metrics.crashed(name)
 
     # --- the loop ------------------------------------------------------------------
 
@@ -238,6 +266,7 @@ class Master(SignalHandling):
 
     async def _turn(self) -> LoopExit | None:
         self._last_turn = time.monotonic()
+        sent = self.circus.sent
         self._check_blocks()  # before observing: the snapshots carry the blocks
         snapshots = await self.observe()
         self._check_blocks(snapshots)  # parked watchers need a fresh status
@@ -258,6 +287,14 @@ class Master(SignalHandling):
         if self._scale_due:
             self._scale_due = False
             await self._scale(snapshots)
+            commands = self.circus.sent - sent
+            took = (time.monotonic() - self._last_turn) * 1000
+            log.debug(
+                "scaling turn: %d circus command(s), %.1f ms",
+                commands,
+                took,
+                extra=event("scaling_turn", commands=commands, ms=round(took, 1)),
+            )
         return None
 
     async def _wait(self, at_least: float = 0.0) -> None:
@@ -303,6 +340,7 @@ class Master(SignalHandling):
                 callbacks=self.callbacks,
                 master=self,
                 host=self.host,
+                metrics=self.metrics,
             )
             self.pollers[database.name] = poller
             self._tasks.append(asyncio.create_task(poller.run(), name=f"poll-{database.name}"))
@@ -343,11 +381,7 @@ class Master(SignalHandling):
             if name not in statuses:
                 if name not in self._missing_reported:
                     self._missing_reported.add(name)
-                    log.error(
-                        "watcher %s is not in circusd: render circus.ini again from %s",
-                        watcher_name(group, database),
-                        self.settings.path,
-                    )
+                    self._report_missing(watcher_name(group, database))
                 continue
             status = WatcherStatus.parse(statuses[name])
             pids: list[int] = []
@@ -378,17 +412,14 @@ class Master(SignalHandling):
         self.snapshots = snapshots
         if self.fork_watchers:
             self.preloader = await self._observe_preloader(statuses)
+        self.metrics.observed(snapshots)
         return snapshots
 
     async def _observe_preloader(self, statuses: dict[str, Any]) -> PreloaderSnapshot | None:
         if PRELOADER_WATCHER not in statuses:
             if PRELOADER_WATCHER not in self._missing_reported:
                 self._missing_reported.add(PRELOADER_WATCHER)
-                log.error(
-                    "watcher %s is not in circusd: render circus.ini again from %s",
-                    PRELOADER_WATCHER,
-                    self.settings.path,
-                )
+                self._report_missing(PRELOADER_WATCHER)
             return None
         status = WatcherStatus.parse(statuses[PRELOADER_WATCHER])
         numprocesses, readings = 0, []
@@ -398,6 +429,10 @@ class Master(SignalHandling):
                 reading = self.processes.read_preloader(pid)
                 if reading is not None:
                     readings.append(reading)
+        if not self._failure_checked:
+            self._failure_checked = True
+            if not any(not reading.old for reading in readings):
+                self._adopt_failure()
         block = self.blocks.get(PRELOADER_WATCHER)
         return PreloaderSnapshot(
             status,
@@ -405,6 +440,44 @@ class Master(SignalHandling):
             tuple(readings),
             blocked=block is not None,
             parked=block is not None and block.parked,
+        )
+
+    def forget_preloader_failure(self) -> None:
+        if self.fork_watchers:
+            with contextlib.suppress(OSError):
+                rendezvous.clear_failure(rendezvous.folder_for(self.settings.path))
+
+    def _adopt_failure(self) -> None:
+        """Block the preloader if it exited 78 before this master was up to see it.
+
+        circusd starts the preloader before the master (it imports the app meanwhile), so
+        its reap event may come before the master listens. Its note (contracts/
+        preloader.py) tells: written since the settings file last changed, by no live
+        preloader, it means the current code and settings cannot load. A new generation
+        (the settings file changed, ``circusctl start``, USR2 to the master) removes it.
+        """
+        folder = rendezvous.folder_for(self.settings.path)
+        if rendezvous.read_failure(folder) is None:
+            return
+        written = mtime_ns(os.path.join(folder, rendezvous.FAILED))
+        changed = mtime_ns(self.settings.path)
+        if written is not None and changed is not None and written >= changed:
+            self._block(PRELOADER_WATCHER)
+
+    def _report_missing(self, watcher: str) -> None:
+        circus = self.settings.circus
+        circusd_log = "its stdout" if circus.logoutput == "-" else circus.logoutput
+        log.error(
+            "watcher %s is not in circusd, so none of its jobs can run. Either circusd "
+            "could not create it (e.g. it cannot open the workers' output file: a missing "
+            "folder, no permission; circusd says why in its own log, %s), or circus.ini is "
+            "older than %s (render it again: djmaster-config render %s -o circus.ini, "
+            "then circusctl reload)",
+            watcher,
+            circusd_log,
+            self.settings.path,
+            self.settings.path,
+            extra=event("watcher_missing", watcher=watcher),
         )
 
     # --- dead workers ------------------------------------------------------------------
@@ -530,6 +603,7 @@ class Master(SignalHandling):
             # stopped watcher is ever started: docs/master.md, "circus 0.19, measured").
             await self.circus.set_numprocesses(action.watcher, action.numprocesses)
             await self.circus.start(action.watcher)
+            self.metrics.scaled_up(self._label(action.watcher), action.numprocesses)
             log.info(
                 "%s: started with %d worker(s) for %s ready job(s)",
                 action.watcher,
@@ -540,6 +614,7 @@ class Master(SignalHandling):
         elif isinstance(action, GrowWatcher):
             await self._before_fork(action.watcher, action.count)
             await self.circus.incr(action.watcher, action.count)
+            self.metrics.scaled_up(self._label(action.watcher), action.count)
             log.info(
                 "%s: %d more worker(s) for %s ready job(s)",
                 action.watcher,
@@ -550,6 +625,8 @@ class Master(SignalHandling):
         elif isinstance(action, RetireWorker):
             if self.send_signal(action.pid, signal.SIGTERM):
                 self.book.retiring[action.pid] = action.reason
+                self._signalled[action.pid] = time.monotonic()
+                self.metrics.retired(self._label(action.watcher), action.reason.name.lower())
                 log.info(
                     "%s: retiring worker pid %d after its current job (%s)",
                     action.watcher,
@@ -565,6 +642,8 @@ class Master(SignalHandling):
         elif isinstance(action, KillWorker):
             if self.send_signal(action.pid, signal.SIGKILL):
                 self.book.killed[action.pid] = action.reason
+                self._signalled[action.pid] = time.monotonic()
+                self.metrics.killed(self._label(action.watcher), action.reason.name.lower())
                 self._wake.set()  # release its jobs as soon as it is gone
                 log.warning(
                     "%s: killed worker pid %d (%s); its jobs are released",
@@ -588,6 +667,10 @@ class Master(SignalHandling):
                 action.watcher,
                 extra=event("watcher_parked", watcher=action.watcher),
             )
+
+    def _label(self, watcher: str) -> str:
+        """A watcher's name as the settings spell it (circus lower-cases them)."""
+        return watcher_name(*self.index[watcher.lower()])
 
     async def _before_fork(self, watcher: str, count: int) -> None:
         # spawn = "fork": the preloader runs before_fork, before each fork.
@@ -628,8 +711,7 @@ class Master(SignalHandling):
             await self._act(action, None)
             return
         # A new generation: a note of a failed one must not stop its launchers.
-        with contextlib.suppress(OSError):
-            rendezvous.clear_failure(rendezvous.folder_for(self.settings.path))
+        self.forget_preloader_failure()
         if isinstance(action, StartWatcher):
             await self.circus.set_numprocesses(PRELOADER_WATCHER, 1)
             await self.circus.start(PRELOADER_WATCHER)

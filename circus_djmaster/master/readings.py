@@ -30,6 +30,7 @@ from circus_djmaster.contracts.titles import (
     WorkerState,
     preloader_is_old,
     state_from_title,
+    wid_from_title,
 )
 
 __all__ = [
@@ -58,6 +59,7 @@ class WorkerReading:
     #: spawn = "fork": the worker process the launcher ``pid`` stands for
     forked_pid: int | None = None
     uss: int | None = None  # bytes, children included; read for forked workers only
+    wid: int | None = None  # circus' wid, as the worker's title shows it
 
     @property
     def memory(self) -> int | None:
@@ -107,7 +109,14 @@ def read_worker(pid: int, *, retiring: bool = False) -> WorkerReading | None:
         # Not ours to read (should not happen: circus runs workers as our user).
         return WorkerReading(pid, WorkerState.STARTING, retiring=retiring)
     if forked is None:
-        return WorkerReading(pid, state_from_title(title), rss=rss, age=age, retiring=retiring)
+        return WorkerReading(
+            pid,
+            state_from_title(title),
+            rss=rss,
+            age=age,
+            retiring=retiring,
+            wid=wid_from_title(title),
+        )
     try:
         worker = psutil.Process(forked)
         with worker.oneshot():
@@ -125,6 +134,7 @@ def read_worker(pid: int, *, retiring: bool = False) -> WorkerReading | None:
         retiring=retiring,
         forked_pid=forked,
         uss=uss,
+        wid=wid_from_title(title),
     )
 
 

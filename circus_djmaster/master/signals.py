@@ -90,6 +90,11 @@ class SignalHandling:
         """Look at circus and the workers again (the loop's observation)."""
         raise NotImplementedError
 
+    def forget_preloader_failure(self) -> None:
+        """Remove the note of a preloader that could not load (spawn = "fork"), so that
+        the next master tries a new generation instead of taking the failure over."""
+        raise NotImplementedError
+
     async def handle_signal(self, signum: int) -> LoopExit | None:
         """Act on one recorded signal; a LoopExit ends the master's loop."""
         name = signal.Signals(signum).name
@@ -170,9 +175,11 @@ class SignalHandling:
             sent,
             extra=event("master_signal", signal=name, workers_signalled=sent),
         )
-        # spawn = "fork": the new master starts a preloader that imports the new code.
+        # spawn = "fork": the new master starts a preloader that imports the new code
+        # (even after a configuration error: USR2 is how an operator asks to try again).
         if self.signal_preloaders(signal.SIGUSR2):
             log.info("USR2: the preloader retires; the new master starts a new generation")
+        self.forget_preloader_failure()
         return LoopExit.RESTART
 
     async def handle_hup(self, name: str) -> LoopExit | None:

@@ -2,8 +2,10 @@
 
 A job thread gets what it uses, not its worker: the fixed facts of its worker
 (:class:`ThreadSetup`), the few things it tells the worker and asks of it
-(:class:`WorkerLink`, which the worker implements: process.py), the worker's database
-call deadlines (db_deadlines.py), its running-jobs file and its run-alone gate. The
+(:class:`WorkerLink`, which the worker implements: process.py), the worker's job feed
+(feed.py: jobs are reserved for the whole process, as many per round trip as the
+read-ahead rule says), the worker's database call deadlines (db_deadlines.py), its
+running-jobs file and its run-alone gate. The
 worker says when to stop taking jobs, and its watchdog may interrupt a job past its
 ``max_run_time`` (interruption.py). Job code (the job's function and hooks, sync or
 async) is called through :class:`~circus_djmaster.worker.job_code.JobCode`, which
@@ -23,6 +25,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from circus_djmaster.api.context import JobContext, enter_job, leave_job
@@ -35,6 +38,7 @@ from circus_djmaster.store import statements
 from circus_djmaster.store.statements import JobFilter, ReservedJob, Statement
 from circus_djmaster.store.sync_executor import connect
 from circus_djmaster.worker.db_deadlines import CallDeadlines
+from circus_djmaster.worker.feed import JobFeed, Take
 from circus_djmaster.worker.interruption import JobSlot
 from circus_djmaster.worker.job_code import JobCode
 from circus_djmaster.worker.outcomes import (
@@ -92,8 +96,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("circus_djmaster.worker")
 
-# A succeeded job waits at most this long for its deletion to share a round trip.
-FLUSH_AFTER = 0.05
 # How often a thread waiting to run a job alone looks whether its worker is stopping.
 GATE_POLL = 0.2
 
@@ -124,6 +126,7 @@ class JobThread(threading.Thread):
         deadlines: CallDeadlines,
         running: RunningJobs,
         gate: RunAloneGate,
+        feed: JobFeed[ReservedJob],
         connect: Connect = connect,
     ) -> None:
         """``connect`` opens the thread's connection (thread_db.py; the unit tests give
@@ -135,6 +138,7 @@ class JobThread(threading.Thread):
         self.deadlines = deadlines
         self.running = running
         self.gate = gate
+        self.feed = feed
         # The process' own pid (a forked worker goes by its launcher's, setup.worker_pid).
         self.code = JobCode(os.getpid())
         self.slot = JobSlot(self.code)
@@ -149,10 +153,6 @@ class JobThread(threading.Thread):
             owner=self,
             connect=connect,
         )
-        # Succeeded jobs not deleted yet: the next reserve deletes them in its round trip.
-        self._completed: list[int] = []
-        self._completed_since = 0.0
-        self._locks_taken = 0.0
 
     # --- the loop ---------------------------------------------------------------------
 
@@ -160,22 +160,22 @@ class JobThread(threading.Thread):
         try:
             while self.link.accepting_jobs():
                 self.link.pass_started()
-                jobs: list[ReservedJob] | None = None
+                taken: ReservedJob | Take = Take.ERROR
                 try:
-                    jobs = self._reserve()
-                    if jobs:
-                        self._run_batch(jobs)
+                    taken = self.feed.take(self._reserve)
+                    if not isinstance(taken, Take):
+                        self._run_taken(taken)
                 finally:
-                    # A database error (None) is not an empty pass: it says nothing
-                    # about the queue, so it must not make the worker retire.
-                    self.link.pass_ended(found=jobs is None or bool(jobs))
-                if jobs is None:  # database trouble: back off, then try again
+                    # A database error is not an empty pass: it says nothing about the
+                    # queue, so it must not make the worker retire.
+                    self.link.pass_ended(found=taken is not Take.EMPTY)
+                if taken is Take.ERROR:  # database trouble: back off, then try again
                     self._pause(self.db.backoff.next())
-                elif not jobs:
+                elif taken is Take.EMPTY:
                     self._pause(self.setup.group.sleep_delay)
                 else:
                     self.db.backoff.reset()
-            self._flush_completed()
+            self._delete_done(self.feed.all_done())
         except BaseException:  # even SystemExit: a dead thread must not go unnoticed
             log.exception("job thread %s crashed", self.name)
             self.link.thread_crashed()
@@ -188,75 +188,83 @@ class JobThread(threading.Thread):
         self.wake.wait(seconds)
         self.wake.clear()
 
-    def _run_batch(self, jobs: list[ReservedJob]) -> None:
-        for index, job in enumerate(jobs):
-            if not self.link.accepting_jobs():
-                # Stopping: hand back the jobs reserved ahead and not started.
-                self._flush_completed()
-                self._hand_back([j.id for j in jobs[index:]])
-                return
-            if index:
-                self._keep_locks_fresh([j.id for j in jobs[index:]])
-            if not self._run_one(job):
-                # Stopping while it waited to run: hand it back with the rest.
-                self._flush_completed()
-                self._hand_back([j.id for j in jobs[index:]])
-                return
-            if self._completed and time.monotonic() - self._completed_since > FLUSH_AFTER:
-                self._flush_completed()
+    def _run_taken(self, job: ReservedJob) -> None:
+        """Run a job taken from the feed and tell the feed how it ended."""
+        started = time.monotonic()
+        succeeded: bool | None = None  # None: not run (the worker stops: hand it back)
+        try:
+            if self.link.accepting_jobs():
+                succeeded = self._run_one(job)
+        finally:
+            if succeeded is None:
+                self.feed.not_started()
+                self._hand_back([job.id])
+            else:
+                seconds = time.monotonic() - started
+                self.feed.finished(job.id, seconds, succeeded=succeeded)
+        due = self.feed.flush_due()
+        if due and not self._delete_done(due):
+            self.feed.undo_flush(due)
 
-    def _keep_locks_fresh(self, job_ids: list[int]) -> None:
-        """Refresh the locks of jobs reserved ahead before their lock could look stale.
+    def _delete_done(self, job_ids: list[int]) -> bool:
+        """Delete succeeded jobs (those the next reserve would have deleted)."""
+        return not job_ids or self._write("delete", statements.complete_jobs(job_ids))
 
-        A lock is stale after settings.lock_timeout (the longest max_run_time plus a
-        margin); a job reserved ahead starts later than its lock was taken, so once the
-        batch has run for longer than the margin allows, the remaining locks are renewed.
-        """
-        age = time.monotonic() - self._locks_taken
-        budget = self.setup.lock_timeout - self.setup.group.max_run_time
-        if age > budget / 2:
-            self._write("touch", statements.touch_jobs(job_ids, locked_by=self.setup.locked_by))
-            self._locks_taken = time.monotonic()
-
-    def _flush_completed(self) -> None:
-        if self._completed and self._write("delete", statements.complete_jobs(self._completed)):
-            self._completed = []
+    def _renew_lock(self, job_id: int) -> None:
+        self._write("touch", statements.touch_jobs([job_id], locked_by=self.setup.locked_by))
 
     # --- one job ----------------------------------------------------------------------
 
-    def _run_one(self, job: ReservedJob) -> bool:
-        """Run one reserved job and record its outcome. False if the worker began to
-        stop while the job waited for its turn (it did not run: hand it back)."""
+    def _run_one(self, job: ReservedJob) -> bool | None:
+        """Run one reserved job and record its outcome: True if it succeeded (its
+        deletion is due), False if it ended otherwise, None if the worker began to stop
+        while the job waited for its turn (it did not run: hand it back)."""
         group = self.setup.group
         try:
             resolved = resolve_job(job, group)
         except HandlerError as exc:
             failure = unresolvable_failure(job, exc, group)
-            log.error("job %s cannot run: %s", job.id, exc)
+            log.error(
+                "job %s (queue %s) cannot run: %s",
+                job.id,
+                job.queue,
+                exc,
+                extra=event(
+                    "job_failed",
+                    job_id=job.id,
+                    queue=job.queue,
+                    callable=None,
+                    attempt=failure.attempts,
+                    duration=0.0,
+                    outcome=failure.outcome.name,
+                    attempts=failure.attempts,
+                ),
+            )
             self._record_failure(job.id, failure)
-            return True
+            return False
         if resolved.exhausted:
             self._fail_exhausted(resolved)
-            return True
-        if not self._enter_gate(job):
             return False
+        if not self._enter_gate(job):
+            return None
         try:
-            self._run_resolved(resolved, alone=job.run_alone)
+            return self._run_resolved(resolved, alone=job.run_alone)
         finally:
             self.gate.leave(alone=job.run_alone)
-        return True
 
     def _enter_gate(self, job: ReservedJob) -> bool:
-        waited = False
+        began = time.monotonic()
         while not self.gate.enter(alone=job.run_alone, timeout=GATE_POLL):
-            waited = True
             if not self.link.accepting_jobs():
                 return False
-        if waited:  # its lock aged while it waited for the jobs beside it to end
-            self._keep_locks_fresh([job.id])
+        # Its lock aged while it waited for the jobs beside it to end: renew it before it
+        # could look stale (settings.lock_timeout is the longest max_run_time + margin).
+        margin = self.setup.lock_timeout - self.setup.group.max_run_time
+        if time.monotonic() - began > margin / 2:
+            self._renew_lock(job.id)
         return True
 
-    def _run_resolved(self, resolved: Resolved, *, alone: bool) -> None:
+    def _run_resolved(self, resolved: Resolved, *, alone: bool) -> bool:
         record = resolved.record
         context = JobContext(
             id=record.id,
@@ -269,11 +277,12 @@ class JobThread(threading.Thread):
         )
         token = enter_job(context)
         try:
-            self._run_code(resolved, alone=alone)
+            return self._run_code(resolved, alone=alone)
         finally:
             leave_job(token)
 
-    def _run_code(self, resolved: Resolved, *, alone: bool) -> None:
+    def _run_code(self, resolved: Resolved, *, alone: bool) -> bool:
+        """Run the job's code and record a failure; True if it succeeded."""
         record = resolved.record
         self.resolved = resolved
         # Before the job's code runs: if it kills the process, the master charges it.
@@ -299,24 +308,25 @@ class JobThread(threading.Thread):
         if not self.slot.claim_outcome():
             # The watchdog gave up on this job, recorded its failure, and the process is
             # retiring; nothing more to do here.
-            return
+            return False
         self.slot.end()
         self.running.clear(self.number)
         self.resolved = None
         self.link.show_busy()
         if error is None:
-            log.debug(
-                "job %s succeeded in %.3fs",
+            log.info(
+                "job %s %s (queue %s, attempt %d) succeeded in %.3fs",
                 record.id,
+                record.handler.callable,
+                record.queue,
+                record.attempts + 1,
                 elapsed,
-                extra=event("job_succeeded", job_id=record.id),
+                extra=job_event("job_succeeded", resolved, elapsed, JobOutcome.SUCCEEDED),
             )
-            if not self._completed:
-                self._completed_since = time.monotonic()
-            self._completed.append(record.id)
         else:
             self._job_failed(resolved, error, elapsed)
         self.link.after_job()
+        return error is None
 
     def _hook(self, resolved: Resolved, name: str, *extra: Any) -> None:
         """Run a job hook (sync or async); hooks are job code, their errors the job's."""
@@ -355,19 +365,16 @@ class JobThread(threading.Thread):
             except BaseException:
                 log.exception("failure hook of job %s raised", resolved.record.id)
         log.warning(
-            "job %s failed after %.3fs (attempt %d of %d, %s): %s",
+            "job %s %s (queue %s) failed after %.3fs (attempt %d of %d, %s): %s",
             resolved.record.id,
+            resolved.record.handler.callable,
+            resolved.record.queue,
             elapsed,
             failure.attempts,
             resolved.max_attempts,
             failure.outcome.value,
             last_error.splitlines()[0] if last_error else "",
-            extra=event(
-                "job_failed",
-                job_id=resolved.record.id,
-                outcome=failure.outcome.name,
-                attempts=failure.attempts,
-            ),
+            extra=job_event("job_failed", resolved, elapsed, failure.outcome, failure.attempts),
         )
         self._record_failure(resolved.record.id, failure)
 
@@ -375,7 +382,14 @@ class JobThread(threading.Thread):
         """A job with no attempt left (its worker died on its last one while the master
         could not tell its limits, or max_attempts was lowered): fail it unrun."""
         failure = exhausted_failure(resolved)
-        log.error("job %s: %s", resolved.record.id, failure.last_error)
+        log.error(
+            "job %s %s (queue %s): %s",
+            resolved.record.id,
+            resolved.record.handler.callable,
+            resolved.record.queue,
+            failure.last_error,
+            extra=job_event("job_failed", resolved, 0.0, failure.outcome, failure.attempts),
+        )
         if failure.outcome is JobOutcome.DESTROYED:
             self._record_failure(resolved.record.id, failure)
             return
@@ -406,22 +420,41 @@ class JobThread(threading.Thread):
         """False from a failed (or timed-out) database call to the next one that works."""
         return self.db.ok
 
-    def _reserve(self) -> list[ReservedJob] | None:
-        """Reserve jobs, deleting the completed ones in the same round trip; None after
-        a database error."""
+    def _reserve(self, limit: int, done: Sequence[int]) -> list[ReservedJob] | None:
+        """Reserve up to ``limit`` jobs for the process, deleting the succeeded ``done``
+        ones in the same round trip (the feed calls it); None after a database error."""
         reserve = statements.reserve_jobs(
             self.setup.job_filter,
             locked_by=self.setup.locked_by,
-            limit=self.setup.group.read_ahead,
+            limit=limit,
             lock_timeout=self.setup.lock_timeout,
-            done=self._completed,
+            done=list(done),
         )
-        done, jobs = self.db.once("reserve", reserve)
-        if not done or jobs is None:
-            return None
-        self._completed = []
-        self._locks_taken = time.monotonic()
-        return jobs
+        ok, jobs = self.db.once("reserve", reserve)
+        return jobs if ok and jobs is not None else None
 
     def _write(self, what: str, statement: Statement[Any]) -> bool:
         return self.db.write(what, statement)
+
+
+def job_event(
+    name: str,
+    resolved: Resolved,
+    duration: float,
+    outcome: JobOutcome,
+    attempts: int | None = None,
+) -> dict[str, object]:
+    """``extra=`` of the line a finished job leaves: ``job_id``, ``queue``, ``callable``,
+    ``attempt`` (this run's number, from 1), ``duration`` (seconds), ``outcome`` (a
+    :class:`JobOutcome` name) and ``attempts`` (the attempts charged so far)."""
+    record = resolved.record
+    return event(
+        name,
+        job_id=record.id,
+        queue=record.queue,
+        callable=record.handler.callable,
+        attempt=record.attempts + 1,
+        duration=round(duration, 6),
+        outcome=outcome.name,
+        attempts=record.attempts + 1 if attempts is None else attempts,
+    )

@@ -109,7 +109,9 @@ class _Retry(Exception):
 
 class Launcher:
     """One launcher of a worker of group ``group`` on ``database``; ``settings``: the
-    settings file (its path names the preloader's folder, it is never read here)."""
+    settings file (its path names the preloader's folder, it is never read here);
+    ``wait``: seconds to wait for a preloader; ``wid``: circus' wid of this process
+    (None: started by hand), passed on to the worker for its title and log lines."""
 
     def __init__(
         self,
@@ -117,11 +119,13 @@ class Launcher:
         group: str,
         database: str,
         wait: float,
+        wid: int | None = None,
     ) -> None:
         self.settings = settings
         self.group = group
         self.database = database
         self.wait = wait
+        self.wid = wid  # circus' wid of this process, which the worker shows
         self.folder = rendezvous.folder_for(settings)
         self.worker: int | None = None
         self.pidfd: int | None = None
@@ -242,7 +246,8 @@ class Launcher:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.control = mine
         try:
-            request = f"{self.group} {self.database} {os.getpid()}"
+            wid = "-" if self.wid is None else str(self.wid)
+            request = f"{self.group} {self.database} {os.getpid()} {wid}"
             rendezvous.send(self.conn, "fork", request, [0, 1, 2, theirs.fileno()])
         except OSError as exc:
             raise _Retry() from exc
@@ -405,13 +410,13 @@ def _say(text: str) -> None:
         print(f"djmaster launcher [{os.getpid()}]: {text}", file=sys.stderr, flush=True)
 
 
-_OPTIONS = ("--settings", "--group", "--database", "--wait")
+_OPTIONS = ("--settings", "--group", "--database", "--wid", "--wait")
 
 
 def main(argv: list[str]) -> int:
-    """``launch --settings S --group G --database D [--wait SECONDS]`` (as circus.ini
-    gives it); 78 for any other command line: circus.ini is rendered, so a mistake
-    there is a configuration error."""
+    """``launch --settings S --group G --database D [--wid N] [--wait SECONDS]`` (as
+    circus.ini gives it); 78 for any other command line: circus.ini is rendered, so a
+    mistake there is a configuration error."""
     values: dict[str, str] = {}
     pairs = iter(argv)
     for name in pairs:
@@ -422,9 +427,21 @@ def main(argv: list[str]) -> int:
         values[name] = value
     try:
         wait = float(values.get("--wait", "60"))
-        launcher = Launcher(values["--settings"], values["--group"], values["--database"], wait)
+        wid = values.get("--wid")
+        if wid is not None and not (wid.isascii() and wid.isdigit()):
+            raise ValueError(wid)
+        launcher = Launcher(
+            values["--settings"],
+            values["--group"],
+            values["--database"],
+            wait,
+            None if wid is None else int(wid),
+        )
     except (KeyError, ValueError):
-        _say(f"usage: launch --settings FILE --group NAME --database NAME [--wait S], not {argv}")
+        _say(
+            "usage: launch --settings FILE --group NAME --database NAME [--wid N] "
+            f"[--wait S], not {argv}"
+        )
         return CONFIG_ERROR
     return launcher.run()
 

@@ -94,7 +94,13 @@ def run(settings_path: str) -> int:
             rendezvous.write_failure(folder, os.getpid(), str(exc))
         return WorkerExit.CONFIG_ERROR
     rendezvous.clear_failure(folder)
-    logs.configure(settings.log_file, settings.log_level, prefix="preloader ")
+    logs.configure(
+        settings.log_file,
+        settings.log_level,
+        prefix="preloader ",
+        log_format=settings.log_format,
+        context={"role": "preloader"},
+    )
     titles.set_title(titles.preloader_title(settings.path))
     started = time.monotonic()
     try:
@@ -374,20 +380,26 @@ class Preloader:
         )
 
     def _target(self, request: str) -> ForkTarget:
-        """The target of ``fork GROUP DATABASE LAUNCHER_PID``; SettingsError for a group
-        or database the settings do not have, ValueError for anything else wrong."""
+        """The target of ``fork GROUP DATABASE LAUNCHER_PID WID`` (WID: circus' wid of
+        the launcher, ``-`` for none); SettingsError for a group or database the
+        settings do not have, ValueError for anything else wrong."""
         fields = request.split(" ")
-        if len(fields) != 3 or not fields[2].isdigit() or int(fields[2]) <= 1:
-            raise ValueError(f"a fork request must be GROUP DATABASE PID, not {request!r}")
+        if (
+            len(fields) != 4
+            or not (fields[2].isascii() and fields[2].isdigit() and int(fields[2]) > 1)
+            or not (fields[3] == "-" or (fields[3].isascii() and fields[3].isdigit()))
+        ):
+            raise ValueError(f"a fork request must be GROUP DATABASE PID WID, not {request!r}")
         group = self.settings.group(fields[0])
         database = self.settings.database(fields[1])
         launcher = int(fields[2])
+        wid = None if fields[3] == "-" else int(fields[3])
         if group.spawn != "fork":
             raise ValueError(
                 f'group {group.name} has spawn = "{group.spawn}" in {self.settings.path}'
             )
         return ForkTarget(
-            group, database.name, watcher_name(group.name, database.name), 1, launcher
+            group, database.name, watcher_name(group.name, database.name), 1, launcher, wid
         )
 
     def _child(self, target: ForkTarget, fds: list[int], mask: set[int]) -> NoReturn:
@@ -413,9 +425,16 @@ class Preloader:
             launcher_link.install(control)
             group = target.group
             database = self.settings.database(target.database)
-            main.start_logging(self.settings, group, database)
+            main.start_logging(
+                self.settings, group, database, target.wid, launcher_pid=target.launcher_pid
+            )
             code = main.work(
-                self.settings, group, database, self.callbacks, launcher_pid=target.launcher_pid
+                self.settings,
+                group,
+                database,
+                self.callbacks,
+                wid=target.wid,
+                launcher_pid=target.launcher_pid,
             )
         except SettingsError as exc:
             print(f"djmaster worker: {exc}", file=sys.stderr)

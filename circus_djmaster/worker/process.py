@@ -46,13 +46,15 @@ from circus_djmaster.contracts.locked_by import worker_locked_by
 from circus_djmaster.contracts.running_jobs import RunningJobs
 from circus_djmaster.store import statements
 from circus_djmaster.store.errors import describe_error
-from circus_djmaster.store.statements import JobFilter, Statement
+from circus_djmaster.store.statements import JobFilter, ReservedJob, Statement
 from circus_djmaster.store.sync_executor import connect, execute
 from circus_djmaster.worker import early_signals, launcher_link
 from circus_djmaster.worker.db_deadlines import CallDeadlines
+from circus_djmaster.worker.feed import JobFeed
 from circus_djmaster.worker.interruption import Watchdog
 from circus_djmaster.worker.job_code import install_fork_handler
 from circus_djmaster.worker.job_thread import JobThread, ThreadSetup
+from circus_djmaster.worker.read_ahead import ReadAhead
 from circus_djmaster.worker.run_alone import RunAloneGate
 from circus_djmaster.worker.wakeup import NotifyWakeup
 
@@ -92,6 +94,7 @@ class WorkerInfo:
     #: The pid circus and ``locked_by`` know: the launcher's with ``spawn = "fork"``
     #: (``os.getpid()`` is the process' own).
     pid: int
+    wid: int | None = None  # circus' wid of the process (None: started by hand)
 
 
 class Worker:
@@ -114,25 +117,29 @@ class Worker:
         group: WorkerGroup,
         database: Database,
         *,
+        wid: int | None = None,
         launcher_pid: int | None = None,
     ) -> None:
-        """``launcher_pid``: the worker was forked by the preloader for that launcher
-        (``spawn = "fork"``). It then goes by the launcher's pid, the one circus and the
-        master know (``locked_by``, the running-jobs file, ``WorkerInfo.pid``, database
-        application names), watches its launcher instead of its parent (launcher_link.py:
-        the launcher relays circusd's death as a TERM), and compares its unique memory
-        (USS) with ``max_memory``: its RSS counts the pages it shares with the preloader.
+        """``wid``: circus' wid of the process circus started (its title and log lines
+        show it; None: started by hand). ``launcher_pid``: the worker was forked by the
+        preloader for that launcher (``spawn = "fork"``). It then goes by the launcher's
+        pid, the one circus and the master know (``locked_by``, the running-jobs file,
+        ``WorkerInfo.pid``, database application names), watches its launcher instead of
+        its parent (launcher_link.py: the launcher relays circusd's death as a TERM), and
+        compares its unique memory (USS) with ``max_memory``: its RSS counts the pages it
+        shares with the preloader.
 
         Raises SettingsError when the database URL's variable is unset.
         """
         self.settings = settings
         self.group = group
         self.database = database
+        self.wid = wid
         self.database_url = database.url()
         self.forked = launcher_pid is not None
         self.pid = launcher_pid if launcher_pid is not None else os.getpid()
         self.locked_by = worker_locked_by(self.pid)
-        self.info = WorkerInfo(settings, group, database, self.pid)
+        self.info = WorkerInfo(settings, group, database, self.pid, wid)
         self.setup = ThreadSetup(
             group=group,
             database_name=database.name,
@@ -165,6 +172,9 @@ class Worker:
         self._threads: list[JobThread] = []
         self.running = RunningJobs(group.max_threads, self.pid)
         self.gate = RunAloneGate()
+        self.feed: JobFeed[ReservedJob] = JobFeed(
+            group.max_threads, ReadAhead(group.read_ahead, group.max_threads)
+        )
         self.deadlines = CallDeadlines(settings.database_timeout + CLIENT_SLACK)
         self.watchdog = Watchdog(
             locked_by=self.locked_by, control=self._control, retire=self.retire
@@ -327,6 +337,7 @@ class Worker:
                 self.group.index,
                 self.group.queues,
                 self.database.name,
+                wid=self.wid,
                 busy=self._busy_shown,
                 old=self._old,
                 no_db=self._no_db_shown,
@@ -337,14 +348,11 @@ class Worker:
         return titles.forked_child_title(parent, self.database.name)
 
     def _show_database_trouble(self) -> None:
-        """[NO DB] while none of the job threads can reach the database: every thread
-        not running a job has a failed or long-unanswered call (the master then does
-        not count this worker as one that will take a ready job)."""
-        now = time.monotonic()
-        idle = [thread for thread in self._threads if thread.slot.job_id is None]
-        trouble = bool(idle) and all(
-            not thread.db_ok or self._stalled(thread, now) for thread in idle
-        )
+        """[NO DB] while the process cannot reserve a job (the job feed's last reserve
+        failed, or the one under way is unanswered) and a thread waits for one: the
+        master then does not count this worker as one that will take a ready job."""
+        idle = any(thread.slot.job_id is None for thread in self._threads)
+        trouble = idle and self.feed.database_trouble(STALLED_AFTER)
         if trouble != self._no_db_shown:
             self._no_db_shown = trouble
             if trouble:
@@ -373,6 +381,7 @@ class Worker:
                 deadlines=self.deadlines,
                 running=self.running,
                 gate=self.gate,
+                feed=self.feed,
             )
             for number in range(self.group.max_threads)
         ]
@@ -388,6 +397,7 @@ class Worker:
                 self._stop = max(self._stop, StopMode.GRACEFUL)
                 self._wake_threads()
             self._watch_deadlines()
+            self._tend_feed()
             self._show_database_trouble()
             self._check_idle()
             if not self.accepting_jobs():
@@ -400,6 +410,25 @@ class Worker:
             self._sleep(self._next_wake())
         for thread in self._threads:
             thread.join()
+        # Jobs reserved ahead and never started go back as they were.
+        self._hand_back(self.feed.drain())
+
+    def _tend_feed(self) -> None:
+        """Jobs the process reserved and no thread has started yet: with ``read_ahead =
+        "auto"``, hand back those that waited too long while every thread was busy (an
+        idle worker elsewhere takes them); with an explicit read_ahead, renew their locks
+        before they could look stale (the jobs wait, as they always did, behind the
+        running ones)."""
+        self._hand_back(self.feed.take_stale())
+        margin = self.settings.lock_timeout - self.group.max_run_time
+        old = self.feed.locks_older_than(margin / 2)
+        if old:
+            self._control("touch", statements.touch_jobs(old, locked_by=self.locked_by))
+            self.feed.refreshed(old, time.monotonic())
+
+    def _hand_back(self, job_ids: list[int]) -> None:
+        if job_ids:
+            self._control("hand back", statements.unlock_job_ids(job_ids, locked_by=self.locked_by))
 
     def _stop_waiting_on_database(self) -> None:
         """A stopping worker does not wait on a hung reserve: a thread that is not
@@ -454,6 +483,11 @@ class Worker:
         """Record stuck jobs, hand back the rest if asked, and end the process."""
         self.watchdog.record_stuck()
         if hand_back:
+            # Jobs that succeeded and wait for their deletion are deleted first: handing
+            # them back would run them again.
+            done = self.feed.all_done()
+            if done:
+                self._control("delete", statements.complete_jobs(done))
             released = self._control("hand back", statements.unlock_jobs(locked_by=self.locked_by))
             log.info("handed back %d job(s)", len(released or []))
         log.info("exiting now")

@@ -246,7 +246,8 @@ def test_the_master_and_djmaster_status_read_the_forked_worker(
             timeout=60,
             check=False,
         )
-        assert f"pid {launcher:<7} busy" in result.stdout, result.stdout + result.stderr
+        # The launcher's pid (what circus lists), the forked worker's wid and state.
+        assert f"pid {launcher:<7} #1   busy" in result.stdout, result.stdout + result.stderr
         assert f"forked worker pid {worker}" in result.stdout
         assert "preloader djmaster-preloader: active, pid" in result.stdout
         result = subprocess.run(
@@ -263,7 +264,9 @@ def test_the_master_and_djmaster_status_read_the_forked_worker(
         report = json.loads(result.stdout)
         (view,) = report["databases"][0]["groups"][0]["workers"]
         assert (view["pid"], view["state"], view["worker_pid"]) == (launcher, "busy", worker)
+        assert view["wid"] == 1, "circus' wid of the launcher, shown by its worker"
         assert 0 < view["uss"] < view["rss"], "its own memory, not what it shares"
+        assert report["preloader"]["state"] == "active" and report["problems"] == []
         (generation,) = report["preloader"]["processes"]
         assert generation["old"] is False
         # The master takes the worker for busy too: it starts no other for a new job.

@@ -86,6 +86,9 @@ def test_term_stops_the_master_and_lets_the_job_finish(
         assert not done(conn, "t1")
         wait_until(lambda: done_pid(conn, "t1") == worker, DEADLINE, "t1 finished by its worker")
         wait_until(lambda: gone(worker), DEADLINE, "the worker to exit")
+        # ...and circus reaped the process it knows (with spawn = "fork" its launcher,
+        # which exits right after its worker).
+        wait_until(lambda: run.pids(WATCHER) == [], DEADLINE, "circus to reap it")
         # Stopped means stopped: no master, no worker comes back for new jobs.
         enqueue(conn, "record", "t2")
         stays(lambda: master_stopped(run) and run.pids(WATCHER) == [], 2.0)

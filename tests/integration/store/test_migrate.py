@@ -277,7 +277,7 @@ def test_cli_migrate_with_a_bad_value_names_file_key_and_reason(tmp_path: Path) 
     result = djmaster("migrate", "--settings", str(settings))
     assert result.returncode == CliExit.USAGE
     assert result.stderr == (
-        f"djmaster: {settings}: workers[0].read_ahead: 0 is too small (minimum 1)\n"
+        f'djmaster: {settings}: workers[0].read_ahead: 0 is too small (minimum 1); or "auto"\n'
     )
 
 
@@ -326,7 +326,8 @@ def test_cli_migrate_without_any_database_names_the_options() -> None:
     result = djmaster("migrate")
     assert result.returncode == CliExit.USAGE
     assert result.stderr == (
-        "djmaster: no database: give --settings, --database-url or set DJMASTER_DATABASE_URL\n"
+        "djmaster: no database: give --settings, --database-url or set DJMASTER_SETTINGS or "
+        "DJMASTER_DATABASE_URL\n"
     )
 
 

@@ -16,7 +16,7 @@ import pytest
 from circus.config import get_config
 from circus.plugins import _cfg2str, _str2cfg
 
-from circus_djmaster.circusd.hooks import after_reap
+from circus_djmaster.circusd.hooks import after_reap, before_spawn
 from circus_djmaster.cli import config as config_cli
 from circus_djmaster.config.render import (
     GRACE_MARGIN,
@@ -28,6 +28,7 @@ from circus_djmaster.config.render import (
 from circus_djmaster.config.settings import Settings, load_settings
 from circus_djmaster.contracts.watchers import (
     AFTER_REAP_HOOK,
+    BEFORE_SPAWN_HOOK,
     PLUGIN_CLASS,
     PRELOADER_WATCHER,
     watcher_name,
@@ -128,6 +129,8 @@ def test_rendered_ini_parses_with_circus_loader(tmp_path: Path, settings: Settin
             group,
             "--database",
             database,
+            "--wid",
+            "$(circus.wid)",
         ]
         assert watcher["working_dir"] == str(settings.working_directory)
         assert watcher["numprocesses"] == 0
@@ -140,10 +143,17 @@ def test_rendered_ini_parses_with_circus_loader(tmp_path: Path, settings: Settin
         assert watcher["graceful_timeout"] == expected_timeout
         assert watcher["copy_env"] is True
         assert watcher["copy_path"] is True
-        assert watcher["hooks"] == {"after_reap": [AFTER_REAP_HOOK, False]}
-        # No log_file: no stream, the worker writes to circusd's stdout/stderr.
-        assert watcher["stdout_stream"] == {}
-        assert watcher["stderr_stream"] == {}
+        assert watcher["hooks"] == {
+            "after_reap": [AFTER_REAP_HOOK, False],
+            "before_spawn": [BEFORE_SPAWN_HOOK, False],
+        }
+        # No log_file: the workers' output goes to a file of their own, not circusd's.
+        workers_log = {
+            "class": "WatchedFileStream",
+            "filename": str(settings.path.with_name("djmaster-workers.log")),
+        }
+        assert watcher["stdout_stream"] == workers_log
+        assert watcher["stderr_stream"] == workers_log
 
     (plugin,) = config["plugins"]
     assert plugin["name"] == "plugin:djmaster"
@@ -177,13 +187,14 @@ def test_circus_builds_the_watchers(tmp_path: Path, secret_env: None) -> None:
     config = circus_config(tmp_path, render_ini(settings))
     for watcher_config in config["watchers"]:
         assert watcher_config["stdout_stream"] == {
-            "class": "FileStream",
+            "class": "WatchedFileStream",
             "filename": str(tmp_path / "log" / "djmaster.log"),
         }
         assert watcher_config["stderr_stream"] == watcher_config["stdout_stream"]
         watcher = Watcher.load_from_config(dict(watcher_config))
         try:
-            assert watcher.numprocesses == 0
+            assert watcher.hooks["after_reap"] is after_reap
+            assert watcher.hooks["before_spawn"] is before_spawn
             assert watcher.respawn is True
             # circus resolves the dotted path circus.ini names to the hook itself.
             assert watcher.hooks["after_reap"] is after_reap
@@ -329,12 +340,45 @@ def test_cli_unsafe_path_exit_2(
     assert repr(str(path)) in capsys.readouterr().err
 
 
-def test_cli_warns_when_log_folder_is_missing(
+def test_cli_render_makes_the_folders_circusd_writes_into(
     tmp_path: Path, secret_env: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = write_settings(tmp_path, 'log_file = "nowhere/djmaster.log"\n' + TWO_BY_TWO)
+    """A log_file in a folder that did not exist made circusd drop every worker watcher
+    with a mere warning: no job ever ran (issue 14). render now makes it (and those of
+    pid_file and circus' logoutput) before circus.ini exists."""
+    text = (
+        'log_file = "nowhere/djmaster.log"\npid_file = "run/pids/master.pid"\n'
+        + TWO_BY_TWO
+        + '\n[circus]\nlogoutput = "circus-logs/circusd.log"\n'
+    )
+    path = write_settings(tmp_path, text)
     assert config_cli.main(["render", str(path), "-o", str(tmp_path / "circus.ini")]) == 0
-    assert "nowhere" in capsys.readouterr().err
+    for folder in ("nowhere", "run/pids", "circus-logs"):
+        assert (tmp_path / folder).is_dir(), folder
+    err = capsys.readouterr().err
+    assert f"created folder {tmp_path / 'nowhere'} (for log_file)" in err
+    assert f"created folder {tmp_path / 'circus-logs'} (for circus.logoutput)" in err
+    # circusd can now open every watcher's output file.
+    from circus.watcher import Watcher
+
+    for watcher_config in circus_config(tmp_path, (tmp_path / "circus.ini").read_text())[
+        "watchers"
+    ]:
+        watcher = Watcher.load_from_config(dict(watcher_config))
+        for stream in (watcher.stdout_stream, watcher.stderr_stream):
+            stream.close()
+
+
+def test_cli_render_refuses_when_a_folder_cannot_be_made(
+    tmp_path: Path, secret_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "afile").write_text("not a folder")
+    path = write_settings(tmp_path, 'log_file = "afile/log/djmaster.log"\n' + TWO_BY_TWO)
+    output = tmp_path / "circus.ini"
+    assert config_cli.main(["render", str(path), "-o", str(output)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}: log_file: cannot create folder {tmp_path / 'afile' / 'log'}: " in err
+    assert not output.exists()  # nothing circusd would run without its workers
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -384,7 +428,7 @@ def test_fork_groups_run_a_launcher_and_a_preloader_watcher(
     # The launcher runs as a file without site (milliseconds count: worker/launcher.py).
     assert shlex.split(mail["args"]) == [
         *("-S", str(LAUNCHER), "--settings", str(settings.path)),
-        *("--group", "mail", "--database", "primary", "--wait", "60"),
+        *("--group", "mail", "--database", "primary", "--wid", "$(circus.wid)", "--wait", "60"),
     ]
     assert LAUNCHER.name == "launcher.py" and LAUNCHER.is_file()
     assert mail["numprocesses"] == 0 and mail["graceful_timeout"] == 91 + GRACE_MARGIN
@@ -401,7 +445,18 @@ def test_fork_groups_run_a_launcher_and_a_preloader_watcher(
     assert preloader["stop_signal"] == signal.SIGTERM
     # It waits for its workers when stopped: as long as the longest fork group's.
     assert preloader["graceful_timeout"] == 91 + GRACE_MARGIN
-    assert preloader["hooks"] == {"after_reap": [AFTER_REAP_HOOK, False]}
+    assert preloader["hooks"] == {
+        "after_reap": [AFTER_REAP_HOOK, False],
+        "before_spawn": [BEFORE_SPAWN_HOOK, False],
+    }
+    assert mail["hooks"] == preloader["hooks"], "the immediate reaper serves launchers too"
+    # Both write to the workers' file, reopened after logrotate.
+    stream = {
+        "class": "WatchedFileStream",
+        "filename": str(tmp_path / "app" / "djmaster-workers.log"),
+    }
+    assert preloader["stdout_stream"] == preloader["stderr_stream"] == stream
+    assert mail["stdout_stream"] == mail["stderr_stream"] == stream
     assert preloader["copy_env"] is True
     assert preloader["working_dir"] == str(settings.working_directory)
 
@@ -416,3 +471,53 @@ def test_the_preload_timeout_is_the_launchers_wait(tmp_path: Path, secret_env: N
     config = circus_config(tmp_path, render_ini(settings, python=sys.executable))
     (mail,) = [w for w in config["watchers"] if w["name"] == "djmaster-mail-reports"]
     assert shlex.split(mail["args"])[-2:] == ["--wait", "150"]
+
+
+def test_circus_gives_each_launcher_its_wid(tmp_path: Path, secret_env: None) -> None:
+    """The launcher gets its wid as an exec-mode worker does (it passes it on to the
+    worker forked for it), formatted by circus' own Process."""
+    from circus.process import Process
+
+    settings = load_settings(write_settings(tmp_path / "app", FORKING))
+    config = circus_config(tmp_path, render_ini(settings, python=sys.executable))
+    (mail,) = [w for w in config["watchers"] if w["name"] == "djmaster-mail-primary"]
+    for wid in (1, 2, 7):
+        process = Process(mail["name"], wid, mail["cmd"], args=mail["args"], spawn=False)
+        argv = process.format_args()
+        assert argv[argv.index("--wid") + 1] == str(wid)
+
+
+def test_circus_gives_each_worker_its_wid(tmp_path: Path, secret_env: None) -> None:
+    """circus substitutes each process' wid into the args the ini gives (the worker's
+    title and log lines show it): read back and formatted by circus' own Process."""
+    from circus.process import Process
+
+    settings = load_settings(write_settings(tmp_path))
+    config = circus_config(tmp_path, render_ini(settings))
+    watcher = config["watchers"][0]
+    for wid in (1, 2, 7):
+        process = Process(watcher["name"], wid, watcher["cmd"], args=watcher["args"], spawn=False)
+        argv = process.format_args()
+        assert argv[-2:] == ["--wid", str(wid)]
+
+
+def test_without_log_file_workers_write_apart_from_circusd(
+    tmp_path: Path, secret_env: None
+) -> None:
+    """No log_file: the workers' output goes to <stem>-workers.log, not circusd's own."""
+    settings = load_settings(write_settings(tmp_path))
+    config = circus_config(tmp_path, render_ini(settings))
+    for watcher in config["watchers"]:
+        stream = {"class": "WatchedFileStream", "filename": str(tmp_path / "djmaster-workers.log")}
+        assert watcher["stdout_stream"] == stream
+        assert watcher["stderr_stream"] == stream
+
+
+def test_a_log_file_that_is_a_pipe_gets_no_circus_stream(tmp_path: Path, secret_env: None) -> None:
+    """``log_file = "/proc/1/fd/1"`` in a container: circus' file streams need a seekable
+    file (they open it "a+"), so the workers keep circusd's own output, the same pipe."""
+    fifo = tmp_path / "output"
+    os.mkfifo(fifo)
+    settings = load_settings(write_settings(tmp_path, f'log_file = "{fifo}"\n' + TWO_BY_TWO))
+    for watcher in circus_config(tmp_path, render_ini(settings))["watchers"]:
+        assert watcher["stdout_stream"] == {} and watcher["stderr_stream"] == {}

@@ -20,6 +20,7 @@ from circus_djmaster.config.settings import (
     LOCK_MARGIN,
     CircusSettings,
     Database,
+    MetricsSettings,
     Settings,
     WorkerGroup,
     load_settings,
@@ -143,6 +144,7 @@ def test_full_file_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         stats_endpoint="tcp://127.0.0.1:6557",
         check_delay=2.0,
         logoutput=str(tmp_path / "log" / "circus.log"),
+        stop_timeout=None,
     )
     assert settings.group("mail") is mail
     assert settings.database("secondary").url() == "postgresql://localhost/other"
@@ -174,7 +176,7 @@ def test_defaults(tmp_path: Path) -> None:
         max_execution=None,
         idle_timeout=0.0,
         sleep_delay=5.0,
-        read_ahead=1,
+        read_ahead=None,
         max_attempts=25,
         max_run_time=4 * 3600.0,
         min_priority=None,
@@ -190,6 +192,7 @@ def test_defaults(tmp_path: Path) -> None:
         stats_endpoint="tcp://127.0.0.1:5557",
         check_delay=5.0,
         logoutput="-",
+        stop_timeout=None,
     )
     assert settings.lock_timeout == 4 * 3600.0 + LOCK_MARGIN
 
@@ -351,6 +354,22 @@ def test_bad_database_url_error_does_not_echo_it(tmp_path: Path) -> None:
     assert "5432" not in str(error)
 
 
+def test_metrics_table_turns_the_endpoint_on(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, "[[workers]]\n")).metrics is None
+    settings = load_settings(write(tmp_path, "[[workers]]\n[metrics]\nport = 9188\n"))
+    assert settings.metrics == MetricsSettings(port=9188, host="127.0.0.1")
+    text = '[[workers]]\n[metrics]\nport = "9189"\nhost = "::1"\n'
+    assert load_settings(write(tmp_path, text)).metrics == MetricsSettings(9189, "::1")
+
+
+def test_log_format_and_stop_timeout(tmp_path: Path) -> None:
+    text = 'log_format = "JSON"\n[[workers]]\n[circus]\nstop_timeout = "1m30s"\n'
+    settings = load_settings(write(tmp_path, text))
+    assert (settings.log_format, settings.circus.stop_timeout) == ("json", 90.0)
+    defaults = load_settings(write(tmp_path, "[[workers]]\n"))
+    assert (defaults.log_format, defaults.circus.stop_timeout) == ("text", None)
+
+
 # ------------------------------------------------------------------ bad input
 
 W = "[[workers]]\n"
@@ -377,7 +396,8 @@ BAD = [
     (f'{W}max_execution = "1y"\n', "workers[0].max_execution", '"1y" is not a duration'),
     (f"{W}idle_timeout = -1\n", "workers[0].idle_timeout", "must not be negative"),
     (f"{W}sleep_delay = 0\n", "workers[0].sleep_delay", "must be greater than 0"),
-    (f"{W}read_ahead = 0\n", "workers[0].read_ahead", "too small (minimum 1)"),
+    (f"{W}read_ahead = 0\n", "workers[0].read_ahead", 'too small (minimum 1); or "auto"'),
+    (f'{W}read_ahead = "fast"\n', "workers[0].read_ahead", "expected an integer"),
     (f"{W}max_attempts = true\n", "workers[0].max_attempts", "got boolean true"),
     (f'{W}max_run_time = "0s"\n', "workers[0].max_run_time", "must be greater than 0"),
     (f'{W}min_priority = "high"\n', "workers[0].min_priority", "expected an integer"),
@@ -394,6 +414,14 @@ BAD = [
     (f'databases = "x"\n{W}', "databases", "expected a table ([databases]), got string"),
     (f"callbacks = []\n{W}", "callbacks", "expected a table ([callbacks]), got array"),
     (f"circus = 1\n{W}", "circus", "expected a table ([circus]), got integer"),
+    (f'log_format = "xml"\n{W}', "log_format", '"xml" is not one of text, json'),
+    (f'{C}stop_timeout = "soon"\n', "circus.stop_timeout", '"soon" is not a duration'),
+    (f"{W}[metrics]\n", "metrics.port", "required when [metrics] is present"),
+    (f"{W}[metrics]\nport = 0\n", "metrics.port", "0 is too small (minimum 1)"),
+    (f"{W}[metrics]\nport = 70000\n", "metrics.port", "70000 is too large (maximum 65535)"),
+    (f'{W}[metrics]\nport = 9188\nhost = "a b"\n', "metrics.host", "is not an IP address"),
+    (f"{W}[metrics]\nport = 9188\npath = 1\n", "metrics.path", "unknown key"),
+    (f"metrics = 1\n{W}", "metrics", "expected a table ([metrics]), got integer"),
 ]
 
 
@@ -584,6 +612,8 @@ def test_declarations_match_the_result_types() -> None:
     assert {option.name for option in options_in("workers")} == worker_fields
     circus_fields = {field.name for field in dataclasses.fields(CircusSettings)}
     assert {option.name for option in options_in("circus")} == circus_fields
+    metrics_fields = {field.name for field in dataclasses.fields(MetricsSettings)}
+    assert {option.name for option in options_in("metrics")} == metrics_fields
     assert all(option.doc and option.type for option in OPTIONS)
 
 
@@ -595,3 +625,11 @@ def test_declared_defaults_read_back(tmp_path: Path) -> None:
         value = tomllib.loads(f"x = {option.default_toml}")["x"]
         parsed = option.kind.parse(value, tmp_path)
         assert parsed == option.default, option.name
+
+
+def test_read_ahead_is_auto_by_default_and_takes_auto_or_a_count(tmp_path: Path) -> None:
+    """None stands for "auto" (worker/read_ahead.py); an integer is what it says."""
+    base = {"databases": {"primary": "postgresql:///x"}}
+    for value, expected in (("auto", None), (" Auto ", None), (7, 7), ("3", 3)):
+        data = base | {"workers": [{"read_ahead": value}]}
+        assert parse_settings(data, tmp_path / "s.toml").workers[0].read_ahead == expected

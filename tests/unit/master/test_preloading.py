@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from circus_djmaster.config.settings import Database, Settings, parse_settings
+from circus_djmaster.contracts import preloader as rendezvous
 from circus_djmaster.contracts.exit_codes import WorkerExit
 from circus_djmaster.contracts.titles import WorkerState
 from circus_djmaster.contracts.watchers import PLUGIN_WATCHER, PRELOADER_WATCHER, watcher_name
@@ -243,6 +244,56 @@ def test_a_preloader_exiting_78_is_blocked_and_its_workers_are_held(
     assert rig.circus.watchers[FORKED.lower()].pids == [], "no worker while it is blocked"
     assert ("stop", PRELOADER_WATCHER, None) in rig.circus.calls
     assert not any(call[1] == FORKED for call in rig.circus.calls)
+
+
+def test_a_preloader_that_exited_78_before_the_master_started_is_blocked(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """circusd starts the preloader before the master: its exit 78 (and the after_reap
+    hook's target 0) may come before the master listens. Its note makes the master
+    block it (one error line) instead of starting a new generation that fails again;
+    USR2 to the master removes the note, so the next master tries again."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the rendezvous folder (no socket made)
+    path = tmp_path / "djmaster.toml"
+    rig = ForkRig(fork_settings(path))
+    rig.circus.vanish(rig.first_preloader)
+    rig.circus.watchers[PRELOADER_WATCHER].numprocesses = 0
+    folder = rendezvous.folder_for(path)
+    os.makedirs(folder, mode=0o700)
+    rendezvous.write_failure(folder, rig.first_preloader, "importing app 'x' failed")
+    caplog.set_level(logging.INFO)
+    ended = rig.run(
+        (lambda: bool(rig.master.preloader), lambda: rig.master.record_signal(signal.SIGUSR2))
+    )
+    assert ended is LoopExit.RESTART
+    (blocked,) = logged(caplog, "watcher_blocked")
+    assert blocked.watcher == PRELOADER_WATCHER
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == [blocked]
+    assert not logged(caplog, "preloader_started")
+    assert ("incr", PRELOADER_WATCHER, 1) not in rig.circus.calls
+    assert rendezvous.read_failure(folder) is None, "USR2: the next master tries again"
+
+
+def test_an_older_failure_note_does_not_block_a_changed_settings_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    path = tmp_path / "djmaster.toml"
+    rig = ForkRig(fork_settings(path))
+    rig.circus.vanish(rig.first_preloader)
+    rig.circus.watchers[PRELOADER_WATCHER].numprocesses = 0
+    folder = rendezvous.folder_for(path)
+    os.makedirs(folder, mode=0o700)
+    rendezvous.write_failure(folder, rig.first_preloader, "importing app 'x' failed")
+    os.utime(os.path.join(folder, rendezvous.FAILED), ns=(1, 1))  # before the last edit
+    caplog.set_level(logging.INFO)
+    ended = rig.run(
+        (lambda: len(rig.preloader_pids()) == 1, lambda: rig.master.record_signal(signal.SIGHUP))
+    )
+    assert ended is LoopExit.RESTART
+    assert not logged(caplog, "watcher_blocked")
+    assert logged(caplog, "preloader_started")
+    assert rendezvous.read_failure(folder) is None, "a new generation removes the note"
 
 
 def test_the_master_runs_no_before_fork_for_fork_mode_watchers(
