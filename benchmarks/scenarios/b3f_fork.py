@@ -27,6 +27,9 @@ APPS = (
 )
 MEMORY_APP = "benchmarks.big_app"
 MEMORY_WORKERS = 4
+#: big_app's objects and how long each job holds its worker (s): full run, quick run.
+MEMORY_OBJECTS = ("550000", "55000")
+MEMORY_HOLD = (8.0, 3.0)
 MB = 2**20
 
 HOW = """\
@@ -43,8 +46,8 @@ time of the process circus started (the launcher in fork mode, 10 ms resolution)
 preloader's "forked worker" log line (fork only), and the `after_fork` callback in the
 worker.
 
-**Memory.** `app = "benchmarks.big_app"` (550,000 dicts: 207 MB of objects, measured
-as the RSS its import adds). {memory_workers} jobs that hold their worker 8 s are
+**Memory.** `app = "benchmarks.big_app"` ({objects:,} dicts: {megabytes} MB of objects,
+measured as the RSS its import adds). {memory_workers} jobs that hold their worker {hold:g} s are
 inserted for one group, so that it runs {memory_workers} workers at once (`max_threads
 = 1`); while they all run, psutil reads each worker's RSS, USS and PSS (`memory_full_info`,
 from /proc/PID/smaps_rollup), plus the preloader's in fork mode; then the same with 1
@@ -71,7 +74,13 @@ def run(ctx: Context) -> Section:
     section = Section(
         "B3F",
         "Fork mode: pickup and memory, side by side with exec",
-        HOW.format(samples=samples, memory_workers=MEMORY_WORKERS),
+        HOW.format(
+            samples=samples,
+            memory_workers=MEMORY_WORKERS,
+            objects=int(ctx.size(*MEMORY_OBJECTS)),
+            megabytes=ctx.size("207", "~21"),
+            hold=ctx.size(*MEMORY_HOLD),
+        ),
     )
     pickup = {
         (app, mode): Row(f"b3f/{app}/{mode}", f"spawn = {mode}", f"{label}: INSERT -> job start")
@@ -252,7 +261,7 @@ def _sample(
 
 def _memory(ctx: Context, memory: dict[tuple[str, str], Row]) -> None:
     # The quick run (a smoke test) holds 20 MB for 3 s instead of 200 MB for 8 s.
-    objects, hold = ctx.size(("550000", 8.0), ("55000", 3.0))
+    objects, hold = ctx.size(*MEMORY_OBJECTS), ctx.size(*MEMORY_HOLD)
     circus, url, record = _start(
         ctx,
         "memory",

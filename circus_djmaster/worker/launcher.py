@@ -15,7 +15,7 @@ process *is* the worker as far as circus, the master and operators can tell
   application names; circus' reap, the after_reap hook and the master's release of a
   dead worker's jobs work unchanged;
 * its command name (``/proc/PID/comm``) names the worker, ``djl:1234``
-  (contracts/titles.py): the master and ``djmaster status`` read the worker's title,
+  (contracts/preloader.py): the master and ``djmaster status`` read the worker's title,
   memory and age;
 * every signal it gets (circus' ``stop_signal``, ``circusctl signal``, the master's
   TERM, QUIT, USR1, USR2; also INT and HUP) is relayed to the worker (through a pidfd
