@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,14 @@ def test_the_example_in_the_docs_is_a_valid_file(tmp_path: Path) -> None:
     settings = load_settings(path)
     assert [group.name for group in settings.workers] == ["mail", "default"]
     assert docs.EXAMPLE in docs.render()
+
+
+def test_the_readmes_fork_mode_example_is_valid_settings(tmp_path: Path) -> None:
+    """README's ```toml block (Fork mode) is a worker group as written."""
+    readme = (DOCS.parents[1] / "README.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"^```toml\n(.*?)^```$", readme, flags=re.MULTILINE | re.DOTALL)
+    path = tmp_path / "djmaster.toml"
+    path.write_text('[databases]\nprimary = "postgresql:///app"\n\n' + block, encoding="utf-8")
+    settings = load_settings(path)
+    (group,) = settings.workers
+    assert (group.spawn, group.max_memory, settings.forks) == ("fork", 300 * 2**20, True)
