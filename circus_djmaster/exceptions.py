@@ -18,6 +18,7 @@ __all__ = [
     "DjmasterError",
     "EnqueueError",
     "HandlerError",
+    "JobCancelled",
     "JobTimeout",
     "PreloadError",
     "Problem",
@@ -39,6 +40,12 @@ class HandlerError(DjmasterError):
 
 class EnqueueError(DjmasterError):
     """A job cannot be enqueued (bad arguments, no database configured)."""
+
+
+class JobCancelled(DjmasterError):
+    """Raised by job code that stops because it was cancelled while running
+    (``current_job().raise_if_cancel_requested()``): the job is recorded as cancelled,
+    never retried."""
 
 
 class JobTimeout(BaseException):

@@ -31,7 +31,13 @@ from circus_djmaster.contracts.running_jobs import RunningJobs
 from circus_djmaster.contracts.titles import worker_application_name
 from circus_djmaster.exceptions import HandlerError, JobTimeout
 from circus_djmaster.store import statements
-from circus_djmaster.store.statements import JobFilter, ReservedJob, Statement
+from circus_djmaster.store.statements import (
+    FinishedJob,
+    FinishOutcome,
+    JobFilter,
+    ReservedJob,
+    Statement,
+)
 from circus_djmaster.store.sync_executor import connect
 from circus_djmaster.worker.db_deadlines import CallDeadlines
 from circus_djmaster.worker.interruption import JobSlot
@@ -44,7 +50,9 @@ from circus_djmaster.worker.outcomes import (
     failure_after_error,
     failure_statement,
     format_error,
+    keep_seconds,
     resolve_job,
+    result_json,
     timeout_message,
     unresolvable_failure,
 )
@@ -86,6 +94,10 @@ if TYPE_CHECKING:
 
         def thread_exited(self) -> None:
             """The thread ended (it stopped taking jobs)."""
+            ...
+
+        def cancel_requested(self, job_id: int) -> bool:
+            """Whether job ``job_id`` (held by this worker) was asked to stop."""
             ...
 
 
@@ -149,8 +161,15 @@ class JobThread(threading.Thread):
         )
         # Succeeded jobs not deleted yet: the next reserve deletes them in its round trip.
         self._completed: list[int] = []
+        # Finished jobs to keep (keep_finished): moved by their own statement, batched too.
+        self._kept: list[FinishedJob] = []
         self._completed_since = 0.0
         self._locks_taken = 0.0
+        #: Jobs this thread holds (reserved, not finished): the worker asks the database
+        #: whether any was cancelled (process.Worker.check_cancels).
+        self.held: tuple[int, ...] = ()
+        #: The context of the job running now (its cancel_event is set on a cancel).
+        self.context: JobContext | None = None
 
     # --- the loop ---------------------------------------------------------------------
 
@@ -188,6 +207,7 @@ class JobThread(threading.Thread):
 
     def _run_batch(self, jobs: list[ReservedJob]) -> None:
         for index, job in enumerate(jobs):
+            self.held = tuple(j.id for j in jobs[index:])
             if not self.link.accepting_jobs():
                 # Stopping: hand back the jobs reserved ahead and not started.
                 self._flush_completed()
@@ -200,8 +220,11 @@ class JobThread(threading.Thread):
                 self._flush_completed()
                 self._hand_back([j.id for j in jobs[index:]])
                 return
-            if self._completed and time.monotonic() - self._completed_since > FLUSH_AFTER:
+            if (self._completed or self._kept) and (
+                time.monotonic() - self._completed_since > FLUSH_AFTER
+            ):
                 self._flush_completed()
+        self.held = ()
 
     def _keep_locks_fresh(self, job_ids: list[int]) -> None:
         """Refresh the locks of jobs reserved ahead before their lock could look stale.
@@ -217,8 +240,15 @@ class JobThread(threading.Thread):
             self._locks_taken = time.monotonic()
 
     def _flush_completed(self) -> None:
+        self._flush_kept()
         if self._completed and self._write("delete", statements.complete_jobs(self._completed)):
             self._completed = []
+
+    def _flush_kept(self) -> None:
+        if self._kept and self._write(
+            "keep", statements.finish_jobs(self._kept, now=time.monotonic())
+        ):
+            self._kept = []
 
     # --- one job ----------------------------------------------------------------------
 
@@ -226,12 +256,19 @@ class JobThread(threading.Thread):
         """Run one reserved job and record its outcome. False if the worker began to
         stop while the job waited for its turn (it did not run: hand it back)."""
         group = self.setup.group
+        if job.cancel_requested or self.link.cancel_requested(job.id):
+            # Cancelled while a worker held it (reserved ahead, or handed back by a
+            # worker that stopped): it never runs.
+            log.info("job %s was cancelled before it started", job.id)
+            keep = keep_seconds(job, None, group)
+            self._finish_cancelled(job.id, job.attempts, keep, run_time=None, error=None)
+            return True
         try:
             resolved = resolve_job(job, group)
         except HandlerError as exc:
             failure = unresolvable_failure(job, exc, group)
             log.error("job %s cannot run: %s", job.id, exc)
-            self._record_failure(job.id, failure)
+            self._record_failure(job.id, failure, keep=keep_seconds(job, None, group))
             return True
         if resolved.exhausted:
             self._fail_exhausted(resolved)
@@ -239,7 +276,9 @@ class JobThread(threading.Thread):
         if not self._enter_gate(job):
             return False
         try:
-            self._run_resolved(resolved, alone=job.run_alone)
+            self._run_resolved(
+                resolved, alone=job.run_alone, keep=keep_seconds(job, resolved, group)
+            )
         finally:
             self.gate.leave(alone=job.run_alone)
         return True
@@ -254,7 +293,7 @@ class JobThread(threading.Thread):
             self._keep_locks_fresh([job.id])
         return True
 
-    def _run_resolved(self, resolved: Resolved, *, alone: bool) -> None:
+    def _run_resolved(self, resolved: Resolved, *, alone: bool, keep: float) -> None:
         record = resolved.record
         context = JobContext(
             id=record.id,
@@ -265,13 +304,15 @@ class JobThread(threading.Thread):
             database=self.setup.database_name,
             group=self.setup.group.name,
         )
+        self.context = context
         token = enter_job(context)
         try:
-            self._run_code(resolved, alone=alone)
+            self._run_code(resolved, alone=alone, keep=keep)
         finally:
             leave_job(token)
+            self.context = None
 
-    def _run_code(self, resolved: Resolved, *, alone: bool) -> None:
+    def _run_code(self, resolved: Resolved, *, alone: bool, keep: float) -> None:
         record = resolved.record
         self.resolved = resolved
         # Before the job's code runs: if it kills the process, the master charges it.
@@ -282,10 +323,13 @@ class JobThread(threading.Thread):
             "job %s (%s) started%s", record.id, record.handler.callable, " alone" if alone else ""
         )
         error: BaseException | None = None
+        result: Any = None
         try:
             try:
                 self._hook(resolved, "before")
-                self.code.call(resolved.function, *record.handler.args, **record.handler.kwargs)
+                result = self.code.call(
+                    resolved.function, *record.handler.args, **record.handler.kwargs
+                )
                 self._hook(resolved, "success")
             finally:
                 self.slot.leave_user_code()
@@ -309,11 +353,37 @@ class JobThread(threading.Thread):
                 elapsed,
                 extra=event("job_succeeded", job_id=record.id),
             )
-            if not self._completed:
+            if not (self._completed or self._kept):
                 self._completed_since = time.monotonic()
-            self._completed.append(record.id)
+            if keep > 0:
+                text, note = result_json(result)
+                self._kept.append(
+                    FinishedJob(
+                        record.id,
+                        FinishOutcome.SUCCEEDED,
+                        attempts=record.attempts + 1,
+                        keep=keep,
+                        ended=time.monotonic(),
+                        run_time=elapsed,
+                        result=text,
+                        result_note=note,
+                    )
+                )
+            else:
+                self._completed.append(record.id)
+        elif self.context is not None and self.context.cancel_requested:
+            # Asked to stop, and it did (raising): cancelled, never retried.
+            log.info(
+                "job %s stopped after a cancel request (%.3fs)",
+                record.id,
+                elapsed,
+                extra=event("job_cancelled", job_id=record.id),
+            )
+            self._finish_cancelled(
+                record.id, record.attempts + 1, keep, run_time=elapsed, error=format_error(error)
+            )
         else:
-            self._job_failed(resolved, error, elapsed)
+            self._job_failed(resolved, error, elapsed, keep)
         self.link.after_job()
 
     def _hook(self, resolved: Resolved, name: str, *extra: Any) -> None:
@@ -328,7 +398,9 @@ class JobThread(threading.Thread):
         except BaseException:  # hooks are job code: never the worker's end
             log.exception("after hook of job %s raised", resolved.record.id)
 
-    def _job_failed(self, resolved: Resolved, error: BaseException, elapsed: float) -> None:
+    def _job_failed(
+        self, resolved: Resolved, error: BaseException, elapsed: float, keep: float
+    ) -> None:
         if isinstance(error, JobTimeout):
             last_error = timeout_message(resolved.max_run_time, stopped=True)
         else:
@@ -367,7 +439,7 @@ class JobThread(threading.Thread):
                 attempts=failure.attempts,
             ),
         )
-        self._record_failure(resolved.record.id, failure)
+        self._record_failure(resolved.record.id, failure, keep=keep, run_time=elapsed)
 
     def _fail_exhausted(self, resolved: Resolved) -> None:
         """A job with no attempt left (its worker died on its last one while the master
@@ -387,12 +459,51 @@ class JobThread(threading.Thread):
             raise RuntimeError("the database clock could not be read")
         return now
 
-    def _record_failure(self, job_id: int, failure: Failure) -> None:
-        if not self._write("record", failure_statement(job_id, failure)) and self.db.write_refused:
+    def _record_failure(
+        self, job_id: int, failure: Failure, *, keep: float = 0.0, run_time: float | None = None
+    ) -> None:
+        """Write a failed run's outcome; with ``keep`` > 0 seconds a job that failed for
+        good is kept in delayed_jobs_finished too (a destroyed one only there)."""
+        if failure.outcome is JobOutcome.DESTROYED and keep > 0:
+            finished = FinishedJob(
+                job_id,
+                FinishOutcome.FAILED,
+                attempts=failure.attempts,
+                keep=keep,
+                ended=time.monotonic(),
+                run_time=run_time,
+                error=failure.last_error,
+            )
+            self._write("record", statements.finish_jobs([finished], now=time.monotonic()))
+            return
+        written = self._write("record", failure_statement(job_id, failure))
+        if not written and self.db.write_refused:
             # The database refused this last_error (format_error makes that unlikely):
             # record the outcome without it rather than leave the job locked.
             plain = dataclasses.replace(failure, last_error="(the job's error could not be stored)")
-            self._write("record", failure_statement(job_id, plain))
+            written = self._write("record", failure_statement(job_id, plain))
+        if written and failure.outcome is JobOutcome.FAILED and keep > 0:
+            self._write(
+                "keep",
+                statements.keep_failed_job(
+                    job_id, keep=keep, run_time=run_time, finished_by=self.setup.locked_by
+                ),
+            )
+
+    def _finish_cancelled(
+        self, job_id: int, attempts: int, keep: float, *, run_time: float | None, error: str | None
+    ) -> None:
+        """A cancelled job: deleted, and kept as cancelled for ``keep`` seconds."""
+        finished = FinishedJob(
+            job_id,
+            FinishOutcome.CANCELLED,
+            attempts=attempts,
+            keep=keep,
+            ended=time.monotonic(),
+            run_time=run_time,
+            error=error,
+        )
+        self._write("cancel", statements.finish_jobs([finished], now=time.monotonic()))
 
     def _hand_back(self, job_ids: list[int]) -> None:
         self._write("hand back", statements.unlock_job_ids(job_ids, locked_by=self.setup.locked_by))
@@ -407,6 +518,7 @@ class JobThread(threading.Thread):
     def _reserve(self) -> list[ReservedJob] | None:
         """Reserve jobs, deleting the completed ones in the same round trip; None after
         a database error."""
+        self._flush_kept()
         reserve = statements.reserve_jobs(
             self.setup.job_filter,
             locked_by=self.setup.locked_by,

@@ -66,6 +66,9 @@ TICK = 0.5
 # A database call's client-side deadline is the server's statement_timeout plus this:
 # the server normally gives up first, with a clean error and a usable connection.
 CLIENT_SLACK = 2.0
+# While job threads hold jobs, the main thread asks the database this often whether one
+# was cancelled (one primary-key look-up of the held ids; nothing while idle).
+CANCEL_POLL = 1.0
 # A call unanswered this long counts as trouble: for the [NO DB] title, and a stopping
 # worker stops waiting for a reserve this old (a hung idle query is not a running job).
 STALLED_AFTER = 1.0
@@ -147,6 +150,9 @@ class Worker:
             locked_by=self.locked_by, control=self._control, retire=self.retire
         )
         self._conn: psycopg.Connection[Any] | None = None
+        # Held jobs whose cancel was requested (cancel_requested), and when it last looked.
+        self._cancelled: set[int] = set()
+        self._cancels_checked = time.monotonic()
         # A worker that waits for work (idle_timeout > 0) listens, so it wakes at once.
         self._wakeup = (
             NotifyWakeup(
@@ -279,6 +285,33 @@ class Worker:
     def thread_exited(self) -> None:
         self._poke()
 
+    def cancel_requested(self, job_id: int) -> bool:
+        """Whether held job ``job_id`` was found cancelled (:meth:`check_cancels`)."""
+        return job_id in self._cancelled
+
+    def check_cancels(self, now: float) -> None:
+        """Every CANCEL_POLL seconds while job threads hold jobs: ask the database which
+        of them were cancelled, and tell the running ones (their context's
+        ``cancel_requested``); a job held and not started yet is skipped when its turn
+        comes. Never interrupts a job."""
+        if now - self._cancels_checked < CANCEL_POLL:
+            return
+        self._cancels_checked = now
+        held = {job_id for thread in self._threads for job_id in thread.held}
+        self._cancelled &= held
+        if not held - self._cancelled:
+            return
+        found = self._control("cancels", statements.cancel_requested(sorted(held)))
+        for job_id in sorted((found or set()) - self._cancelled):
+            log.info(
+                "job %s: cancel requested", job_id, extra=event("cancel_requested", job_id=job_id)
+            )
+        self._cancelled |= found or set()
+        for thread in self._threads:
+            context = thread.context
+            if context is not None and context.id in self._cancelled:
+                context.cancel_event.set()
+
     def thread_crashed(self) -> None:
         self._crashed = True
         self.retire("a job thread crashed")
@@ -356,6 +389,7 @@ class Worker:
                 self._stop = max(self._stop, StopMode.GRACEFUL)
                 self._wake_threads()
             self._watch_deadlines()
+            self.check_cancels(time.monotonic())
             self._show_database_trouble()
             self._check_idle()
             if not self.accepting_jobs():

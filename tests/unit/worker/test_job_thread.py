@@ -43,6 +43,7 @@ class Link:
         self.jobs_done = 0
         self.crashed = False
         self.exited = threading.Event()
+        self.cancelled: set[int] = set()  # what the worker's cancel check found
 
     def accepting_jobs(self) -> bool:
         return not self.until()
@@ -64,6 +65,9 @@ class Link:
 
     def thread_exited(self) -> None:
         self.exited.set()
+
+    def cancel_requested(self, job_id: int) -> bool:
+        return job_id in self.cancelled
 
 
 @pytest.fixture(autouse=True)
