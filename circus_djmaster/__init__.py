@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from circus_djmaster.api.context import JobContext, current_job
     from circus_djmaster.api.control import cancel
-    from circus_djmaster.api.recurring import recurring
     from circus_djmaster.api.jobs import (
         Job,
         JobCall,
@@ -25,6 +24,7 @@ if TYPE_CHECKING:
         enqueue_many,
         job,
     )
+    from circus_djmaster.api.recurring import recurring
 
 __all__ = [
     "Job",
