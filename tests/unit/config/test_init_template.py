@@ -131,7 +131,11 @@ def test_commented_lines_show_the_defaults(tmp_path: Path) -> None:
     assert set(settings.callbacks) == {option.name for option in options_in("callbacks")}
     assert [d.name for d in settings.databases] == ["primary", "secondary"]
     (nightly,) = settings.recurring
-    assert (nightly.name, nightly.cron, nightly.database) == ("nightly_report", "0 3 * * *", "primary")
+    assert (nightly.name, nightly.cron, nightly.database) == (
+        "nightly_report",
+        "0 3 * * *",
+        "primary",
+    )
 
 
 def test_template_explains_databases_and_keeps_secrets_out() -> None:
