@@ -160,7 +160,7 @@ def test_a_cancel_racing_a_reserve_either_removes_the_job_or_flags_it(database_u
         with connect(database_url) as conn:
             job_id = enqueue("tests.support.jobs:record", ["r"], queue="race", connection=conn)
 
-        def act(index: int) -> Any:
+        def act(index: int, job_id: int = job_id) -> Any:
             with connect(database_url) as own:
                 if index == 0:
                     return cancel([job_id], connection=own)

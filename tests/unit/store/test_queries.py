@@ -4,7 +4,6 @@ names a query that exists."""
 from __future__ import annotations
 
 import datetime as dt
-
 import inspect
 
 import pytest
