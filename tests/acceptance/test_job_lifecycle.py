@@ -17,7 +17,7 @@ import pytest
 
 from circus_djmaster.contracts.exit_codes import CliExit
 from tests.acceptance.plugin_helpers import enqueue, running, settings_file
-from tests.support.circus_run import REPO_ROOT, CircusRun, circus_env, read
+from tests.support.circus_run import REPO_ROOT, circus_env, read
 from tests.support.waiting import wait_until
 from tests.support.worker_run import events
 
@@ -60,9 +60,11 @@ def life(tmp_path_factory: pytest.TempPathFactory, pg_server_url: str) -> Iterat
         log_level="info",
     )
     try:
-        with running(settings, {"DJMASTER_DATABASE_URL": url}) as run:
-            with psycopg.connect(url, autocommit=True) as conn:
-                yield run, conn, settings, url
+        with (
+            running(settings, {"DJMASTER_DATABASE_URL": url}) as run,
+            psycopg.connect(url, autocommit=True) as conn,
+        ):
+            yield run, conn, settings, url
     finally:
         pgserver.drop_database(pg_server_url, name)
 

@@ -384,7 +384,10 @@ SELECT count(*) AS deleted FROM gone;
 
 -- name: finished_job
 -- One kept finished job (`djmaster jobs show`, the django.tasks backend's get_result).
-SELECT job_id AS id, outcome, queue, priority, handler, attempts, result, result_note,
+-- result_json: the result as JSON text, whatever loaders the connection has (Django's
+-- returns jsonb as text).
+SELECT job_id AS id, outcome, queue, priority, handler, attempts, result,
+       result::text AS result_json, result_note,
        last_error, run_at, created_at, started_at, finished_at, run_time, finished_by,
        keep_until
   FROM delayed_jobs_finished WHERE job_id = %(id)s;
