@@ -304,3 +304,31 @@ def test_keep_finished_given_at_enqueue_reaches_the_worker(
         statements.reserve_jobs(JobFilter(), locked_by="host:t pid:1", limit=1, lock_timeout=60),
     )
     assert (reserved.id, reserved.keep_finished, reserved.cancel_requested) == (job_id, keep, False)
+
+
+def test_reserving_a_job_without_a_key_stays_a_hot_update(conn: Conn, database_url: str) -> None:
+    """The reserve sets unique_key = NULL: unchanged for a job without a key, so no
+    indexed column changes and PostgreSQL updates the row in place (HOT), as before the
+    partial unique index existed; a job with a key leaves that index (not HOT)."""
+    plain = enqueue("tests.support.jobs:record", ["p"], queue="hot", database_url=database_url)
+    keyed = enqueue(
+        "tests.support.jobs:record", ["k"], queue="hot", unique_key="hot", database_url=database_url
+    )
+
+    def reserve_counting(job_id: int) -> tuple[int, int]:
+        with conn.transaction():
+            conn.execute("UPDATE delayed_jobs SET priority = -1 WHERE id = %s", (job_id,))
+            before = conn.execute(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables "
+                "WHERE relname = 'delayed_jobs'"
+            ).fetchone()
+            assert reserve(conn, limit=1, queues=("hot",)) == [job_id]
+            after = conn.execute(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables "
+                "WHERE relname = 'delayed_jobs'"
+            ).fetchone()
+        assert before is not None and after is not None
+        return after[0] - before[0], after[1] - before[1]
+
+    assert reserve_counting(plain) == (1, 1)  # one update, HOT
+    assert reserve_counting(keyed) == (1, 0)  # its key leaves the index
