@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,11 @@ from circus_djmaster.config.settings import parse_settings
 from circus_djmaster.exceptions import SettingsError
 from circus_djmaster.master.recurring import GRACE, plan_recurring, seconds_to_next_due
 from circus_djmaster.store.statements import RecurringState
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 only
+    import tomli as tomllib
 
 UTC = dt.timezone.utc
 
@@ -113,3 +120,18 @@ def test_settings_entries_are_loaded_and_bad_ones_reported_with_file_key_and_rea
     assert f"{path}: recurring[2].name: required" in lines
     assert any(line.startswith(f"{path}: recurring[2].database: no database") for line in lines)
     assert f"{path}: recurring[3]: give cron or every" in lines
+
+
+def test_the_readmes_recurring_example_is_a_valid_settings_file(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    (block,) = [
+        b for b in re.findall(r"```toml\n(.*?)```", readme, re.DOTALL) if "[[recurring]]" in b
+    ]
+    data = tomllib.loads(block) | {"workers": [{"queues": ["reports", "default"]}]}
+    nightly, heartbeat = parse_settings(data, tmp_path / "djmaster.toml").recurring
+    assert (nightly.cron, nightly.timezone, nightly.kwargs) == (
+        "0 3 * * *",
+        "Europe/Paris",
+        {"to": "ops@example.com"},
+    )
+    assert (heartbeat.every, heartbeat.catch_up) == (30.0, False)
