@@ -354,9 +354,12 @@ class _Reader:
             for required in ("name", "callable"):
                 if values[required] is None:
                     self.problem(f"{prefix}.{required}", "required")
-            if values["cron"] is None and values["every"] is None:
+            cron, every = values["cron"], values["every"]
+            if _INVALID in (cron, every):
+                pass  # already reported
+            elif cron is None and every is None:
                 self.problem(prefix, "give cron or every")
-            elif values["cron"] is not None and values["every"] is not None:
+            elif cron is not None and every is not None:
                 self.problem(f"{prefix}.every", "give cron or every, not both")
             database = values["database"]
             if database is None and names:

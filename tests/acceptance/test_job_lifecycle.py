@@ -149,3 +149,38 @@ def test_a_running_job_asked_to_stop_stops_where_it_can_and_is_not_retried(life:
         "SELECT count(*) FROM delayed_jobs WHERE id = %s", (job_id,)
     ).fetchone() == (0,)
     assert f"job {job_id}: cancel requested" in read(run.log_file)
+
+
+def test_eight_concurrent_enqueuers_of_a_unique_job_make_one_run(life: Any) -> None:
+    """Scheduled a moment ahead (a job keeps its key until a worker takes it), eight
+    enqueuers racing with one unique key get one id; the job runs once."""
+    import threading
+
+    from circus_djmaster import enqueue as api_enqueue
+
+    _run, conn, _settings, url = life
+    barrier = threading.Barrier(8)
+    ids: list[int] = []
+
+    def enqueue_one() -> None:
+        with psycopg.connect(url, autocommit=True) as own:
+            barrier.wait(timeout=30)
+            ids.append(
+                api_enqueue(
+                    "tests.support.lifecycle_jobs:add",
+                    ["unique", 1, 1],
+                    queue="life",
+                    delay=1.0,
+                    unique_key="report:1",
+                    connection=own,
+                )
+            )
+
+    threads = [threading.Thread(target=enqueue_one) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(ids) == 8 and len(set(ids)) == 1, ids
+    wait_until(lambda: finished(conn, ids[0]), DEADLINE, "the unique job to run and be kept")
+    assert [event for _, event, _ in events(conn, "unique")] == ["done"]
