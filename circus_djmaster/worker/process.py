@@ -48,6 +48,7 @@ from circus_djmaster.store.errors import describe_error
 from circus_djmaster.store.statements import JobFilter, Statement
 from circus_djmaster.store.sync_executor import connect, execute
 from circus_djmaster.worker import early_signals
+from circus_djmaster.worker.cancels import CancelWatch
 from circus_djmaster.worker.db_deadlines import CallDeadlines
 from circus_djmaster.worker.interruption import Watchdog
 from circus_djmaster.worker.job_code import install_fork_handler
@@ -66,9 +67,6 @@ TICK = 0.5
 # A database call's client-side deadline is the server's statement_timeout plus this:
 # the server normally gives up first, with a clean error and a usable connection.
 CLIENT_SLACK = 2.0
-# While job threads hold jobs, the main thread asks the database this often whether one
-# was cancelled (one primary-key look-up of the held ids; nothing while idle).
-CANCEL_POLL = 1.0
 # A call unanswered this long counts as trouble: for the [NO DB] title, and a stopping
 # worker stops waiting for a reserve this old (a hung idle query is not a running job).
 STALLED_AFTER = 1.0
@@ -150,9 +148,15 @@ class Worker:
             locked_by=self.locked_by, control=self._control, retire=self.retire
         )
         self._conn: psycopg.Connection[Any] | None = None
-        # Held jobs whose cancel was requested (cancel_requested), and when it last looked.
-        self._cancelled: set[int] = set()
-        self._cancels_checked = time.monotonic()
+        # Cancel requests of held jobs, looked up on a thread of its own (cancels.py).
+        self.cancels = CancelWatch(
+            lambda: self._threads,
+            url=self.database_url,
+            database=database.name,
+            application_name=titles.worker_application_name(self.pid, "cancels"),
+            timeout=settings.database_timeout,
+            deadlines=self.deadlines,
+        )
         # A worker that waits for work (idle_timeout > 0) listens, so it wakes at once.
         self._wakeup = (
             NotifyWakeup(
@@ -286,31 +290,8 @@ class Worker:
         self._poke()
 
     def cancel_requested(self, job_id: int) -> bool:
-        """Whether held job ``job_id`` was found cancelled (:meth:`check_cancels`)."""
-        return job_id in self._cancelled
-
-    def check_cancels(self, now: float) -> None:
-        """Every CANCEL_POLL seconds while job threads hold jobs: ask the database which
-        of them were cancelled, and tell the running ones (their context's
-        ``cancel_requested``); a job held and not started yet is skipped when its turn
-        comes. Never interrupts a job."""
-        if now - self._cancels_checked < CANCEL_POLL:
-            return
-        self._cancels_checked = now
-        held = {job_id for thread in self._threads for job_id in thread.held}
-        self._cancelled &= held
-        if not held - self._cancelled:
-            return
-        found = self._control("cancels", statements.cancel_requested(sorted(held)))
-        for job_id in sorted((found or set()) - self._cancelled):
-            log.info(
-                "job %s: cancel requested", job_id, extra=event("cancel_requested", job_id=job_id)
-            )
-        self._cancelled |= found or set()
-        for thread in self._threads:
-            context = thread.context
-            if context is not None and context.id in self._cancelled:
-                context.cancel_event.set()
+        """Whether held job ``job_id`` was found cancelled (cancels.CancelWatch)."""
+        return self.cancels.requested(job_id)
 
     def thread_crashed(self) -> None:
         self._crashed = True
@@ -379,6 +360,7 @@ class Worker:
         ]
         for thread in self._threads:
             thread.start()
+        self.cancels.start()
         while True:
             self._handle_signals()
             if self._stop is StopMode.IMMEDIATE:
@@ -389,7 +371,6 @@ class Worker:
                 self._stop = max(self._stop, StopMode.GRACEFUL)
                 self._wake_threads()
             self._watch_deadlines()
-            self.check_cancels(time.monotonic())
             self._show_database_trouble()
             self._check_idle()
             if not self.accepting_jobs():
@@ -488,6 +469,7 @@ class Worker:
         return None
 
     def close(self) -> None:
+        self.cancels.stop()
         self.running.close()
         if self._conn is not None:
             self._conn.close()
