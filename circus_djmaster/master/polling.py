@@ -203,8 +203,15 @@ class DatabasePoller:
             wake_at = min(wake_at, self._recurring_deadline)
         wake_at = min(wake_at, self._prune_deadline)
         timeout = max(0.0, wake_at - time.monotonic())
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+        # asyncio.wait, not wait_for: Python < 3.12's wait_for swallows a cancellation
+        # that arrives once the event is set (it returns the result instead), and the
+        # task would then never stop (seen when a count request and the master's stop
+        # came together).
+        waiter = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({waiter}, timeout=timeout)
+        finally:
+            waiter.cancel()
         self._wake.clear()
 
     async def _failed(self, error: BaseException) -> None:
