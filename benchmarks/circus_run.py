@@ -59,6 +59,7 @@ class Circus:
         workers: list[dict[str, Any]],
         databases: dict[str, str],
         env: Mapping[str, str],
+        check_delay: float = 1.0,
     ) -> Circus:
         """Run circusd on these settings; raise BenchError("not available: ...") if the
         master does not come up."""
@@ -79,7 +80,7 @@ class Circus:
                 "endpoint": endpoint,
                 "pubsub_endpoint": f"tcp://127.0.0.1:{free_port()}",
                 "stats_endpoint": f"tcp://127.0.0.1:{free_port()}",
-                "check_delay": 1.0,
+                "check_delay": check_delay,
                 "logoutput": str(folder / "circusd.log"),
             },
         )

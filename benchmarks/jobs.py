@@ -39,6 +39,13 @@ def record(key: str) -> None:
     _write("job", str(key))
 
 
+def sleep(key: str, seconds: float) -> None:
+    """A job that notes its start, sleeps ``seconds``, then notes its end (B8)."""
+    _write("job", str(key))
+    time.sleep(seconds)
+    _write("end", str(key))
+
+
 class Record(NamedTuple):
     kind: str
     key: str

@@ -199,7 +199,7 @@ B1_PEERS = (
     ("pgbench 2 tx", "b6/2tx"),
     ("pgbench 1 tx", "b6/1tx"),
 )
-OURS_B1 = ("1x1/ra1", "1x1/ra100", "2x4/ra1", "2x4/ra100")
+OURS_B1 = ("1x1/default", "2x4/default", "1x1/ra1", "1x1/ra100", "2x4/ra1", "2x4/ra100")
 
 
 def ratios_markdown(results: Results) -> list[str]:
@@ -212,7 +212,7 @@ def ratios_markdown(results: Results) -> list[str]:
     ]
     for setting in OURS_B1:
         ours = results.get(f"b1/circus-djmaster/{setting}", "rate")
-        cells = [setting.replace("x", "x").replace("/ra", ", read_ahead ")]
+        cells = [setting.replace("/default", ", defaults").replace("/ra", ", read_ahead ")]
         for _, pattern in B1_PEERS:
             key = pattern.format(conc=setting.split("/")[0])
             if key.startswith("best:"):
@@ -261,7 +261,8 @@ def _at_most(
 
 
 def _b1_best_peer(results: Results) -> tuple[str, str]:
-    ours = [results.median(f"b1/circus-djmaster/2x4/{ra}", "rate") for ra in ("ra1", "ra100")]
+    settings = ("default", "ra1", "ra100")
+    ours = [results.median(f"b1/circus-djmaster/2x4/{ra}", "rate") for ra in settings]
     ours_best = max((v for v in ours if v is not None), default=None)
     peers = {
         key: results.median(key, "rate")
@@ -280,8 +281,51 @@ def _b1_best_peer(results: Results) -> tuple[str, str]:
     return measured, status
 
 
+def _b1_defaults_vs(peer: str, factor_needed: float) -> Callable[[Results], tuple[str, str]]:
+    """B1 2x4 at the defaults against ``peer`` ("pgqueuer": its best configuration of
+    this run; "pgbench": the 2-transaction job lifecycle), needing ``factor_needed``."""
+
+    def check(results: Results) -> tuple[str, str]:
+        ours = results.get("b1/circus-djmaster/2x4/default", "rate")
+        if peer == "pgbench":
+            key, metric = "b6/2tx", "tps"
+        else:
+            key, metric = results.best_b1(peer), "rate"
+        theirs = results.get(key, metric)
+        if not ours or not theirs:
+            missing = "b1/circus-djmaster/2x4/default" if not ours else key
+            return "-", f"not measured ({results.why_missing(missing)})"
+        factor = statistics.median(ratio(ours, theirs))
+        measured = f"{fmt(statistics.median(ours))} jobs/s, x{factor:.2f} of {key}"
+        if factor >= factor_needed:
+            return measured, "met"
+        return measured, f"missed: x{factor:.2f} < x{factor_needed:g}"
+
+    return check
+
+
+def _b3b_vs_b3(results: Results) -> tuple[str, str]:
+    after = results.median("b3b/total", "p50")
+    settled = results.median("b3/total", "p50")
+    if after is None or settled is None:
+        return "-", f"not measured ({results.why_missing('b3b/total')})"
+    factor = after / settled
+    measured = f"{fmt(after)} ms vs {fmt(settled)} ms settled (x{factor:.2f})"
+    return measured, "met" if factor <= 1.2 else f"missed: x{factor:.2f} > x1.2"
+
+
+def _b8_short_p90(results: Results) -> tuple[str, str]:
+    auto = results.median("b8/mix/auto", "p90")
+    one = results.median("b8/mix/ra1", "p90")
+    if auto is None or one is None:
+        return "-", f"not measured ({results.why_missing('b8/mix/auto')})"
+    measured = f"{fmt(auto)} ms vs {fmt(one)} ms at read_ahead 1"
+    return measured, "met" if auto <= one else f"missed by {fmt(auto - one)} ms"
+
+
 def _b1_vs_procrastinate(results: Results) -> tuple[str, str]:
-    ours = [results.median(f"b1/circus-djmaster/2x4/{ra}", "rate") for ra in ("ra1", "ra100")]
+    settings = ("default", "ra1", "ra100")
+    ours = [results.median(f"b1/circus-djmaster/2x4/{ra}", "rate") for ra in settings]
     ours_best = max((v for v in ours if v is not None), default=None)
     theirs = results.median("b1/procrastinate/2x4", "rate")
     if ours_best is None or theirs is None:
@@ -325,15 +369,23 @@ def _b9_pool_vs_own(kind: str) -> Callable[[Results], tuple[str, str]]:
 
 
 TARGETS = (
+    Target("B1 2x4 at the defaults ≥ pgqueuer's best", _b1_defaults_vs("pgqueuer", 1.0)),
+    Target("B1 2x4 at the defaults ≥ 3.5x pgbench 2 tx", _b1_defaults_vs("pgbench", 3.5)),
     Target("B1 2x4: ours ≥ the best peer configuration", _b1_best_peer),
     Target("B1 2x4: ours ≥ 10x procrastinate at equal concurrency", _b1_vs_procrastinate),
     Target("B2 warm pickup p50 ≤ 2 ms", _at_most("b2/circus-djmaster", "p50", 2, "ms")),
     Target("B2 warm pickup p99 ≤ 5 ms", _at_most("b2/circus-djmaster", "p99", 5, "ms")),
     Target("B3 scale from zero p50 ≤ 150 ms", _at_most("b3/total", "p50", 150, "ms")),
     Target("B3 scale from zero p90 ≤ 300 ms", _at_most("b3/total", "p90", 300, "ms")),
+    Target("B3b right after a retire: p50 ≤ 1.2x B3's", _b3b_vs_b3),
+    Target("B3b right after a retire: max ≤ 500 ms", _at_most("b3b/total", "max", 500, "ms")),
     Target("B4 each query ≤ 2 ms at 1M rows, index scans", _b4_all),
     Target("B5 idle plugin CPU ≤ 0.1 % of a core", _at_most("b5/idle", "cpu", 0.1, "%")),
     Target("B5 idle plugin RSS ≤ 60 MB", _at_most("b5/idle", "rss", 60, "MB")),
+    Target("B7 idle master, 20x3 watchers: CPU ≤ 0.5 %", _at_most("b7/idle", "cpu", 0.5, "%")),
+    Target("B7 one scaling pass, 20x3: p50 ≤ 50 ms", _at_most("b7/pass", "p50", 50, "ms")),
+    Target("B8 10 x 1 s jobs, 2x1: makespan ≤ 5.5 s", _at_most("b8/long", "makespan", 5.5, "s")),
+    Target("B8 1 ms jobs among 1 s ones: p90 ≤ read_ahead 1's", _b8_short_p90),
     Target("B9 pooled enqueue p50 ≤ 1.5 ms (sync)", _at_most("b9/sync/pool", "p50", 1.5, "ms")),
     Target("B9 pooled enqueue p50 ≤ 1.5 ms (async)", _at_most("b9/async/pool", "p50", 1.5, "ms")),
     Target("B9 pooled ≤ 1.3x the caller's connection (sync)", _b9_pool_vs_own("sync")),
@@ -342,7 +394,7 @@ TARGETS = (
 
 
 def targets_markdown(results: Results) -> list[str]:
-    lines = ["| target (issues 6, 13) | measured | status |", "|---|---|---|"]
+    lines = ["| target (issues 6, 11, 13) | measured | status |", "|---|---|---|"]
     for target in TARGETS:
         measured, status = target.check(results)
         lines.append(f"| {target.name} | {escape(measured)} | {escape(status)} |")

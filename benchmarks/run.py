@@ -55,9 +55,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--keep", action="store_true", help="keep the scratch folder (logs, settings) after the run"
     )
     args = parser.parse_args(argv)
-    args.only = (
-        [key.strip().upper() for key in args.only.split(",")] if args.only else list(MODULES)
-    )
+    args.only = [_scenario(key) for key in args.only.split(",")] if args.only else list(MODULES)
     unknown = [key for key in args.only if key not in MODULES]
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(MODULES)}")
@@ -114,6 +112,12 @@ def log(message: str) -> None:
 
 def _terminate(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
+
+
+def _scenario(text: str) -> str:
+    """A scenario key as given (``b3b`` is ``B3b``)."""
+    wanted = text.strip().lower()
+    return next((key for key in MODULES if key.lower() == wanted), text.strip().upper())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,11 +39,12 @@ class Drain:
 @dataclasses.dataclass(frozen=True)
 class DrainSetting:
     """``processes`` worker processes with ``concurrency`` jobs at once each; ``batch``
-    jobs reserved per round trip where the system has that knob."""
+    jobs reserved per round trip where the system has that knob (None: the system's
+    default, for ours ``read_ahead = "auto"``)."""
 
     processes: int
     concurrency: int
-    batch: int = 1
+    batch: int | None = 1
     label: str = ""
 
     def describe(self) -> str:

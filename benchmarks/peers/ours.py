@@ -110,11 +110,13 @@ class Ours:
             conn.execute("DELETE FROM delayed_jobs")
         enqueue_many([JobCall("benchmarks.jobs:noop", queue=QUEUE)] * count, database_url=self.url)
         settle(self.url, ["delayed_jobs"])
+        # batch None: read_ahead left out, as a user who sets nothing runs it ("auto").
+        batch = {} if setting.batch is None else {"read_ahead": setting.batch}
         settings = self.settings(
-            f"drain-{setting.processes}x{setting.concurrency}-ra{setting.batch}",
+            f"drain-{setting.processes}x{setting.concurrency}-ra{setting.batch or 'default'}",
             max_threads=setting.concurrency,
-            read_ahead=setting.batch,
             idle_timeout=0,
+            **batch,
         )
         record = self.folder / "drain.rec"
         record.unlink(missing_ok=True)

@@ -5,10 +5,13 @@ from __future__ import annotations
 from benchmarks.common import Context, Row, Section, Table
 from benchmarks.peers import DrainSetting, System, Unavailable, make_systems, set_up
 
-# (row key suffix, setting) per system. Ours: 1x1 and 2x4, one job per round trip and
-# read_ahead 100. Peers: the same total concurrency, plus their best setting here.
+# (row key suffix, setting) per system. Ours: 1x1 and 2x4 at the defaults (read_ahead
+# "auto"), one job per round trip and read_ahead 100. Peers: the same total
+# concurrency, plus their best setting here.
 SETTINGS: dict[str, list[tuple[str, DrainSetting]]] = {
     "circus-djmaster": [
+        ("1x1/default", DrainSetting(1, 1, None, "defaults (read_ahead auto)")),
+        ("2x4/default", DrainSetting(2, 4, None, "defaults (read_ahead auto)")),
         ("1x1/ra1", DrainSetting(1, 1, 1, "read_ahead 1")),
         ("1x1/ra100", DrainSetting(1, 1, 100, "read_ahead 100")),
         ("2x4/ra1", DrainSetting(2, 4, 1, "read_ahead 1")),
@@ -31,7 +34,8 @@ HOW = """\
 {count:,} no-op jobs are enqueued in bulk (not timed), the table is `VACUUM ANALYZE`d and a
 `CHECKPOINT` is taken; then P worker processes (each with T concurrent jobs) are started
 and the clock runs until the last of them exited by itself once the queue was empty
-(circus-djmaster: `idle_timeout = 0`; procrastinate: `worker --one-shot`; pgqueuer:
+(circus-djmaster: `idle_timeout = 0`, and `read_ahead` not set in the "defaults" rows:
+it is `"auto"`; procrastinate: `worker --one-shot`; pgqueuer:
 `mode=drain`). **jobs/s** = jobs / that wall time, so it includes interpreter start-up;
 **steady jobs/s** = jobs / (last job start - first job start), from the jobs' own
 timestamps, without start-up and shutdown. Each system has its own database on the same

@@ -62,6 +62,7 @@ EXAMPLES: Mapping[tuple[str, str], str] = {
     ("workers", "max_memory"): '"300MB"',
     ("workers", "hard_max_memory"): '"1GB"',
     ("workers", "max_execution"): '"1h"',
+    ("workers", "read_ahead"): "100",
     ("workers", "min_priority"): "0",
     ("workers", "max_priority"): "10",
     ("recurring", "name"): '"nightly_report"',

@@ -209,6 +209,29 @@ def integer(*, minimum: int | None = None) -> Kind:
     return Kind("integer" if minimum is None else f"integer ≥ {minimum}", parse)
 
 
+#: ``read_ahead = "auto"`` (the default): the worker sizes each reserve itself.
+AUTO = "auto"
+
+
+def count_or_auto() -> Kind:
+    """An integer ≥ 1, or ``"auto"``: parsed as the integer, or None for auto."""
+    count = integer(minimum=1)
+
+    def parse(value: Any, base: Path) -> int | None:
+        if isinstance(value, str) and value.strip().lower() == AUTO:
+            return None
+        try:
+            parsed: int = count.parse(value, base)
+        except ValueError as error:
+            raise ValueError(f'{error}; or "{AUTO}"') from None
+        return parsed
+
+    def to_toml(value: Any) -> str:
+        return f'"{AUTO}"' if value is None else describe(value)
+
+    return Kind(f'integer ≥ 1 or "{AUTO}"', parse, to_toml)
+
+
 def _boolean(value: Any, _base: Path) -> bool:
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"

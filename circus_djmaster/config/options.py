@@ -31,6 +31,7 @@ from circus_djmaster.config.kinds import (
     URL,
     Kind,
     choice,
+    count_or_auto,
     duration,
     integer,
 )
@@ -174,8 +175,10 @@ OPTIONS: tuple[Option, ...] = (
            "found no job for this long (0: as soon as a pass finds none)", default=0.0),
     Option("workers", "sleep_delay", _POSITIVE, "how long an idle worker thread "
            "waits before looking for jobs again", default=5.0),
-    Option("workers", "read_ahead", _COUNT, "jobs reserved per database round trip",
-           default=1),
+    Option("workers", "read_ahead", count_or_auto(), "jobs reserved per database round "
+           'trip; `"auto"`: one per free job thread, more while the recent jobs are short '
+           "(the rule: docs/master.md, Reserving jobs)",
+           default=None, default_doc='`"auto"`'),
     Option("workers", "max_attempts", _COUNT, "attempts before a job is marked failed",
            default=25),
     Option("workers", "max_run_time", _POSITIVE, "a job running longer fails "

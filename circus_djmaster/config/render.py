@@ -36,6 +36,7 @@ import jinja2
 from circus_djmaster.config.settings import Settings, WorkerGroup
 from circus_djmaster.contracts.watchers import (
     AFTER_REAP_HOOK,
+    BEFORE_SPAWN_HOOK,
     PLUGIN_CLASS,
     PLUGIN_SECTION,
     watcher_name,
@@ -161,6 +162,7 @@ def render_ini(settings: Settings, *, python: str = sys.executable) -> str:
             watchers=watchers,
             plugin=plugin,
             hook=AFTER_REAP_HOOK,
+            spawn_hook=BEFORE_SPAWN_HOOK,
             worker_priority=WORKER_PRIORITY,
         )
     )

@@ -135,7 +135,7 @@ class WorkerGroup:
     max_execution: float | None
     idle_timeout: float
     sleep_delay: float
-    read_ahead: int
+    read_ahead: int | None  # None: "auto" (worker/read_ahead.py)
     max_attempts: int
     max_run_time: float
     min_priority: int | None

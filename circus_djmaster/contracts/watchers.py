@@ -3,13 +3,15 @@
 ``djmaster-config render`` writes them into ``circus.ini``; the master finds its
 watchers by them in circus' answers and events; ``djmaster status`` and operators
 (``circusctl start djmaster-mail-primary``) use them. ``circus.ini`` files already
-deployed name :data:`PLUGIN_CLASS` and :data:`AFTER_REAP_HOOK`.
+deployed name :data:`PLUGIN_CLASS`, :data:`AFTER_REAP_HOOK` (and, since issue 11,
+:data:`BEFORE_SPAWN_HOOK`).
 """
 
 from __future__ import annotations
 
 __all__ = [
     "AFTER_REAP_HOOK",
+    "BEFORE_SPAWN_HOOK",
     "PLUGIN_CLASS",
     "PLUGIN_SECTION",
     "PLUGIN_WATCHER",
@@ -23,6 +25,7 @@ PLUGIN_SECTION = "djmaster"
 PLUGIN_WATCHER = f"plugin:{PLUGIN_SECTION}"
 PLUGIN_CLASS = "circus_djmaster.plugin.DelayedJobMaster"
 AFTER_REAP_HOOK = "circus_djmaster.hooks.after_reap"
+BEFORE_SPAWN_HOOK = "circus_djmaster.hooks.before_spawn"
 
 
 def watcher_name(group: str, database: str) -> str:

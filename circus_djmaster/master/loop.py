@@ -209,6 +209,7 @@ class Master(SignalHandling):
 
     async def _turn(self) -> LoopExit | None:
         self._last_turn = time.monotonic()
+        sent = self.circus.sent
         self._check_blocks()  # before observing: the snapshots carry the blocks
         snapshots = await self.observe()
         self._check_blocks(snapshots)  # parked watchers need a fresh status
@@ -228,6 +229,14 @@ class Master(SignalHandling):
         if self._scale_due:
             self._scale_due = False
             await self._scale(snapshots)
+            commands = self.circus.sent - sent
+            took = (time.monotonic() - self._last_turn) * 1000
+            log.debug(
+                "scaling turn: %d circus command(s), %.1f ms",
+                commands,
+                took,
+                extra=event("scaling_turn", commands=commands, ms=round(took, 1)),
+            )
         return None
 
     async def _wait(self, at_least: float = 0.0) -> None:

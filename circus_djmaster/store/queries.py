@@ -7,8 +7,9 @@ builds the parameters of each.
 Queries filtered by a worker group's queues come in pairs, so that each stays a plain,
 index-friendly statement: ``NAME_in_queues`` (``queue = ANY(%(queues)s)``: an index
 range scan per queue) and ``NAME_any_queue`` for a group serving every queue. Only the
-first is written in the file; :func:`parse_queries` makes its twin by dropping the one
-line that names ``%(queues)s``, so the two never drift apart.
+first is written in the file, as a rule; :func:`parse_queries` makes its twin by dropping
+the one line that names ``%(queues)s``, so the two never drift apart. A twin written in
+the file (when dropping a line cannot give the right statement) is kept as written.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def parse_queries(text: str) -> dict[str, str]:
     query that does not name ``%(queues)s`` on exactly one line.
     """
     parts = _NAME_LINE.split(text)
+    written = set(parts[1::2])
     queries: dict[str, str] = {}
 
     def add(name: str, sql: str) -> None:
@@ -43,8 +45,9 @@ def parse_queries(text: str) -> dict[str, str]:
     for name, body in zip(parts[1::2], parts[2::2], strict=False):
         lines = [line for line in body.splitlines() if not line.lstrip().startswith("--")]
         add(name, "\n".join(lines).strip())
-        if name.endswith(IN_QUEUES):
-            add(name.removesuffix(IN_QUEUES) + ANY_QUEUE, _without_queues(name, lines))
+        twin = name.removesuffix(IN_QUEUES) + ANY_QUEUE
+        if name.endswith(IN_QUEUES) and twin not in written:
+            add(twin, _without_queues(name, lines))
     return queries
 
 

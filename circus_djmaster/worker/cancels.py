@@ -2,18 +2,18 @@
 
 A thread of its own (never the main thread: a database that stops answering must not
 delay a worker's signals) asks the database, every :data:`CANCEL_POLL` seconds while the
-job threads hold jobs, which of them were asked to stop: one look-up of the held ids by
-primary key (``cancel_requested``), nothing while the worker holds none. It sets the
-running job's ``JobContext.cancel_event`` (the job sees ``cancel_requested``; it is
-never interrupted), and remembers the held ones, which their thread drops, unrun, when
-their turn comes (:meth:`CancelWatch.requested`).
+worker holds jobs (running, or reserved ahead in its job feed), which of them were asked
+to stop: one look-up of the held ids by primary key (``cancel_requested``), nothing
+while it holds none. It sets the running job's ``JobContext.cancel_event`` (the job
+sees ``cancel_requested``; it is never interrupted), and remembers the others, which
+the thread taking them drops, unrun (:meth:`CancelWatch.requested`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -42,6 +42,7 @@ class CancelWatch(threading.Thread):
     def __init__(
         self,
         threads: Callable[[], Sequence[JobThread]],
+        reserved: Callable[[], Iterable[int]],
         *,
         url: str,
         database: str,
@@ -51,12 +52,14 @@ class CancelWatch(threading.Thread):
         interval: float = CANCEL_POLL,
         connect: Callable[..., psycopg.Connection[Any]] = connect,
     ) -> None:
-        """``threads`` gives the worker's job threads; ``timeout`` bounds the session
+        """``threads`` gives the worker's job threads (their running job's context),
+        ``reserved`` the ids of the jobs reserved ahead; ``timeout`` bounds the session
         (the settings' database_timeout), ``deadlines`` each call; ``connect`` opens
         the connection (:func:`store.sync_executor.connect`; the unit tests give an
         in-memory one)."""
         super().__init__(name="cancels", daemon=True)
         self._threads = threads
+        self._reserved = reserved
         self._url = url
         self._database = database
         self._application_name = application_name
@@ -87,7 +90,8 @@ class CancelWatch(threading.Thread):
     def check(self) -> bool:
         """One look-up (none while no job is held); False after a database error."""
         threads = list(self._threads())
-        held = {job_id for thread in threads for job_id in thread.held}
+        contexts = [thread.context for thread in threads]
+        held = set(self._reserved()) | {c.id for c in contexts if c is not None}
         self.cancelled = self.cancelled & held
         if not held - self.cancelled:
             return True
@@ -110,8 +114,7 @@ class CancelWatch(threading.Thread):
                 "job %s: cancel requested", job_id, extra=event("cancel_requested", job_id=job_id)
             )
         self.cancelled = self.cancelled | frozenset(found)
-        for thread in threads:
-            context = thread.context
+        for context in contexts:
             if context is not None and context.id in self.cancelled:
                 context.cancel_event.set()
         return True

@@ -2,8 +2,10 @@
 
 A job thread gets what it uses, not its worker: the fixed facts of its worker
 (:class:`ThreadSetup`), the few things it tells the worker and asks of it
-(:class:`WorkerLink`, which the worker implements: process.py), the worker's database
-call deadlines (db_deadlines.py), its running-jobs file and its run-alone gate. The
+(:class:`WorkerLink`, which the worker implements: process.py), the worker's job feed
+(feed.py: jobs are reserved for the whole process, as many per round trip as the
+read-ahead rule says), the worker's database call deadlines (db_deadlines.py), its
+running-jobs file and its run-alone gate. The
 worker says when to stop taking jobs, and its watchdog may interrupt a job past its
 ``max_run_time`` (interruption.py). Job code (the job's function and hooks, sync or
 async) is called through :class:`~circus_djmaster.worker.job_code.JobCode`, which
@@ -22,6 +24,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from circus_djmaster.api.context import JobContext, enter_job, leave_job
@@ -40,6 +43,7 @@ from circus_djmaster.store.statements import (
 )
 from circus_djmaster.store.sync_executor import connect
 from circus_djmaster.worker.db_deadlines import CallDeadlines
+from circus_djmaster.worker.feed import JobFeed, Take
 from circus_djmaster.worker.interruption import JobSlot
 from circus_djmaster.worker.job_code import JobCode
 from circus_djmaster.worker.outcomes import (
@@ -103,8 +107,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("circus_djmaster.worker")
 
-# A succeeded job waits at most this long for its deletion to share a round trip.
-FLUSH_AFTER = 0.05
 # How often a thread waiting to run a job alone looks whether its worker is stopping.
 GATE_POLL = 0.2
 
@@ -135,6 +137,7 @@ class JobThread(threading.Thread):
         deadlines: CallDeadlines,
         running: RunningJobs,
         gate: RunAloneGate,
+        feed: JobFeed[ReservedJob],
         connect: Connect = connect,
     ) -> None:
         """``connect`` opens the thread's connection (thread_db.py; the unit tests give
@@ -146,10 +149,14 @@ class JobThread(threading.Thread):
         self.deadlines = deadlines
         self.running = running
         self.gate = gate
+        self.feed = feed
         self.code = JobCode(setup.worker_pid)
         self.slot = JobSlot(self.code)
         self.wake = threading.Event()
         self.resolved: Resolved | None = None  # the job running now, for the watchdog
+        #: The context of the job running now (its cancel_event is set on a cancel:
+        #: cancels.CancelWatch).
+        self.context: JobContext | None = None
         self.db = ThreadDatabase(
             setup.database_url,
             setup.database_name,
@@ -159,17 +166,6 @@ class JobThread(threading.Thread):
             owner=self,
             connect=connect,
         )
-        # Succeeded jobs not deleted yet: the next reserve deletes them in its round trip.
-        self._completed: list[int] = []
-        # Finished jobs to keep (keep_finished): moved by their own statement, batched too.
-        self._kept: list[FinishedJob] = []
-        self._completed_since = 0.0
-        self._locks_taken = 0.0
-        #: Jobs this thread holds (reserved, not finished): the worker asks the database
-        #: whether any was cancelled (process.Worker.check_cancels).
-        self.held: tuple[int, ...] = ()
-        #: The context of the job running now (its cancel_event is set on a cancel).
-        self.context: JobContext | None = None
 
     # --- the loop ---------------------------------------------------------------------
 
@@ -177,22 +173,22 @@ class JobThread(threading.Thread):
         try:
             while self.link.accepting_jobs():
                 self.link.pass_started()
-                jobs: list[ReservedJob] | None = None
+                taken: ReservedJob | Take = Take.ERROR
                 try:
-                    jobs = self._reserve()
-                    if jobs:
-                        self._run_batch(jobs)
+                    taken = self.feed.take(self._reserve)
+                    if not isinstance(taken, Take):
+                        self._run_taken(taken)
                 finally:
-                    # A database error (None) is not an empty pass: it says nothing
-                    # about the queue, so it must not make the worker retire.
-                    self.link.pass_ended(found=jobs is None or bool(jobs))
-                if jobs is None:  # database trouble: back off, then try again
+                    # A database error is not an empty pass: it says nothing about the
+                    # queue, so it must not make the worker retire.
+                    self.link.pass_ended(found=taken is not Take.EMPTY)
+                if taken is Take.ERROR:  # database trouble: back off, then try again
                     self._pause(self.db.backoff.next())
-                elif not jobs:
+                elif taken is Take.EMPTY:
                     self._pause(self.setup.group.sleep_delay)
                 else:
                     self.db.backoff.reset()
-            self._flush_completed()
+            self._delete_done(self.feed.all_done())
         except BaseException:  # even SystemExit: a dead thread must not go unnoticed
             log.exception("job thread %s crashed", self.name)
             self.link.thread_crashed()
@@ -205,56 +201,37 @@ class JobThread(threading.Thread):
         self.wake.wait(seconds)
         self.wake.clear()
 
-    def _run_batch(self, jobs: list[ReservedJob]) -> None:
-        for index, job in enumerate(jobs):
-            self.held = tuple(j.id for j in jobs[index:])
-            if not self.link.accepting_jobs():
-                # Stopping: hand back the jobs reserved ahead and not started.
-                self._flush_completed()
-                self._hand_back([j.id for j in jobs[index:]])
-                return
-            if index:
-                self._keep_locks_fresh([j.id for j in jobs[index:]])
-            if not self._run_one(job):
-                # Stopping while it waited to run: hand it back with the rest.
-                self._flush_completed()
-                self._hand_back([j.id for j in jobs[index:]])
-                return
-            if (self._completed or self._kept) and (
-                time.monotonic() - self._completed_since > FLUSH_AFTER
-            ):
-                self._flush_completed()
-        self.held = ()
+    def _run_taken(self, job: ReservedJob) -> None:
+        """Run a job taken from the feed and tell the feed how it ended."""
+        started = time.monotonic()
+        succeeded: bool | None = None  # None: not run (the worker stops: hand it back)
+        try:
+            if self.link.accepting_jobs():
+                succeeded = self._run_one(job)
+        finally:
+            if succeeded is None:
+                self.feed.not_started()
+                self._hand_back([job.id])
+            else:
+                seconds = time.monotonic() - started
+                self.feed.finished(job.id, seconds, succeeded=succeeded)
+        due = self.feed.flush_due()
+        if due and not self._delete_done(due):
+            self.feed.undo_flush(due)
 
-    def _keep_locks_fresh(self, job_ids: list[int]) -> None:
-        """Refresh the locks of jobs reserved ahead before their lock could look stale.
+    def _delete_done(self, job_ids: list[int]) -> bool:
+        """Delete succeeded jobs (those the next reserve would have deleted)."""
+        return not job_ids or self._write("delete", statements.complete_jobs(job_ids))
 
-        A lock is stale after settings.lock_timeout (the longest max_run_time plus a
-        margin); a job reserved ahead starts later than its lock was taken, so once the
-        batch has run for longer than the margin allows, the remaining locks are renewed.
-        """
-        age = time.monotonic() - self._locks_taken
-        budget = self.setup.lock_timeout - self.setup.group.max_run_time
-        if age > budget / 2:
-            self._write("touch", statements.touch_jobs(job_ids, locked_by=self.setup.locked_by))
-            self._locks_taken = time.monotonic()
-
-    def _flush_completed(self) -> None:
-        self._flush_kept()
-        if self._completed and self._write("delete", statements.complete_jobs(self._completed)):
-            self._completed = []
-
-    def _flush_kept(self) -> None:
-        if self._kept and self._write(
-            "keep", statements.finish_jobs(self._kept, now=time.monotonic())
-        ):
-            self._kept = []
+    def _renew_lock(self, job_id: int) -> None:
+        self._write("touch", statements.touch_jobs([job_id], locked_by=self.setup.locked_by))
 
     # --- one job ----------------------------------------------------------------------
 
-    def _run_one(self, job: ReservedJob) -> bool:
-        """Run one reserved job and record its outcome. False if the worker began to
-        stop while the job waited for its turn (it did not run: hand it back)."""
+    def _run_one(self, job: ReservedJob) -> bool | None:
+        """Run one reserved job and record its outcome: True if it succeeded (its
+        deletion is due), False if it ended otherwise, None if the worker began to stop
+        while the job waited for its turn (it did not run: hand it back)."""
         group = self.setup.group
         if job.cancel_requested or self.link.cancel_requested(job.id):
             # Cancelled while a worker held it (reserved ahead, or handed back by a
@@ -262,38 +239,38 @@ class JobThread(threading.Thread):
             log.info("job %s was cancelled before it started", job.id)
             keep = keep_seconds(job, None, group)
             self._finish_cancelled(job.id, job.attempts, keep, run_time=None, error=None)
-            return True
+            return False
         try:
             resolved = resolve_job(job, group)
         except HandlerError as exc:
             failure = unresolvable_failure(job, exc, group)
             log.error("job %s cannot run: %s", job.id, exc)
             self._record_failure(job.id, failure, keep=keep_seconds(job, None, group))
-            return True
+            return False
         if resolved.exhausted:
             self._fail_exhausted(resolved)
-            return True
-        if not self._enter_gate(job):
             return False
+        if not self._enter_gate(job):
+            return None
         try:
-            self._run_resolved(
-                resolved, alone=job.run_alone, keep=keep_seconds(job, resolved, group)
-            )
+            keep = keep_seconds(job, resolved, group)
+            return self._run_resolved(resolved, alone=job.run_alone, keep=keep)
         finally:
             self.gate.leave(alone=job.run_alone)
-        return True
 
     def _enter_gate(self, job: ReservedJob) -> bool:
-        waited = False
+        began = time.monotonic()
         while not self.gate.enter(alone=job.run_alone, timeout=GATE_POLL):
-            waited = True
             if not self.link.accepting_jobs():
                 return False
-        if waited:  # its lock aged while it waited for the jobs beside it to end
-            self._keep_locks_fresh([job.id])
+        # Its lock aged while it waited for the jobs beside it to end: renew it before it
+        # could look stale (settings.lock_timeout is the longest max_run_time + margin).
+        margin = self.setup.lock_timeout - self.setup.group.max_run_time
+        if time.monotonic() - began > margin / 2:
+            self._renew_lock(job.id)
         return True
 
-    def _run_resolved(self, resolved: Resolved, *, alone: bool, keep: float) -> None:
+    def _run_resolved(self, resolved: Resolved, *, alone: bool, keep: float) -> bool:
         record = resolved.record
         context = JobContext(
             id=record.id,
@@ -307,12 +284,14 @@ class JobThread(threading.Thread):
         self.context = context
         token = enter_job(context)
         try:
-            self._run_code(resolved, alone=alone, keep=keep)
+            return self._run_code(resolved, alone=alone, keep=keep)
         finally:
             leave_job(token)
             self.context = None
 
-    def _run_code(self, resolved: Resolved, *, alone: bool, keep: float) -> None:
+    def _run_code(self, resolved: Resolved, *, alone: bool, keep: float) -> bool:
+        """Run the job's code and record a failure; True if it succeeded and its
+        deletion is due (a job kept once finished is moved here, at once: False)."""
         record = resolved.record
         self.resolved = resolved
         # Before the job's code runs: if it kills the process, the master charges it.
@@ -341,11 +320,12 @@ class JobThread(threading.Thread):
         if not self.slot.claim_outcome():
             # The watchdog gave up on this job, recorded its failure, and the process is
             # retiring; nothing more to do here.
-            return
+            return False
         self.slot.end()
         self.running.clear(self.number)
         self.resolved = None
         self.link.show_busy()
+        deletion_due = False
         if error is None:
             log.debug(
                 "job %s succeeded in %.3fs",
@@ -353,24 +333,10 @@ class JobThread(threading.Thread):
                 elapsed,
                 extra=event("job_succeeded", job_id=record.id),
             )
-            if not (self._completed or self._kept):
-                self._completed_since = time.monotonic()
             if keep > 0:
-                text, note = result_json(result)
-                self._kept.append(
-                    FinishedJob(
-                        record.id,
-                        FinishOutcome.SUCCEEDED,
-                        attempts=record.attempts + 1,
-                        keep=keep,
-                        ended=time.monotonic(),
-                        run_time=elapsed,
-                        result=text,
-                        result_note=note,
-                    )
-                )
+                self._keep_succeeded(record.id, record.attempts + 1, keep, elapsed, result)
             else:
-                self._completed.append(record.id)
+                deletion_due = True
         elif self.context is not None and self.context.cancel_requested:
             # Asked to stop, and it did (raising): cancelled, never retried.
             log.info(
@@ -385,6 +351,7 @@ class JobThread(threading.Thread):
         else:
             self._job_failed(resolved, error, elapsed, keep)
         self.link.after_job()
+        return deletion_due
 
     def _hook(self, resolved: Resolved, name: str, *extra: Any) -> None:
         """Run a job hook (sync or async); hooks are job code, their errors the job's."""
@@ -490,6 +457,24 @@ class JobThread(threading.Thread):
                 ),
             )
 
+    def _keep_succeeded(
+        self, job_id: int, attempts: int, keep: float, run_time: float, result: Any
+    ) -> None:
+        """A succeeded job kept once finished: moved to delayed_jobs_finished with its
+        result, at once (one statement; plain completions ride on the next reserve)."""
+        text, note = result_json(result)
+        finished = FinishedJob(
+            job_id,
+            FinishOutcome.SUCCEEDED,
+            attempts=attempts,
+            keep=keep,
+            ended=time.monotonic(),
+            run_time=run_time,
+            result=text,
+            result_note=note,
+        )
+        self._write("keep", statements.finish_jobs([finished], now=time.monotonic()))
+
     def _finish_cancelled(
         self, job_id: int, attempts: int, keep: float, *, run_time: float | None, error: str | None
     ) -> None:
@@ -515,23 +500,18 @@ class JobThread(threading.Thread):
         """False from a failed (or timed-out) database call to the next one that works."""
         return self.db.ok
 
-    def _reserve(self) -> list[ReservedJob] | None:
-        """Reserve jobs, deleting the completed ones in the same round trip; None after
-        a database error."""
-        self._flush_kept()
+    def _reserve(self, limit: int, done: Sequence[int]) -> list[ReservedJob] | None:
+        """Reserve up to ``limit`` jobs for the process, deleting the succeeded ``done``
+        ones in the same round trip (the feed calls it); None after a database error."""
         reserve = statements.reserve_jobs(
             self.setup.job_filter,
             locked_by=self.setup.locked_by,
-            limit=self.setup.group.read_ahead,
+            limit=limit,
             lock_timeout=self.setup.lock_timeout,
-            done=self._completed,
+            done=list(done),
         )
-        done, jobs = self.db.once("reserve", reserve)
-        if not done or jobs is None:
-            return None
-        self._completed = []
-        self._locks_taken = time.monotonic()
-        return jobs
+        ok, jobs = self.db.once("reserve", reserve)
+        return jobs if ok and jobs is not None else None
 
     def _write(self, what: str, statement: Statement[Any]) -> bool:
         return self.db.write(what, statement)

@@ -45,14 +45,16 @@ from circus_djmaster.contracts.locked_by import worker_locked_by
 from circus_djmaster.contracts.running_jobs import RunningJobs
 from circus_djmaster.store import statements
 from circus_djmaster.store.errors import describe_error
-from circus_djmaster.store.statements import JobFilter, Statement
+from circus_djmaster.store.statements import JobFilter, ReservedJob, Statement
 from circus_djmaster.store.sync_executor import connect, execute
 from circus_djmaster.worker import early_signals
 from circus_djmaster.worker.cancels import CancelWatch
 from circus_djmaster.worker.db_deadlines import CallDeadlines
+from circus_djmaster.worker.feed import JobFeed
 from circus_djmaster.worker.interruption import Watchdog
 from circus_djmaster.worker.job_code import install_fork_handler
 from circus_djmaster.worker.job_thread import JobThread, ThreadSetup
+from circus_djmaster.worker.read_ahead import ReadAhead
 from circus_djmaster.worker.run_alone import RunAloneGate
 from circus_djmaster.worker.wakeup import NotifyWakeup
 
@@ -143,6 +145,9 @@ class Worker:
         self._threads: list[JobThread] = []
         self.running = RunningJobs(group.max_threads)
         self.gate = RunAloneGate()
+        self.feed: JobFeed[ReservedJob] = JobFeed(
+            group.max_threads, ReadAhead(group.read_ahead, group.max_threads)
+        )
         self.deadlines = CallDeadlines(settings.database_timeout + CLIENT_SLACK)
         self.watchdog = Watchdog(
             locked_by=self.locked_by, control=self._control, retire=self.retire
@@ -151,6 +156,7 @@ class Worker:
         # Cancel requests of held jobs, looked up on a thread of its own (cancels.py).
         self.cancels = CancelWatch(
             lambda: self._threads,
+            lambda: (job_id for job_id, _since in self.feed.held_since()),
             url=self.database_url,
             database=database.name,
             application_name=titles.worker_application_name(self.pid, "cancels"),
@@ -319,14 +325,11 @@ class Worker:
         return titles.forked_child_title(parent, self.database.name)
 
     def _show_database_trouble(self) -> None:
-        """[NO DB] while none of the job threads can reach the database: every thread
-        not running a job has a failed or long-unanswered call (the master then does
-        not count this worker as one that will take a ready job)."""
-        now = time.monotonic()
-        idle = [thread for thread in self._threads if thread.slot.job_id is None]
-        trouble = bool(idle) and all(
-            not thread.db_ok or self._stalled(thread, now) for thread in idle
-        )
+        """[NO DB] while the process cannot reserve a job (the job feed's last reserve
+        failed, or the one under way is unanswered) and a thread waits for one: the
+        master then does not count this worker as one that will take a ready job."""
+        idle = any(thread.slot.job_id is None for thread in self._threads)
+        trouble = idle and self.feed.database_trouble(STALLED_AFTER)
         if trouble != self._no_db_shown:
             self._no_db_shown = trouble
             if trouble:
@@ -355,6 +358,7 @@ class Worker:
                 deadlines=self.deadlines,
                 running=self.running,
                 gate=self.gate,
+                feed=self.feed,
             )
             for number in range(self.group.max_threads)
         ]
@@ -371,6 +375,7 @@ class Worker:
                 self._stop = max(self._stop, StopMode.GRACEFUL)
                 self._wake_threads()
             self._watch_deadlines()
+            self._tend_feed()
             self._show_database_trouble()
             self._check_idle()
             if not self.accepting_jobs():
@@ -383,6 +388,25 @@ class Worker:
             self._sleep(self._next_wake())
         for thread in self._threads:
             thread.join()
+        # Jobs reserved ahead and never started go back as they were.
+        self._hand_back(self.feed.drain())
+
+    def _tend_feed(self) -> None:
+        """Jobs the process reserved and no thread has started yet: with ``read_ahead =
+        "auto"``, hand back those that waited too long while every thread was busy (an
+        idle worker elsewhere takes them); with an explicit read_ahead, renew their locks
+        before they could look stale (the jobs wait, as they always did, behind the
+        running ones)."""
+        self._hand_back(self.feed.take_stale())
+        margin = self.settings.lock_timeout - self.group.max_run_time
+        old = self.feed.locks_older_than(margin / 2)
+        if old:
+            self._control("touch", statements.touch_jobs(old, locked_by=self.locked_by))
+            self.feed.refreshed(old, time.monotonic())
+
+    def _hand_back(self, job_ids: list[int]) -> None:
+        if job_ids:
+            self._control("hand back", statements.unlock_job_ids(job_ids, locked_by=self.locked_by))
 
     def _stop_waiting_on_database(self) -> None:
         """A stopping worker does not wait on a hung reserve: a thread that is not
@@ -437,6 +461,11 @@ class Worker:
         """Record stuck jobs, hand back the rest if asked, and end the process."""
         self.watchdog.record_stuck()
         if hand_back:
+            # Jobs that succeeded and wait for their deletion are deleted first: handing
+            # them back would run them again.
+            done = self.feed.all_done()
+            if done:
+                self._control("delete", statements.complete_jobs(done))
             released = self._control("hand back", statements.unlock_jobs(locked_by=self.locked_by))
             log.info("handed back %d job(s)", len(released or []))
         log.info("exiting now")

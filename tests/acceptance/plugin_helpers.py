@@ -25,8 +25,9 @@ DEADLINE = 20.0
 WATCHER = "djmaster-worker0-primary"
 
 
-def settings_file(folder: Path, **overrides: Any) -> Path:
-    """Settings for one group on ``primary`` with short intervals; keys override."""
+def settings_file(folder: Path, *, check_delay: float = 0.5, **overrides: Any) -> Path:
+    """Settings for one group on ``primary`` with short intervals; keys override;
+    ``check_delay`` is circusd's."""
     workers = overrides.pop("workers", [{"queues": ["q1"], "max_processes": 2, "sleep_delay": 0.2}])
     top: dict[str, Any] = {
         "monitor_interval": 1.0,
@@ -36,7 +37,7 @@ def settings_file(folder: Path, **overrides: Any) -> Path:
         "log_level": "debug",
     }
     top.update(overrides)
-    tables = {"circus": circus_table(folder)}
+    tables = {"circus": circus_table(folder, check_delay=check_delay)}
     return write_settings(
         folder,
         workers=workers,

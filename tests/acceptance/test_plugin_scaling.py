@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +93,27 @@ def test_scheduled_job_starts_at_its_run_at(
         finished = event_at(conn, "s1", "done")
         assert finished is not None
         assert run_at - 0.1 <= finished <= run_at + 1.0
+
+
+def test_a_job_enqueued_right_after_a_retire_starts_without_waiting_for_circus(
+    tmp_path: Path, database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """circusd checks its processes only every 30 s here. A worker retires; a job
+    enqueued in the first milliseconds after it exited (and 0.1 s, 0.3 s after) starts
+    at once: circusd reaped the retired worker at once (the before_spawn hook's reaper),
+    so the master does not take it for a process about to spawn."""
+    settings = settings_file(tmp_path, check_delay=30.0, polling_interval=30.0)
+    with running(settings, {"DJMASTER_DATABASE_URL": database_url}) as run:
+        wait_until(lambda: LISTENING in master_log(run), DEADLINE, "the LISTEN connection")
+        enqueue(conn, "record", "first")
+        wait_until(lambda: done(conn, "first"), DEADLINE, "the first job")
+        for n, pause in enumerate((0.0, 0.1, 0.3)):
+            # The worker of the previous job retires (idle_timeout = 0)...
+            wait_until(lambda: run.pids(WATCHER) == [], DEADLINE, "the worker to retire")
+            time.sleep(pause)  # ...and the job comes this long after (not a wait)
+            key = f"after-retire-{n}"
+            enqueue(conn, "record", key)
+            inserted = db_now(conn)
+            wait_until(lambda k=key: done(conn, k), 10.0, f"{key} (check_delay is 30 s)")
+            finished = event_at(conn, key, "done")
+            assert finished is not None and finished - inserted < 10.0

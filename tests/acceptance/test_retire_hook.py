@@ -33,6 +33,7 @@ from tests.support.waiting import wait_until
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CIRCUSD = Path(sys.executable).with_name("circusd")
 CHECK_DELAY = 0.5  # circusd reaps and respawns on this period
+SLOW_CHECK_DELAY = 60.0
 DEADLINE = 20.0  # generous: a loaded CI machine is slow, a pass is fast
 # Lives 0.3 s, then exits with the code given as its argument.
 CHILD = "import sys, time\ntime.sleep(0.3)\nsys.exit(int(sys.argv[1]))"
@@ -103,11 +104,23 @@ respawn = true
 copy_env = true
 graceful_timeout = 5
 hooks.after_reap = circus_djmaster.hooks.after_reap
+hooks.before_spawn = circus_djmaster.hooks.before_spawn
 """
 
 
 @pytest.fixture
 def circusd(tmp_path: Path) -> Iterator[Circusd]:
+    yield from run_circusd(tmp_path, CHECK_DELAY)
+
+
+@pytest.fixture
+def slow_circusd(tmp_path: Path) -> Iterator[Circusd]:
+    """circusd checking its processes only every 60 s: whatever happens sooner is the
+    immediate reaper's doing."""
+    yield from run_circusd(tmp_path, SLOW_CHECK_DELAY)
+
+
+def run_circusd(tmp_path: Path, check_delay: float) -> Iterator[Circusd]:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     log = tmp_path / "circusd.log"
     ready = tmp_path / "ready"
@@ -119,7 +132,7 @@ endpoint = {endpoint}
 pubsub_endpoint = tcp://127.0.0.1:{free_port()}
 multicast_endpoint =
 statsd = false
-check_delay = {CHECK_DELAY}
+check_delay = {check_delay}
 logoutput = {log}
 loglevel = info
 """
@@ -227,3 +240,37 @@ def test_no_udp_socket_with_empty_multicast_endpoint(circusd: Circusd) -> None:
     process = psutil.Process(circusd.process.pid)
     connections = getattr(process, "net_connections", process.connections)
     assert connections(kind="udp") == []
+
+
+def test_a_retired_worker_is_reaped_at_once_not_at_the_next_check(slow_circusd: Circusd) -> None:
+    """The before_spawn hook's SIGCHLD reaper: with check_delay = 60 s, the retired
+    process' slot is free (target 0, after_reap ran) within seconds, and the watcher
+    grows again at once for new work."""
+    circusd = slow_circusd
+    circusd.grow("retire")
+    (first,) = wait_until(lambda: circusd.pids("retire"), DEADLINE, "a retire process")
+    began = time.monotonic()
+    wait_until(lambda: circusd.target("retire") == 0, 10, "the retired process reaped")
+    assert time.monotonic() - began < SLOW_CHECK_DELAY / 2
+    assert "retired (exit 0" in read(circusd.log)
+    assert "reaps exited workers at once" in read(circusd.log)
+    circusd.call("incr", name="retire", nb=1)  # the watcher is active: incr spawns
+    second = wait_until(
+        lambda: [pid for pid in circusd.pids("retire") if pid != first], 10, "a new process"
+    )
+    assert second
+
+
+def test_a_crash_is_reaped_at_once_and_respawned_at_the_check(slow_circusd: Circusd) -> None:
+    """The reaper only reaps: a crashed process keeps its target, and circus respawns it
+    at its periodic check as before (no faster crash loop)."""
+    circusd = slow_circusd
+    circusd.grow("crash")
+    wait_until(lambda: circusd.pids("crash"), DEADLINE, "a crash process")
+    wait_until(
+        lambda: "exited with 3: crash, circus respawns it" in read(circusd.log),
+        10,
+        "the crash reaped",
+    )
+    assert circusd.target("crash") == 1
+    assert circusd.pids("crash") == [], "not respawned before circus' next check"

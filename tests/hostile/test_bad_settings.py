@@ -73,6 +73,13 @@ BAD_VALUES: dict[str, list[Bad]] = {
         ("3", "expected a string, got integer 3"),
         ('""', "must not be empty"),
     ],
+    'integer ≥ 1 or "auto"': [
+        ("0", '0 is too small (minimum 1); or "auto"'),
+        ('"fast"', 'expected an integer, got string "fast"; or "auto"'),
+        ("1.5", 'expected an integer, got float 1.5; or "auto"'),
+        ("true", 'expected an integer, got boolean true; or "auto"'),
+        _UNSET_VARIABLE,
+    ],
     "boolean": [
         ('"yes"', 'expected true or false, got string "yes"'),
         ("1", "expected true or false, got integer 1"),

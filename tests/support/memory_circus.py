@@ -39,6 +39,7 @@ class MemoryCircus:
         self.watchers[own_watcher] = MemoryWatcher(own_watcher, 1, "active", [own_pid])
         self.calls: list[tuple[str, str, int | None]] = []
         self.interrupted: Callable[[], bool] = lambda: False
+        self.sent = 0  # commands (AsyncCircus.sent); this fake counts its calls instead
         #: Called with each pid spawned (the test decides what the process shows).
         self.on_spawn: Callable[[int], None] = lambda pid: None
 

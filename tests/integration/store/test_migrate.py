@@ -298,7 +298,7 @@ def test_cli_migrate_with_a_bad_value_names_file_key_and_reason(tmp_path: Path) 
     result = djmaster("migrate", "--settings", str(settings))
     assert result.returncode == CliExit.USAGE
     assert result.stderr == (
-        f"djmaster: {settings}: workers[0].read_ahead: 0 is too small (minimum 1)\n"
+        f'djmaster: {settings}: workers[0].read_ahead: 0 is too small (minimum 1); or "auto"\n'
     )
 
 

@@ -598,6 +598,55 @@ def test_seconds_to_next_filters_by_queue_and_priority(conn: Conn) -> None:
     assert 118 < seconds <= 120
 
 
+def test_seconds_to_next_answers_as_the_plain_minimum_over_every_case(conn: Conn) -> None:
+    """Both hand-written forms (one short scan per queue) against the plain
+    ``min(run_at)`` they stand for: several queues, the NULL queue, priorities out of
+    range, failed and locked jobs, a queue with nothing scheduled."""
+    cases = [
+        ("a", 0, 200, False, None),
+        ("a", 0, 90, False, OTHER),  # locked: not scheduled
+        ("a", 0, 80, True, None),  # failed
+        ("b", 7, 60, False, None),
+        ("b", 0, 150, False, None),
+        (None, 0, 70, False, None),  # no queue: only a group serving every queue
+        ("c", 0, 0, False, None),  # due now: not scheduled
+        ("d", 20, 30, False, None),
+    ]
+    for queue, priority, run_in, failed, locked_by in cases:
+        insert(
+            conn,
+            queue=queue,
+            priority=priority,
+            run_in=run_in,
+            failed=failed,
+            locked_by=locked_by,
+            locked_ago=1 if locked_by else None,
+        )
+    filters = [
+        ANY,
+        JobFilter(("a",)),
+        JobFilter(("a", "b")),
+        JobFilter(("b",), None, 5),
+        JobFilter(("c",)),
+        JobFilter((), 10, None),
+        JobFilter(("a", "b", "d"), 0, 10),
+    ]
+    for job_filter in filters:
+        expected = conn.execute(
+            "SELECT extract(epoch FROM min(run_at) - now())::float8 FROM delayed_jobs"
+            " WHERE failed_at IS NULL AND locked_at IS NULL AND run_at > now()"
+            "   AND (cardinality(%(queues)s::varchar[]) = 0 OR queue = ANY(%(queues)s))"
+            "   AND priority BETWEEN %(min_priority)s AND %(max_priority)s",
+            job_filter.params(),
+        ).fetchone()
+        assert expected is not None
+        got = as_master(conn, statements.seconds_to_next(job_filter))
+        if expected[0] is None:
+            assert got is None, job_filter
+        else:
+            assert got is not None and abs(got - expected[0]) < 1.0, (job_filter, got, expected)
+
+
 # ------------------------------------------------------------------------ database_now
 
 

@@ -16,12 +16,13 @@ import pytest
 from circus.config import get_config
 from circus.plugins import _cfg2str, _str2cfg
 
-from circus_djmaster.circusd.hooks import after_reap
+from circus_djmaster.circusd.hooks import after_reap, before_spawn
 from circus_djmaster.cli import config as config_cli
 from circus_djmaster.config.render import GRACE_MARGIN, graceful_timeout, render_ini, watcher_index
 from circus_djmaster.config.settings import Settings, load_settings
 from circus_djmaster.contracts.watchers import (
     AFTER_REAP_HOOK,
+    BEFORE_SPAWN_HOOK,
     PLUGIN_CLASS,
     watcher_name,
 )
@@ -133,7 +134,10 @@ def test_rendered_ini_parses_with_circus_loader(tmp_path: Path, settings: Settin
         assert watcher["graceful_timeout"] == expected_timeout
         assert watcher["copy_env"] is True
         assert watcher["copy_path"] is True
-        assert watcher["hooks"] == {"after_reap": [AFTER_REAP_HOOK, False]}
+        assert watcher["hooks"] == {
+            "after_reap": [AFTER_REAP_HOOK, False],
+            "before_spawn": [BEFORE_SPAWN_HOOK, False],
+        }
         # No log_file: no stream, the worker writes to circusd's stdout/stderr.
         assert watcher["stdout_stream"] == {}
         assert watcher["stderr_stream"] == {}
@@ -176,7 +180,8 @@ def test_circus_builds_the_watchers(tmp_path: Path, secret_env: None) -> None:
         assert watcher_config["stderr_stream"] == watcher_config["stdout_stream"]
         watcher = Watcher.load_from_config(dict(watcher_config))
         try:
-            assert watcher.numprocesses == 0
+            assert watcher.hooks["after_reap"] is after_reap
+            assert watcher.hooks["before_spawn"] is before_spawn
             assert watcher.respawn is True
             # circus resolves the dotted path circus.ini names to the hook itself.
             assert watcher.hooks["after_reap"] is after_reap

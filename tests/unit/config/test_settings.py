@@ -174,7 +174,7 @@ def test_defaults(tmp_path: Path) -> None:
         max_execution=None,
         idle_timeout=0.0,
         sleep_delay=5.0,
-        read_ahead=1,
+        read_ahead=None,
         max_attempts=25,
         max_run_time=4 * 3600.0,
         min_priority=None,
@@ -367,7 +367,8 @@ BAD = [
     (f'{W}max_execution = "1y"\n', "workers[0].max_execution", '"1y" is not a duration'),
     (f"{W}idle_timeout = -1\n", "workers[0].idle_timeout", "must not be negative"),
     (f"{W}sleep_delay = 0\n", "workers[0].sleep_delay", "must be greater than 0"),
-    (f"{W}read_ahead = 0\n", "workers[0].read_ahead", "too small (minimum 1)"),
+    (f"{W}read_ahead = 0\n", "workers[0].read_ahead", 'too small (minimum 1); or "auto"'),
+    (f'{W}read_ahead = "fast"\n', "workers[0].read_ahead", "expected an integer"),
     (f"{W}max_attempts = true\n", "workers[0].max_attempts", "got boolean true"),
     (f'{W}max_run_time = "0s"\n', "workers[0].max_run_time", "must be greater than 0"),
     (f'{W}min_priority = "high"\n', "workers[0].min_priority", "expected an integer"),
@@ -585,3 +586,11 @@ def test_declared_defaults_read_back(tmp_path: Path) -> None:
         value = tomllib.loads(f"x = {option.default_toml}")["x"]
         parsed = option.kind.parse(value, tmp_path)
         assert parsed == option.default, option.name
+
+
+def test_read_ahead_is_auto_by_default_and_takes_auto_or_a_count(tmp_path: Path) -> None:
+    """None stands for "auto" (worker/read_ahead.py); an integer is what it says."""
+    base = {"databases": {"primary": "postgresql:///x"}}
+    for value, expected in (("auto", None), (" Auto ", None), (7, 7), ("3", 3)):
+        data = base | {"workers": [{"read_ahead": value}]}
+        assert parse_settings(data, tmp_path / "s.toml").workers[0].read_ahead == expected

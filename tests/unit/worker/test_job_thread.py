@@ -23,7 +23,9 @@ from circus_djmaster.config.settings import parse_settings
 from circus_djmaster.contracts.running_jobs import RunningJobs
 from circus_djmaster.store.statements import JobFilter
 from circus_djmaster.worker.db_deadlines import CallDeadlines
+from circus_djmaster.worker.feed import JobFeed
 from circus_djmaster.worker.job_thread import JobThread, ThreadSetup
+from circus_djmaster.worker.read_ahead import ReadAhead
 from circus_djmaster.worker.run_alone import RunAloneGate
 from tests.support import memory_jobs
 from tests.support.memory_store import MemoryConnection, MemoryStore
@@ -111,6 +113,10 @@ def run_thread(
         deadlines=deadlines,
         running=running,
         gate=RunAloneGate(),
+        feed=JobFeed(
+            worker_group.max_threads,
+            ReadAhead(worker_group.read_ahead, worker_group.max_threads),
+        ),
         connect=lambda url, **options: MemoryConnection(store),
     )
     try:
@@ -181,13 +187,17 @@ def test_a_handler_that_cannot_be_imported_fails_at_once() -> None:
     assert memory_jobs.RUNS == []
 
 
-def test_a_stopping_worker_hands_back_the_jobs_it_reserved_ahead() -> None:
+def test_a_stopping_worker_keeps_the_jobs_reserved_ahead_for_the_worker_to_hand_back() -> None:
+    """One round trip reserved 3 jobs for the process; the thread ran one, then the
+    worker stopped: the other two are still held by the feed, whose worker hands them
+    back after its threads ended (process.py; tests/process test it end to end)."""
     store = MemoryStore()
     ids = [store.add(handler("ok", key), queue="q") for key in "abc"]
-    run_thread(store, lambda link: link.jobs_done >= 1, read_ahead=3)
+    _link, thread = run_thread(store, lambda link: link.jobs_done >= 1, read_ahead=3)
     assert memory_jobs.RUNS == ["a"]
     assert sorted(store.jobs) == ids[1:]
-    assert all(store.jobs[job_id].locked_by is None for job_id in ids[1:])
+    assert all(store.jobs[job_id].locked_by == LOCKED_BY for job_id in ids[1:])
+    assert sorted(thread.feed.drain()) == ids[1:]
 
 
 def test_a_database_error_is_not_an_empty_pass_and_the_thread_backs_off() -> None:
