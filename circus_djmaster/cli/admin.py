@@ -1,59 +1,67 @@
-"""``djmaster status`` and ``djmaster jobs``: what is queued, what runs, what failed."""
+"""``djmaster jobs`` and ``djmaster wait``: what failed, and waiting for the queues to
+empty (``djmaster status`` is status.py)."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import json
 import sys
 import time
 from typing import Any
 
-import psutil
 import psycopg
 
-from circus_djmaster.common.memory import rss_with_children
+from circus_djmaster.cli import status as cli_status
+from circus_djmaster.cli.options import add_settings_option, duration, settings_path
 from circus_djmaster.config.settings import Settings, load_settings
 from circus_djmaster.contracts.exit_codes import CliExit
-from circus_djmaster.contracts.titles import state_from_title
-from circus_djmaster.contracts.watchers import watcher_name
-from circus_djmaster.exceptions import CircusError, CircusTimeout, SettingsError
+from circus_djmaster.exceptions import DjmasterError, SettingsError
 from circus_djmaster.store import statements
 from circus_djmaster.store.errors import describe_error
 from circus_djmaster.store.statements import JobFilter
 from circus_djmaster.store.sync_executor import connect, execute
 
-CIRCUS_TIMEOUT = 3.0
+#: ``wait`` gives up after this long unless ``--timeout`` says otherwise (seconds).
+WAIT_TIMEOUT = 300.0
 
 
 def add_commands(sub: Any) -> None:
-    status = sub.add_parser(
-        "status", help="queues, counts and workers per database and worker group"
-    )
-    status.add_argument("--settings", required=True, help="the djmaster.toml file")
-    status.add_argument("--json", action="store_true", help="print JSON")
-    status.set_defaults(func=cmd_status)
+    """Add ``status``, ``wait`` and ``jobs`` to the ``djmaster`` parser's commands."""
+    cli_status.add_command(sub)
 
     wait = sub.add_parser(
-        "wait", help="wait until no job is ready or running (for scripts and deploys)"
+        "wait",
+        help="wait until no job is ready, running or waiting to be retried",
+        description="Wait until no job is ready, running or waiting for its retry (with "
+        "--scheduled: nor scheduled later). Exit codes: 0 none left, 1 jobs left after "
+        "--timeout, 2 bad settings.",
     )
-    wait.add_argument("--settings", required=True, help="the djmaster.toml file")
-    wait.add_argument("--timeout", type=float, default=300.0, help="give up after (300 s)")
+    add_settings_option(wait)
+    wait.add_argument(
+        "--timeout",
+        type=duration,
+        default=WAIT_TIMEOUT,
+        metavar="DURATION",
+        help=f"give up after this long (default {WAIT_TIMEOUT:g}s; e.g. 90s, 5m, 1h)",
+    )
     wait.add_argument("--scheduled", action="store_true", help="also wait for jobs scheduled later")
     wait.set_defaults(func=cmd_wait)
 
     jobs = sub.add_parser("jobs", help="list, show, retry, delete or cancel jobs")
-    jobs.add_argument("--settings", required=True, help="the djmaster.toml file")
-    jobs.add_argument("--database", help="a database of the settings (default: the first)")
+    database_help = "a database of the settings (default: the first)"
+    add_settings_option(jobs)
+    jobs.add_argument("--database", default=argparse.SUPPRESS, help=database_help)
     action = jobs.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = action.add_parser("list", help="list failed jobs (or --live ones)")
     listing.add_argument("--live", action="store_true", help="list jobs not failed instead")
     listing.add_argument("--queue", help="only this queue")
     listing.add_argument("--limit", type=int, default=50, help="at most this many (50)")
     listing.add_argument("--json", action="store_true", help="print JSON")
+    actions = [listing]
     for name, verb in (("retry", "make due again"), ("delete", "delete")):
         parser = action.add_parser(name, help=f"{verb} failed jobs")
+        actions.append(parser)
         target = parser.add_mutually_exclusive_group(required=True)
         target.add_argument("ids", nargs="*", type=int, default=[], help="job ids")
         target.add_argument("--all-failed", action="store_true", help="every failed job")
@@ -67,9 +75,14 @@ def add_commands(sub: Any) -> None:
     target = cancel.add_mutually_exclusive_group(required=True)
     target.add_argument("ids", nargs="*", type=int, default=[], help="job ids")
     target.add_argument("--queue", help="every live job of this queue")
+    actions.append(cancel)
     show = action.add_parser("show", help="one job: live, or finished and kept")
     show.add_argument("id", type=int, help="the job id")
     show.add_argument("--json", action="store_true", help="print JSON")
+    actions.append(show)
+    for parser in actions:  # `jobs list --settings F` as well as `jobs --settings F list`
+        add_settings_option(parser)
+        parser.add_argument("--database", default=argparse.SUPPRESS, help=database_help)
     jobs.set_defaults(func=cmd_jobs)
 
     recurring = sub.add_parser("recurring", help="recurring jobs")
@@ -77,159 +90,10 @@ def add_commands(sub: Any) -> None:
     listing = recurring_action.add_parser(
         "list", help="each recurring job: schedule, last run enqueued, next runs"
     )
-    listing.add_argument("--settings", required=True, help="the djmaster.toml file")
+    add_settings_option(listing)
     listing.add_argument("--next", type=int, default=3, help="how many next runs (3)")
     listing.add_argument("--json", action="store_true", help="print JSON")
     recurring.set_defaults(func=cmd_recurring)
-
-
-# --- status --------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class WorkerView:
-    pid: int
-    state: str
-    rss: int
-    age: float
-
-
-@dataclasses.dataclass
-class GroupView:
-    name: str
-    queues: list[str]
-    watcher: str
-    watcher_status: str | None
-    max_processes: int
-    counts: dict[str, Any] | None
-    workers: list[WorkerView]
-
-
-@dataclasses.dataclass
-class DatabaseView:
-    name: str
-    error: str | None
-    groups: list[GroupView]
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    try:
-        settings = load_settings(args.settings)
-    except SettingsError as exc:
-        print(exc, file=sys.stderr)
-        return CliExit.USAGE
-    circus_error, watchers = _circus_watchers(settings)
-    databases = [_database_view(settings, db.name, watchers) for db in settings.databases]
-    if args.json:
-        report = {
-            "circus": {"endpoint": settings.circus.endpoint, "error": circus_error},
-            "databases": [dataclasses.asdict(db) for db in databases],
-        }
-        print(json.dumps(report, indent=2))
-    else:
-        _print_status(settings, circus_error, databases)
-    return CliExit.FAILED if circus_error or any(db.error for db in databases) else CliExit.OK
-
-
-def _circus_watchers(settings: Settings) -> tuple[str | None, dict[str, tuple[str, list[int]]]]:
-    """{watcher: (status, pids)} from circusd, or the reason it can't be reached."""
-    from circus_djmaster.circusd.client import SyncCircus
-
-    watchers: dict[str, tuple[str, list[int]]] = {}
-    try:
-        with SyncCircus(settings.circus.endpoint, timeout=CIRCUS_TIMEOUT) as circus:
-            for group in settings.workers:
-                for database in settings.databases:
-                    name = watcher_name(group.name, database.name)
-                    try:
-                        watchers[name] = (circus.status(name), circus.pids(name))
-                    except CircusError:  # not in circusd (circus.ini not rendered again)
-                        watchers[name] = ("error", [])
-    except CircusTimeout as exc:
-        return (
-            f"circusd is not reachable at {settings.circus.endpoint} ({exc}); is it running?",
-            {},
-        )
-    return None, watchers
-
-
-def _database_view(
-    settings: Settings, database: str, watchers: dict[str, tuple[str, list[int]]]
-) -> DatabaseView:
-    error = None
-    counts: dict[str, dict[str, Any]] = {}
-    try:
-        with connect(settings.database(database).url(), application_name="status") as conn:
-            for group in settings.workers:
-                stats = execute(
-                    conn,
-                    statements.group_stats(JobFilter.of(group), lock_timeout=settings.lock_timeout),
-                )
-                counts[group.name] = dataclasses.asdict(stats)
-    except (psycopg.Error, SettingsError) as exc:
-        error = f"unreachable: {describe_error(exc)}"
-    groups = []
-    for group in settings.workers:
-        name = watcher_name(group.name, database)
-        status, pids = watchers.get(name, (None, []))
-        groups.append(
-            GroupView(
-                group.name,
-                list(group.queues),
-                name,
-                status,
-                group.max_processes,
-                counts.get(group.name),
-                [view for pid in pids if (view := _worker_view(pid)) is not None],
-            )
-        )
-    return DatabaseView(database, error, groups)
-
-
-def _worker_view(pid: int) -> WorkerView | None:
-    try:
-        process = psutil.Process(pid)
-        title = " ".join(process.cmdline())
-        rss = rss_with_children(process)  # a child exiting meanwhile is left out
-        age = time.time() - process.create_time()
-    except psutil.Error:
-        return None
-    return WorkerView(pid, state_from_title(title).value, rss, age)
-
-
-def _print_status(settings: Settings, circus_error: str | None, dbs: list[DatabaseView]) -> None:
-    if circus_error:
-        print(f"! {circus_error}")
-    for db in dbs:
-        print(f"database {db.name}" + (f": {db.error}" if db.error else ""))
-        for group in db.groups:
-            queues = ", ".join(group.queues) if group.queues else "all queues"
-            print(
-                f"  group {group.name} ({queues})  watcher {group.watcher}: "
-                f"{group.watcher_status or 'unknown'}, "
-                f"{len(group.workers)}/{group.max_processes} workers"
-            )
-            if group.counts is not None:
-                c = group.counts
-                oldest = c["oldest_ready_age"]
-                print(
-                    f"    ready {c['ready']}  running {c['running']}  "
-                    f"scheduled {c['scheduled']}  failed {c['failed']}  oldest ready "
-                    + (_duration(oldest) if oldest is not None else "-")
-                )
-            for worker in group.workers:
-                print(
-                    f"    pid {worker.pid:<7} {worker.state:<8} "
-                    f"RSS {worker.rss / 2**20:6.1f} MB  age {_duration(worker.age)}"
-                )
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f}m"
-    return f"{seconds / 3600:.1f}h"
 
 
 # --- wait ----------------------------------------------------------------------------
@@ -237,17 +101,22 @@ def _duration(seconds: float) -> str:
 
 def cmd_wait(args: argparse.Namespace) -> int:
     try:
-        settings = load_settings(args.settings)
+        settings = load_settings(settings_path(args))
         urls = [(db.name, db.url()) for db in settings.databases]
     except SettingsError as exc:
         print(exc, file=sys.stderr)
+        return CliExit.USAGE
+    except DjmasterError as exc:
+        print(f"djmaster: {exc}", file=sys.stderr)
         return CliExit.USAGE
     deadline = time.monotonic() + args.timeout
     while True:
         left = 0
         for name, url in urls:
             try:
-                with connect(url, application_name="djmaster wait") as conn:
+                with connect(
+                    url, application_name="djmaster wait", timeout=settings.database_timeout
+                ) as conn:
                     for group in settings.workers:
                         stats = execute(
                             conn,
@@ -256,7 +125,9 @@ def cmd_wait(args: argparse.Namespace) -> int:
                             ),
                         )
                         left += stats.ready + stats.running
-                        left += stats.scheduled if args.scheduled else 0
+                        # A failed job's retry is still to do; other jobs due later only
+                        # with --scheduled (they may be days ahead).
+                        left += stats.scheduled if args.scheduled else stats.retrying
             except psycopg.Error as exc:
                 print(f"database {name}: {describe_error(exc)}", file=sys.stderr)
                 left += 1
@@ -274,11 +145,15 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     try:
-        settings = load_settings(args.settings)
-        database = settings.database(args.database) if args.database else settings.databases[0]
+        settings = load_settings(settings_path(args))
+        name = getattr(args, "database", None)
+        database = settings.database(name) if name else settings.databases[0]
         url = database.url()
     except SettingsError as exc:
         print(exc, file=sys.stderr)
+        return CliExit.USAGE
+    except DjmasterError as exc:
+        print(f"djmaster: {exc}", file=sys.stderr)
         return CliExit.USAGE
     try:
         with connect(url, application_name="djmaster jobs") as conn:
@@ -417,9 +292,12 @@ def cmd_recurring(args: argparse.Namespace) -> int:
     from circus_djmaster.common.recurring import RecurringJob
 
     try:
-        settings = load_settings(args.settings)
+        settings = load_settings(settings_path(args))
     except SettingsError as exc:
         print(exc, file=sys.stderr)
+        return CliExit.USAGE
+    except DjmasterError as exc:
+        print(f"djmaster: {exc}", file=sys.stderr)
         return CliExit.USAGE
     entries: list[RecurringJob] = list(settings.recurring)
     status = CliExit.OK

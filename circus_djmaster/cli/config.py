@@ -1,14 +1,18 @@
 """``djmaster-config``: write the files circusd needs from the settings file.
 
 * ``init [DIR] [--force]``: write an annotated ``djmaster.toml`` and its ``circus.ini``;
-* ``check SETTINGS``: validate a settings file, reporting every problem at once;
-* ``render SETTINGS [-o FILE]``: render ``circus.ini`` from a settings file.
+* ``check [SETTINGS]``: validate a settings file, reporting every problem at once, and
+  warn about what would stop it from running here;
+* ``render [SETTINGS] [-o FILE]``: render ``circus.ini`` from a settings file, and make
+  the folders it writes into;
+* ``completion SHELL``: a shell completion script.
 
+``SETTINGS`` may also be given as ``--settings FILE`` or ``$DJMASTER_SETTINGS``.
 Subcommands register themselves in :data:`SUBCOMMANDS` (name -> setup function).
 
 Exit codes (:class:`~circus_djmaster.contracts.exit_codes.CliExit`, shared with
-``djmaster``): 0 success, 2 bad settings or bad command line, 1 when a file cannot be
-written or ``init`` would overwrite one.
+``djmaster``): 0 success, 2 bad settings or bad command line, 1 when a file or folder
+cannot be written or ``init`` would overwrite one.
 """
 
 from __future__ import annotations
@@ -22,6 +26,13 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from circus_djmaster.cli.options import (
+    add_completion_command,
+    add_settings_option,
+    add_version_option,
+    settings_path,
+)
+from circus_djmaster.config.kinds import format_duration, is_loopback
 from circus_djmaster.config.settings import Settings, load_settings
 from circus_djmaster.contracts.exit_codes import CliExit
 from circus_djmaster.exceptions import DjmasterError, Problem, SettingsError
@@ -35,7 +46,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _setup_render(parser: argparse.ArgumentParser) -> Handler:
-    parser.add_argument("settings", metavar="SETTINGS", help="the djmaster.toml settings file")
+    add_settings_option(parser, positional=True)
     parser.add_argument(
         "-o",
         "--output",
@@ -55,9 +66,11 @@ def _render(args: argparse.Namespace) -> int:
     # Imported here so that other subcommands do not pay for jinja2.
     from circus_djmaster.config.render import render_ini
 
-    settings = load_settings(args.settings)
+    settings = load_settings(settings_path(args))
     text = render_ini(settings, python=args.python)
-    _warn_missing_dirs(settings)
+    failed = make_output_folders(settings)
+    if failed:
+        return CliExit.FAILED
     if args.output is None:
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -66,15 +79,33 @@ def _render(args: argparse.Namespace) -> int:
     return CliExit.OK
 
 
-def _warn_missing_dirs(settings: Settings) -> None:
-    # circusd opens a watcher's FileStream when it loads the ini; if the folder is
-    # missing it drops the watcher with only a warning and no job would ever run.
-    if settings.log_file is not None and not settings.log_file.parent.is_dir():
-        print(
-            f"djmaster-config: warning: folder {settings.log_file.parent} of log_file does "
-            "not exist; create it before starting circusd",
-            file=sys.stderr,
-        )
+def make_output_folders(settings: Settings) -> list[str]:
+    """Make the folders circusd, the master and the workers write into (log_file,
+    pid_file, circus' logoutput), and say so; returns the ones that could not be made,
+    each reported as ``FILE: KEY: cannot create folder F: reason``.
+
+    circusd opens a watcher's output file when it loads circus.ini; when the folder is
+    missing it drops the watcher with a mere warning in its own log, and no job of that
+    watcher ever runs: so the folders are made before circus.ini is written, or nothing
+    is written.
+    """
+    from circus_djmaster.config.render import output_folders
+
+    failed = []
+    for key, folder in output_folders(settings):
+        if folder.is_dir():
+            continue
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            failed.append(str(folder))
+            print(
+                f"{settings.path}: {key}: cannot create folder {folder}: {error.strerror or error}",
+                file=sys.stderr,
+            )
+            continue
+        print(f"djmaster-config: created folder {folder} (for {key})", file=sys.stderr)
+    return failed
 
 
 def write_atomic(path: Path, text: str, mode: int = OUTPUT_MODE) -> None:
@@ -128,10 +159,10 @@ def _init(args: argparse.Namespace) -> int:
 
     shown = Path(args.dir).expanduser()  # as the user wrote it, for the next steps
     folder = shown.absolute()
-    settings_path, ini_path = folder / FILENAME, folder / INI_FILENAME
+    toml_path, ini_path = folder / FILENAME, folder / INI_FILENAME
     if not args.force:
         # Both checked before either is written: init writes both files or neither.
-        existing = [p for p in (settings_path, ini_path) if p.exists() or p.is_symlink()]
+        existing = [p for p in (toml_path, ini_path) if p.exists() or p.is_symlink()]
         for path in existing:
             print(
                 f"djmaster-config: {path} already exists; not overwriting it (--force overwrites)",
@@ -142,15 +173,16 @@ def _init(args: argparse.Namespace) -> int:
     text = annotated_toml()
     # Rendered before anything is written: a folder circus.ini cannot name (a space
     # in its path, say) fails here and leaves nothing behind.
-    settings = template_settings(settings_path, text)
+    settings = template_settings(toml_path, text)
     ini = render_ini(settings, python=args.python)
     folder.mkdir(parents=True, exist_ok=True)
-    _make_log_folder(settings)
-    write_atomic(settings_path, text)
+    if make_output_folders(settings):
+        return CliExit.FAILED
+    write_atomic(toml_path, text)
     write_atomic(ini_path, ini)
     toml_arg = shlex.quote(str(shown / FILENAME))
     ini_arg = shlex.quote(str(shown / INI_FILENAME))
-    print(f"wrote {settings_path}  (settings: every option, its default and what it does)")
+    print(f"wrote {toml_path}  (settings: every option, its default and what it does)")
     print(f"wrote {ini_path}  (rendered from it)")
     print(
         f"""
@@ -170,18 +202,11 @@ Next steps:
     return CliExit.OK
 
 
-def _make_log_folder(settings: Settings) -> None:
-    # The template leaves log_file commented out; should it ever set one, create its
-    # folder, or circusd would drop every watcher writing there (see _warn_missing_dirs).
-    if settings.log_file is not None:
-        settings.log_file.parent.mkdir(parents=True, exist_ok=True)
-
-
 # ------------------------------------------------------------------ check
 
 
 def _setup_check(parser: argparse.ArgumentParser) -> Handler:
-    parser.add_argument("settings", metavar="SETTINGS", help="the djmaster.toml settings file")
+    add_settings_option(parser, positional=True)
     parser.add_argument(
         "--python",
         metavar="PATH",
@@ -195,7 +220,7 @@ def _check(args: argparse.Namespace) -> int:
     from circus_djmaster.contracts.watchers import watcher_name
 
     try:
-        settings = load_settings(args.settings)
+        settings = load_settings(settings_path(args))
     except SettingsError as error:
         # The render-time checks need a loaded file; these are all the loader found.
         return _report_problems(error)
@@ -229,7 +254,26 @@ def _check(args: argparse.Namespace) -> int:
         print(f"  recurring: {len(settings.recurring)}")
         for entry in settings.recurring:
             print(f"    {entry.name}: {entry.schedule} -> {entry.callable} @{entry.database}")
+    longest = _longest_stop(settings)
+    stop_timeout = settings.circus.stop_timeout
+    declared = (
+        f"stop_timeout {format_duration(stop_timeout)}"
+        if stop_timeout is not None
+        else "declare your service manager's as [circus] stop_timeout"
+    )
+    print(
+        f"  stopping: up to {format_duration(longest)} (graceful_timeout: max_run_time "
+        f"+ 10s; {declared})"
+    )
     return CliExit.OK
+
+
+def _longest_stop(settings: Settings) -> float:
+    """The longest graceful_timeout of the rendered watchers: how long a graceful stop
+    of circusd may take."""
+    from circus_djmaster.config.render import graceful_timeout
+
+    return float(max(graceful_timeout(group) for group in settings.workers))
 
 
 def _render_problems(settings: Settings, python: str) -> None:
@@ -270,10 +314,32 @@ def _check_warnings(settings: Settings) -> list[str]:
                     f"{settings.path}: {problem.key}: {problem.reason} (needed by "
                     "djmaster migrate and circusd, not by check)"
                 )
-    if settings.log_file is not None and not settings.log_file.parent.is_dir():
+    from circus_djmaster.config.render import graceful_timeout, output_folders
+
+    for key, folder in output_folders(settings):
+        if not folder.is_dir():
+            warnings.append(
+                f"{settings.path}: {key}: folder {folder} does not exist; "
+                "`djmaster-config render` creates it (circusd drops a watcher whose "
+                "output folder is missing)"
+            )
+    stop_timeout = settings.circus.stop_timeout
+    if stop_timeout is not None:
+        for group in settings.workers:
+            graceful = graceful_timeout(group)
+            if graceful > stop_timeout:
+                warnings.append(
+                    f"{settings.path}: workers[{group.index}].max_run_time: graceful_timeout "
+                    f"{format_duration(graceful)} (max_run_time + 10s) is longer than "
+                    f"circus.stop_timeout {format_duration(stop_timeout)}: a graceful stop "
+                    "is cut short and running jobs are killed (lower max_run_time, or give "
+                    "the service manager more time; docs/deployment.md)"
+                )
+    metrics = settings.metrics
+    if metrics is not None and not is_loopback(metrics.host):
         warnings.append(
-            f"{settings.path}: log_file: folder {settings.log_file.parent} does not exist; "
-            "create it before starting circusd"
+            f"{settings.path}: metrics.host: {metrics.host} is not loopback: the metrics "
+            "endpoint (no authentication) is reachable from other machines"
         )
     return warnings
 
@@ -294,14 +360,20 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Handler]]]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``djmaster-config``."""
     parser = argparse.ArgumentParser(
         prog="djmaster-config",
         description="Write the files circusd needs from a circus-djmaster settings file.",
+        epilog="Exit codes: 0 done, 1 a file or folder cannot be written, 2 bad command line "
+        "or settings.",
     )
+    add_version_option(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (help_text, setup) in SUBCOMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(handler=setup(sub))
+    completion = add_completion_command(commands, build_parser)
+    completion.set_defaults(handler=completion.get_default("func"))
     return parser
 
 

@@ -1,4 +1,11 @@
-"""``djmaster``: run a worker, migrate databases, enqueue jobs from the shell."""
+"""``djmaster``: run a worker, migrate databases, enqueue jobs from the shell; the
+status, jobs and wait commands (admin.py), the embedded PostgreSQL (devdb.py), the demo
+and shell completion.
+
+Exit codes: :class:`~circus_djmaster.contracts.exit_codes.CliExit` (shared with
+``djmaster-config``), except ``djmaster worker``'s own
+(:class:`~circus_djmaster.contracts.exit_codes.WorkerExit`).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +21,14 @@ import psycopg
 
 from circus_djmaster.api.context import DATABASE_URL_ENV
 from circus_djmaster.api.jobs import DEFAULT_QUEUE, JobCall, enqueue, enqueue_many
+from circus_djmaster.cli.options import (
+    SETTINGS_ENV,
+    add_completion_command,
+    add_settings_option,
+    add_version_option,
+    duration,
+    optional_settings_path,
+)
 from circus_djmaster.config.kinds import parse_duration
 from circus_djmaster.config.settings import load_settings
 from circus_djmaster.contracts.exit_codes import CliExit
@@ -25,6 +40,7 @@ __all__ = ["build_parser", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``djmaster``: exits with the command's code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
@@ -33,16 +49,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.exit(args.func(args))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, every_command: bool = False) -> argparse.ArgumentParser:
+    """The parser of ``djmaster``. The commands a worker never needs (status, jobs,
+    wait, devdb, demo, completion) are left out when this process is ``djmaster
+    worker`` (their imports would slow every worker's start), unless ``every_command``."""
     parser = argparse.ArgumentParser(
-        prog="djmaster", description="Postgres-backed delayed jobs run under circus."
+        prog="djmaster",
+        description="Postgres-backed delayed jobs run under circus.",
+        epilog=f"--settings may be given before or after the command, or as ${SETTINGS_ENV}. "
+        "Exit codes: 0 done, 1 failed (or --check found a problem), 2 bad command line or "
+        "settings.",
     )
+    add_version_option(parser)
+    add_settings_option(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     worker = sub.add_parser("worker", help="run one worker process (what a circus watcher runs)")
     worker.add_argument("--settings", required=True, help="the djmaster.toml file")
     worker.add_argument("--group", required=True, help="the worker group's name")
     worker.add_argument("--database", required=True, help="the database's name")
+    worker.add_argument(
+        "--wid", type=int, help="circus' wid of this process (circus.ini gives $(circus.wid))"
+    )
     worker.set_defaults(func=cmd_worker)
 
     migrate = sub.add_parser("migrate", help="create or update the delayed_jobs table")
@@ -63,12 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     enq.add_argument("--priority", type=int, help="priority (lower runs first)")
     when = enq.add_mutually_exclusive_group()
     when.add_argument("--run-at", help="ISO 8601 time with a UTC offset")
-    when.add_argument("--in", dest="delay", help='delay from now, e.g. "30s", "5m"')
+    when.add_argument(
+        "--in", dest="delay", type=duration, help='delay from now, e.g. "30s", "5m", "1h30m"'
+    )
     enq.add_argument("--json-lines", metavar="FILE", help="read jobs from FILE (- for stdin)")
     _add_database_options(enq, all_by_default=False)
     enq.set_defaults(func=cmd_enqueue)
 
-    if "worker" not in sys.argv[1:2]:
+    if every_command or "worker" not in sys.argv[1:2]:
         # A worker needs none of these: skipping their imports (jinja2, circus' client)
         # shortens the start of every worker process, i.e. the scale-from-zero latency.
         from circus_djmaster.cli import admin as cli_admin
@@ -78,11 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
         cli_admin.add_commands(sub)
         cli_devdb.add_commands(sub)
         demo.add_command(sub)
+        add_completion_command(sub, lambda: build_parser(every_command=True))
     return parser
 
 
 def _add_database_options(parser: argparse.ArgumentParser, *, all_by_default: bool) -> None:
-    parser.add_argument("--settings", help="the djmaster.toml file naming the databases")
+    add_settings_option(parser)
     parser.add_argument(
         "--database",
         help="a database name from the settings"
@@ -96,11 +127,14 @@ def _add_database_options(parser: argparse.ArgumentParser, *, all_by_default: bo
 
 
 def _database_urls(args: argparse.Namespace, *, all_by_default: bool) -> list[tuple[str, str]]:
-    """(name, url) pairs chosen by --settings/--database or --database-url."""
-    if args.settings:
-        if args.database_url:
-            raise DjmasterError("give --settings or --database-url, not both")
-        settings = load_settings(args.settings)
+    """(name, url) pairs chosen by --settings/--database or --database-url; without
+    either, by $DJMASTER_SETTINGS, else $DJMASTER_DATABASE_URL."""
+    given = getattr(args, "settings", None)
+    if given and args.database_url:
+        raise DjmasterError("give --settings or --database-url, not both")
+    path = None if args.database_url else optional_settings_path(args)
+    if path:
+        settings = load_settings(path)
         if args.database:
             databases = [settings.database(args.database)]
         elif all_by_default:
@@ -113,7 +147,8 @@ def _database_urls(args: argparse.Namespace, *, all_by_default: bool) -> list[tu
     url = args.database_url or os.environ.get(DATABASE_URL_ENV)
     if not url:
         raise DjmasterError(
-            f"no database: give --settings, --database-url or set {DATABASE_URL_ENV}"
+            f"no database: give --settings, --database-url or set {SETTINGS_ENV} or "
+            f"{DATABASE_URL_ENV}"
         )
     return [("(url)", url)]
 
@@ -121,7 +156,7 @@ def _database_urls(args: argparse.Namespace, *, all_by_default: bool) -> list[tu
 def cmd_worker(args: argparse.Namespace) -> int:
     from circus_djmaster.worker.main import run
 
-    return run(args.settings, args.group, args.database)
+    return run(args.settings, args.group, args.database, args.wid)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -157,7 +192,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         job_args = _json_arg("--args", args.args, list)
         job_kwargs = _json_arg("--kwargs", args.kwargs, dict)
         run_at = _parse_run_at(args.run_at) if args.run_at else None
-        delay = parse_duration(args.delay) if args.delay else None
+        delay = args.delay
         job_id = enqueue(
             args.callable,
             job_args,

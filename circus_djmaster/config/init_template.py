@@ -71,11 +71,13 @@ EXAMPLES: Mapping[tuple[str, str], str] = {
     ("recurring", "every"): '"5m"',
     ("recurring", "kwargs"): '{ to = "ops@example.com" }',
     ("recurring", "database"): '"primary"',
+    ("circus", "stop_timeout"): '"90s"',
+    ("metrics", "port"): "9188",
 }
 
 #: Sections in the order they are written; a declared section missing here comes last.
 #: TOML needs the top-level keys before any table.
-ORDER = ("", "databases", "workers", "callbacks", "circus")
+ORDER = ("", "databases", "workers", "callbacks", "circus", "metrics")
 
 _HEADER = """\
 # djmaster.toml: settings of circus-djmaster (written by `djmaster-config init`).
@@ -150,7 +152,10 @@ def _section_block(section: Section) -> list[str]:
     if section.name == "recurring":
         return _recurring(section)
     lines = ["", *_comment(section.doc)]
-    if section.name:
+    if section.optional:
+        # Present, the table turns its feature on: leave it to the user to uncomment.
+        lines.append(f"# {section.header}  # uncomment with the lines below to turn it on")
+    elif section.name:
         lines.append(section.header)
     if section.name == "databases":
         return lines + _databases()

@@ -8,6 +8,7 @@ Messages show the offending value, except for URLs, which may hold a password.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
@@ -25,12 +26,14 @@ __all__ = [
     "CALLABLE",
     "CRON",
     "ENDPOINT",
+    "HOST",
     "LOGOUTPUT",
     "MODULE",
     "MODULES",
     "NAME",
     "NAME_PATTERN",
     "PATH",
+    "PORT",
     "SIZE",
     "STRING",
     "STRINGS",
@@ -44,6 +47,7 @@ __all__ = [
     "format_duration",
     "format_size",
     "integer",
+    "is_loopback",
     "parse_duration",
     "parse_size",
     "toml_type",
@@ -195,7 +199,7 @@ class Kind:
     to_toml: Callable[[Any], str] = describe
 
 
-def integer(*, minimum: int | None = None) -> Kind:
+def integer(*, minimum: int | None = None, maximum: int | None = None) -> Kind:
     def parse(value: Any, _base: Path) -> int:
         # Strings are accepted so that "${PROCESSES:-2}" works.
         if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
@@ -204,9 +208,17 @@ def integer(*, minimum: int | None = None) -> Kind:
             raise _type_error("an integer", value)
         if minimum is not None and value < minimum:
             raise ValueError(f"{value} is too small (minimum {minimum})")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"{value} is too large (maximum {maximum})")
         return value
 
-    return Kind("integer" if minimum is None else f"integer ≥ {minimum}", parse)
+    if minimum is not None and maximum is not None:
+        name = f"integer {minimum} to {maximum}"
+    elif minimum is not None:
+        name = f"integer ≥ {minimum}"
+    else:
+        name = "integer"
+    return Kind(name, parse)
 
 
 #: ``read_ahead = "auto"`` (the default): the worker sizes each reserve itself.
@@ -333,6 +345,33 @@ def _endpoint(value: Any, _base: Path) -> str:
     return text
 
 
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
+
+
+def _host(value: Any, _base: Path) -> str:
+    text = _string(value).strip()
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        if not _HOSTNAME.fullmatch(text):
+            raise ValueError(
+                f"{describe(value)} is not an IP address or a host name "
+                '(examples: "127.0.0.1", "::1", "0.0.0.0", "localhost")'
+            ) from None
+    return text
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _name(value: Any, _base: Path) -> str:
     text = _string(value)
     if not NAME_PATTERN.fullmatch(text):
@@ -434,3 +473,5 @@ TIMEZONE = Kind("time zone", _timezone)
 ARRAY = Kind("array", _array)
 TABLE = Kind("table", _table, lambda value: "{...}")
 MODULES = Kind("array of modules", _modules)
+HOST = Kind("host", _host)
+PORT = integer(minimum=1, maximum=65535)

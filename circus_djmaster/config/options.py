@@ -18,11 +18,13 @@ from circus_djmaster.config.kinds import (
     CALLABLE,
     CRON,
     ENDPOINT,
+    HOST,
     LOGOUTPUT,
     MODULE,
     MODULES,
     NAME,
     PATH,
+    PORT,
     SIZE,
     STRING,
     STRINGS,
@@ -42,6 +44,9 @@ class Section:
     name: str  # "" for the top level
     header: str  # as written in the file
     doc: str
+    #: A table that turns a feature on by being there (``[metrics]``): absent, the
+    #: feature is off and its options' defaults do not apply.
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,14 @@ SECTIONS: tuple[Section, ...] = (
         "and master restarts. `name` and `callable` are required, and exactly one of "
         "`cron` and `every`. `djmaster recurring list` shows the next runs.",
     ),
+    Section(
+        "metrics",
+        "[metrics]",
+        "Prometheus metrics (`/metrics`, served by the master) when this table is "
+        "present; absent, no port is opened. Labels carry database, group and watcher "
+        "names, never a URL (docs/operations.md lists the metrics).",
+        optional=True,
+    ),
 )
 
 _COUNT = integer(minimum=1)
@@ -140,6 +153,10 @@ OPTIONS: tuple[Option, ...] = (
            default_doc="unset (stderr)"),
     Option("", "log_level", choice("debug", "info", "warning", "error"),
            "level of the log file", default="info"),
+    Option("", "log_format", choice("text", "json"), 'log lines as text, or `"json"`: '
+           "one JSON object per line (time, level, logger, pid, message and the line's "
+           "fields: job id, queue, callable, attempt, duration, outcome, watcher…) for a "
+           "log collector", default="text"),
     Option("", "database_timeout", _POSITIVE, "bound on every database round trip of "
            "workers and the master: the server's `statement_timeout`, and a deadline a "
            "few seconds longer on the client for a server that stops answering (the "
@@ -221,6 +238,16 @@ OPTIONS: tuple[Option, ...] = (
            "ran, enqueue the last of them once (false: skip them)", default=False),
     Option("recurring", "database", NAME, "the database (of `[databases]`) the jobs go "
            "to", default_doc="the first database"),
+    Option("circus", "stop_timeout", _POSITIVE, "how long your service manager waits "
+           "for circusd to stop before it kills everything (systemd's `TimeoutStopSec`, "
+           "Docker's stop grace period): `djmaster-config check` warns when a group's "
+           "`graceful_timeout` (`max_run_time` + 10s) is longer",
+           default_doc="unset (no check)"),
+    Option("metrics", "port", PORT, "TCP port of the metrics endpoint (required in "
+           "`[metrics]`)"),
+    Option("metrics", "host", HOST, "address the metrics endpoint listens on; any "
+           "other than loopback opens it to other machines (no authentication: `check` "
+           "warns)", default="127.0.0.1"),
 )  # fmt: skip
 
 

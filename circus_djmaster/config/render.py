@@ -43,7 +43,7 @@ from circus_djmaster.contracts.watchers import (
 )
 from circus_djmaster.exceptions import Problem, RenderError, SettingsError
 
-__all__ = ["graceful_timeout", "render_ini", "watcher_index"]
+__all__ = ["graceful_timeout", "output_folders", "render_ini", "watcher_index", "workers_output"]
 
 TEMPLATE = "circus.ini.j2"
 
@@ -56,6 +56,9 @@ PLUGIN_GRACEFUL_TIMEOUT = 10
 #: circus starts watchers from the highest priority down; the plugin watcher has
 #: circus' plugin default, 1, so it is up before the workers it scales.
 WORKER_PRIORITY = 0
+#: circus substitutes each process' wid here (circus.process.Process.format_args): the
+#: worker shows it in its title and log lines (distinct among a watcher's live processes).
+WID_ARGUMENT = "$(circus.wid)"
 
 # What circus substitutes in option values (circus.util._CIRCUS_VAR), and $WID in cmd.
 _CIRCUS_SUBSTITUTION = re.compile(r"\$\(circus\.|\(\(circus\.|\$WID", re.IGNORECASE)
@@ -85,6 +88,46 @@ def graceful_timeout(group: WorkerGroup) -> int:
     """Seconds circus waits after ``stop_signal`` before SIGKILL: a graceful stop lets
     the current jobs finish, and a job may run up to ``max_run_time``."""
     return math.ceil(group.max_run_time) + GRACE_MARGIN
+
+
+def workers_output(settings: Settings) -> Path | None:
+    """Where circusd writes the workers' stdout and stderr: ``log_file``, or, when it
+    is unset, ``<settings stem>-workers.log`` next to the settings file (so that the
+    workers' lines never mix with circusd's own output).
+
+    None when ``log_file`` names something that is not a regular file (a pipe or a
+    terminal: ``/proc/1/fd/1`` in a container): circus' file streams cannot open it (they
+    need a seekable file), so the workers keep circusd's own stdout and stderr, which
+    is then that same output.
+    """
+    if settings.log_file is not None:
+        log_file = settings.log_file
+        if log_file.exists() and not log_file.is_file():
+            return None
+        return log_file
+    return settings.path.with_name(f"{settings.path.stem}-workers.log")
+
+
+def output_folders(settings: Settings) -> list[tuple[str, Path]]:
+    """``(key, folder)`` of every folder that circusd, the master or the workers write
+    into when run on ``settings``: circusd drops a watcher whose output file it cannot
+    open (with a mere warning in its own log), so ``djmaster-config render`` makes them
+    first. In the order of the keys; a folder named by two keys is listed once."""
+    files = [
+        ("log_file", settings.log_file),
+        ("pid_file", settings.pid_file),
+        (
+            "circus.logoutput",
+            None if settings.circus.logoutput == "-" else Path(settings.circus.logoutput),
+        ),
+    ]
+    seen: set[Path] = set()
+    folders = []
+    for key, path in files:
+        if path is not None and path.parent not in seen:
+            seen.add(path.parent)
+            folders.append((key, path.parent))
+    return folders
 
 
 # ------------------------------------------------------------------ rendering
@@ -120,7 +163,8 @@ def render_ini(settings: Settings, *, python: str = sys.executable) -> str:
     _check_settings(settings)
     interpreter = _interpreter(python)
     settings_path = str(settings.path)
-    output_file = str(settings.log_file) if settings.log_file is not None else None
+    output = workers_output(settings)
+    output_file = None if output is None else str(output)
     watchers = [
         _Watcher(
             name=watcher_name(group.name, database.name),
@@ -138,6 +182,8 @@ def render_ini(settings: Settings, *, python: str = sys.executable) -> str:
                     group.name,
                     "--database",
                     database.name,
+                    "--wid",
+                    WID_ARGUMENT,
                 ]
             ),
             working_dir=str(settings.working_directory),

@@ -45,6 +45,7 @@ __all__ = [
     "LOCK_MARGIN",
     "CircusSettings",
     "Database",
+    "MetricsSettings",
     "RecurringJob",
     "Settings",
     "WorkerGroup",
@@ -151,6 +152,15 @@ class CircusSettings:
     stats_endpoint: str
     check_delay: float
     logoutput: str  # "-" (stdout) or an absolute path
+    stop_timeout: float | None  # seconds the service manager gives circusd to stop
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """``[metrics]``: where the master serves Prometheus metrics."""
+
+    port: int
+    host: str
 
 
 @dataclass(frozen=True)
@@ -162,6 +172,7 @@ class Settings:
     pid_file: Path | None
     log_file: Path | None
     log_level: str
+    log_format: str  # "text" or "json"
     database_timeout: float
     listen: bool
     app: str | None
@@ -172,6 +183,7 @@ class Settings:
     circus: CircusSettings
     #: ``[[recurring]]`` entries, each with its ``database`` resolved.
     recurring: tuple[RecurringJob, ...] = ()
+    metrics: MetricsSettings | None = None  # None: no [metrics] table, no endpoint
 
     def group(self, name: str) -> WorkerGroup:
         for group in self.workers:
@@ -387,6 +399,18 @@ class _Reader:
                 self.problem(prefix, str(error))
         return entries
 
+    def metrics(self, data: Mapping[str, Any], context: _Context) -> MetricsSettings | None:
+        raw = self.subtable(data, "metrics")
+        if raw is None:
+            return None
+        values = self.table(raw, "metrics", "metrics", context)
+        if "port" not in raw:
+            self.problem("metrics.port", "required when [metrics] is present")
+            return None
+        if _INVALID in values.values():
+            return None
+        return MetricsSettings(**values)
+
     def check_circus(self, values: dict[str, Any]) -> None:
         # circusd cannot bind two sockets to one address; say so before it fails.
         seen: dict[str, str] = {}
@@ -415,6 +439,7 @@ def parse_settings(
     circus = reader.table(reader.subtable(data, "circus") or {}, "circus", "circus", context)
     reader.check_circus(circus)
     recurring = reader.recurring(data, databases)
+    metrics = reader.metrics(data, context)
     if reader.problems:
         raise SettingsError(path, reader.problems)
     return Settings(
@@ -426,6 +451,7 @@ def parse_settings(
         workers=tuple(workers),
         circus=CircusSettings(**circus),
         recurring=tuple(recurring),
+        metrics=metrics,
         **top,
     )
 

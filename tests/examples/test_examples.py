@@ -213,7 +213,7 @@ def test_basic_example_runs_as_its_readme_says(run_example: Callable[[str], Exam
     assert "group mail (mail)  watcher djmaster-mail-primary: active, 0/2 workers" in final
     assert "group reports (reports)  watcher djmaster-reports-primary: active, 0/1 workers" in final
     assert final.count("ready 0  running 0  scheduled 0  failed 0") == 2, example.describe()
-    assert "pid " not in final, example.describe()
+    assert "\n    pid " not in final, example.describe()  # no worker left
     assert final.rstrip().endswith("ok"), example.describe()  # circusctl quit
     # Every job ran once.
     log = example.log()
@@ -239,7 +239,7 @@ def test_django_example_runs_as_its_readme_says(run_example: Callable[[str], Exa
     assert "lamp" not in final, example.describe()
     assert "group orders (orders)  watcher djmaster-orders-primary: active, 0/1 workers" in final
     assert "ready 0  running 0  scheduled 0  failed 0" in final, example.describe()
-    assert "pid " not in final, example.describe()
+    assert "\n    pid " not in final, example.describe()  # no worker left
     assert final.rstrip().endswith("ok"), example.describe()  # circusctl quit
     log = example.log()
     assert log.count(" confirmed") == 1 and f"order {order_id} confirmed" in log, log

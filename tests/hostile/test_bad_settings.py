@@ -147,6 +147,24 @@ BAD_VALUES: dict[str, list[Bad]] = {
         ('"tcp://127.0.0.1:5555 x"', "is not tcp://HOST:PORT or ipc://PATH"),
         ("5555", "expected a string, got integer 5555"),
     ],
+    "one of text, json": [
+        ('"xml"', '"xml" is not one of text, json'),
+        ("1", "expected a string, got integer 1"),
+        _UNSET_VARIABLE,
+    ],
+    "integer 1 to 65535": [
+        ("0", "0 is too small (minimum 1)"),
+        ("65536", "65536 is too large (maximum 65535)"),
+        ('"http"', 'expected an integer, got string "http"'),
+        _UNSET_VARIABLE,
+    ],
+    "host": [
+        ('"127.0.0.1:9188"', "is not an IP address or a host name"),
+        ('"http://localhost"', "is not an IP address or a host name"),
+        ('"a b"', "is not an IP address or a host name"),
+        ('""', "must not be empty"),
+        ("127", "expected a string, got integer 127"),
+    ],
     '"-" or path': [
         ("false", "expected a string, got boolean false"),
         ('""', "must not be empty"),
@@ -215,6 +233,8 @@ def settings_text(option: Option, literal: str) -> str:
             entry.pop("cron")
         entry[option.name] = literal
         return "[[workers]]\n[[recurring]]\n" + "".join(f"{k} = {v}\n" for k, v in entry.items())
+    if option.section == "metrics" and option.name != "port":
+        line = "port = 9188\n" + line  # [metrics] needs its port
     return f"[[workers]]\n[{option.section}]\n" + line
 
 

@@ -205,7 +205,7 @@ def test_no_password_in_any_command_line_or_process_title(env: Secure) -> None:
     secrets = (GOOD_PASSWORD, WRONG_PASSWORD, MALFORMED_PASSWORD)
     lines = all_command_lines()
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
-    assert "delayed_job: worker[0] (q1) @primary [BUSY]" in lines[worker]
+    assert "delayed_job: worker[0] (q1) @primary #1 [BUSY]" in lines[worker]  # #1: its wid
     master = env.run.plugin_pid()
     assert master is not None
     assert lines[master].startswith(f"djmaster: master ({env.run.settings.path})")

@@ -182,18 +182,21 @@ def start_circus(
     wrap: Callable[[list[str]], list[str]] = list,
     where: str = "",
     python: Path | None = None,
+    render: bool = True,
 ) -> CircusRun:
     """Render ``circus.ini`` next to ``settings_path`` and run circusd on it.
 
     ``wrap`` turns circusd's command line into the one to run (e.g. inside a network
     namespace, tests/support/netns.py); ``where`` names that place in messages.
     ``python``: another interpreter (of a venv with circus-djmaster's dependencies) to
-    run circusd, the master and the workers with; this one by default.
+    run circusd, the master and the workers with; this one by default. ``render=False``
+    runs the ``circus.ini`` already there (rendered by the test, e.g. with the CLI).
     """
     settings = load_settings(settings_path)
     ini = settings_path.with_name("circus.ini")
     interpreter = python or Path(sys.executable)
-    ini.write_text(render_ini(settings, python=str(interpreter)), encoding="utf-8")
+    if render:
+        ini.write_text(render_ini(settings, python=str(interpreter)), encoding="utf-8")
     circusd = CIRCUSD if python is None else python.with_name("circusd")
     process = subprocess.Popen(
         wrap([str(circusd), str(ini)]),

@@ -110,18 +110,20 @@ class MemoryCircus:
 
 
 class MemoryProcesses:
-    """Worker processes as the master reads them: the state each title shows (set by
-    the test), and the signals the master sent."""
+    """Worker processes as the master reads them: the state each title shows and their
+    RSS (set by the test; 50 MB unless said), and the signals the master sent."""
 
     def __init__(self) -> None:
         self.states: dict[int, WorkerState] = {}
+        self.rss: dict[int, int] = {}
         self.signals: list[tuple[int, signal.Signals]] = []
 
     def read(self, pid: int, *, retiring: bool) -> WorkerReading | None:
         state = self.states.get(pid)
         if state is None:
             return None
-        return WorkerReading(pid, state, rss=50 * 2**20, age=1.0, retiring=retiring)
+        rss = self.rss.get(pid, 50 * 2**20)
+        return WorkerReading(pid, state, rss=rss, age=1.0, retiring=retiring)
 
     def kill(self, pid: int, signum: int) -> None:
         if pid not in self.states:

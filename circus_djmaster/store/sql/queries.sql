@@ -245,9 +245,11 @@ SELECT 1;
 LISTEN delayed_jobs;
 
 -- name: stats_in_queues
--- Counts for `djmaster status`: ready, running (locked and fresh), scheduled, failed, and
--- the age in seconds of the oldest ready job. A full pass over the group's jobs: for
--- people, not for the master's hot path.
+-- Counts for `djmaster status`, `wait`, the demo and the metrics: ready, running (locked
+-- and fresh), scheduled (retries waiting for their back-off included), retrying (those
+-- retries: attempts made, due later), failed, the age in seconds of the oldest ready
+-- job and the seconds until the next retry is due. A full pass over the group's jobs:
+-- for people, not for the master's hot path.
 SELECT count(*) FILTER (WHERE failed_at IS NULL AND run_at <= now()
                           AND (locked_at IS NULL
                                OR locked_at < now() - make_interval(secs => %(lock_timeout)s)))
@@ -257,6 +259,13 @@ SELECT count(*) FILTER (WHERE failed_at IS NULL AND run_at <= now()
            AS running,
        count(*) FILTER (WHERE failed_at IS NULL AND run_at > now() AND locked_at IS NULL)
            AS scheduled,
+       count(*) FILTER (WHERE failed_at IS NULL AND run_at > now() AND locked_at IS NULL
+                          AND attempts > 0)
+           AS retrying,
+       extract(epoch FROM min(run_at) FILTER (
+           WHERE failed_at IS NULL AND run_at > now() AND locked_at IS NULL
+             AND attempts > 0) - now())::float8
+           AS next_retry_in,
        count(*) FILTER (WHERE failed_at IS NOT NULL) AS failed,
        extract(epoch FROM now() - min(run_at) FILTER (
            WHERE failed_at IS NULL AND run_at <= now()

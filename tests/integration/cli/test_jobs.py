@@ -151,3 +151,23 @@ def test_cancel_of_a_queue_keeps_jobs_for_the_keep_finished_of_the_group_serving
     rows = conn.execute("SELECT job_id, outcome FROM delayed_jobs_finished").fetchall()
     assert rows == [(kept, "cancelled")]
     assert conn.execute("SELECT count(*) FROM delayed_jobs").fetchone() == (0,)
+
+
+def test_settings_may_follow_the_action_or_come_from_the_environment(
+    tmp_path: Path, database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """`jobs list --settings X` failed with "--settings is required" (issue 14)."""
+    settings = write_settings(tmp_path)
+    (failed,) = make_failed(conn, database_url, 1)
+    after = djmaster(database_url, "jobs", "list", "--settings", str(settings))
+    assert after.returncode == 0, after.stderr
+    assert f"#{failed}" in after.stdout
+    result = subprocess.run(
+        [sys.executable, "-m", "circus_djmaster", "jobs", "retry", str(failed)],
+        env=worker_env(database_url, DJMASTER_SETTINGS=str(settings)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"retried 1 failed job(s): {failed}\n"

@@ -347,7 +347,8 @@ def test_cli_migrate_without_any_database_names_the_options() -> None:
     result = djmaster("migrate")
     assert result.returncode == CliExit.USAGE
     assert result.stderr == (
-        "djmaster: no database: give --settings, --database-url or set DJMASTER_DATABASE_URL\n"
+        "djmaster: no database: give --settings, --database-url or set DJMASTER_SETTINGS or "
+        "DJMASTER_DATABASE_URL\n"
     )
 
 

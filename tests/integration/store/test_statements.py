@@ -692,3 +692,29 @@ def test_reserving_a_job_is_a_hot_update(conn: Conn) -> None:
         (after,) = conn.execute(hot_updates).fetchone()
     assert len(reserved) == 3
     assert after - before == 3
+
+
+# ----------------------------------------------------------------------- group stats
+
+
+@pytest.mark.parametrize("job_filter", [ANY, JobFilter(("q",))])
+def test_group_stats_count_retries_waiting_for_their_back_off(
+    conn: Conn, job_filter: JobFilter
+) -> None:
+    insert(conn, queue="q")  # ready
+    insert(conn, queue="q", locked_by=OTHER, locked_ago=1)  # running
+    insert(conn, queue="q", run_in=600)  # scheduled, never tried
+    insert(conn, queue="q", run_in=6, attempts=1)  # a failed run's retry, due in 6 s
+    insert(conn, queue="q", run_in=90, attempts=3)  # another, later
+    insert(conn, queue="q", failed=True, attempts=25)  # failed for good
+    stats = execute(conn, statements.group_stats(job_filter, lock_timeout=HOUR))
+    assert (stats.ready, stats.running, stats.scheduled, stats.failed) == (1, 1, 3, 1)
+    assert stats.retrying == 2
+    assert stats.next_retry_in is not None and 4 < stats.next_retry_in <= 6
+    assert stats.oldest_ready_age is not None and stats.oldest_ready_age >= 0
+
+
+def test_group_stats_without_retries(conn: Conn) -> None:
+    insert(conn, queue="q", run_in=600)
+    stats = execute(conn, statements.group_stats(ANY, lock_timeout=HOUR))
+    assert (stats.scheduled, stats.retrying, stats.next_retry_in) == (1, 0, None)

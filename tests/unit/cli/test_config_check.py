@@ -160,14 +160,61 @@ def test_variable_with_a_default_is_no_warning(
     assert (code, err) == (0, "")
 
 
-def test_missing_log_folder_is_a_warning(
+def test_missing_output_folders_are_warnings(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = write(tmp_path, 'log_file = "log/djmaster.log"\n' + GOOD)
+    path = write(tmp_path, 'log_file = "log/djmaster.log"\npid_file = "pids/m.pid"\n' + GOOD)
     code, _, err = check(path, capsys)
     assert code == 0
     assert f"log_file: folder {tmp_path / 'log'} does not exist" in err
+    assert f"pid_file: folder {tmp_path / 'pids'} does not exist" in err
+    assert "`djmaster-config render` creates it" in err
+    assert not (tmp_path / "log").exists()  # check changes nothing
     (tmp_path / "log").mkdir()
+    (tmp_path / "pids").mkdir()
+    assert check(path, capsys)[2] == ""
+
+
+def test_check_says_how_long_a_graceful_stop_may_take(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = check(write(tmp_path, GOOD), capsys)
+    assert (code, err) == (0, "")
+    # max_run_time 4h by default: the service manager must wait that long.
+    assert "stopping: up to 4h10s (graceful_timeout: max_run_time + 10s; declare your " in out
+
+
+def test_a_graceful_timeout_longer_than_the_declared_stop_timeout_is_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """circus.ini's graceful_timeout is 4h by default, systemd's stop timeout 90s and
+    Docker's 10s: they kill everything first, and nothing said so (issue 14)."""
+    text = GOOD.replace('name = "mail"', 'name = "mail"\nmax_run_time = "60s"')
+    path = write(tmp_path, text + '\n[circus]\nstop_timeout = "90s"\n')
+    code, out, err = check(path, capsys)
+    assert code == 0
+    (warning,) = err.splitlines()
+    assert warning.startswith(f"djmaster-config: warning: {path}: workers[0].max_run_time: ")
+    assert (
+        "graceful_timeout 4h10s (max_run_time + 10s) is longer than circus.stop_timeout 1m30s"
+        in (warning)
+    )
+    assert "stop_timeout 1m30s" in out
+    fixed = text.replace(
+        'queues = ["default", "reports"]', 'queues = ["default"]\nmax_run_time = 80'
+    )
+    path = write(tmp_path, fixed + '\n[circus]\nstop_timeout = "90s"\n')
+    assert check(path, capsys)[2] == ""  # 80s + 10s fits in 90s
+
+
+def test_metrics_open_to_other_machines_are_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, GOOD + '\n[metrics]\nport = 9188\nhost = "0.0.0.0"\n')
+    code, _, err = check(path, capsys)
+    assert code == 0
+    assert "metrics.host: 0.0.0.0 is not loopback" in err
+    path = write(tmp_path, GOOD + "\n[metrics]\nport = 9188\n")
     assert check(path, capsys)[2] == ""
 
 

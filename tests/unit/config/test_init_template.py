@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import stat
@@ -24,6 +25,7 @@ from circus_djmaster.config.options import SECTIONS, options_in
 from circus_djmaster.config.settings import (
     DEFAULT_DATABASES,
     CircusSettings,
+    MetricsSettings,
     load_settings,
     parse_settings,
 )
@@ -32,12 +34,14 @@ from circus_djmaster.contracts.watchers import watcher_name
 REPO_ROOT = Path(__file__).resolve().parents[3]
 # "# key = value" (a default or an example), possibly followed by "  # note".
 _COMMENTED_SETTING = re.compile(r"^# ([A-Za-z_]+ = .*|\[\[recurring\]\])$", re.MULTILINE)
+# "# [metrics]  # uncomment ...": a table whose presence turns a feature on.
+_COMMENTED_TABLE = re.compile(r"^# (\[[a-z]+\])  # .*$", re.MULTILINE)
 
 
 def uncommented(text: str) -> str:
-    """The annotated file with every commented-out setting switched on (and the example
-    recurring entry, which is commented out whole)."""
-    return _COMMENTED_SETTING.sub(r"\1", text)
+    """The annotated file with every commented-out setting (and table, and the example
+    recurring entry, which is commented out whole) switched on."""
+    return _COMMENTED_TABLE.sub(r"\1", _COMMENTED_SETTING.sub(r"\1", text))
 
 
 def run_init(*args: str) -> int:
@@ -83,7 +87,9 @@ def test_template_parses_into_the_example(tmp_path: Path) -> None:
         stats_endpoint="tcp://127.0.0.1:5557",
         check_delay=5.0,
         logoutput="-",
+        stop_timeout=None,
     )
+    assert settings.metrics is None
 
 
 def test_template_loads_from_a_file(tmp_path: Path) -> None:
@@ -126,8 +132,11 @@ def test_commented_lines_show_the_defaults(tmp_path: Path) -> None:
     for option in options_in("workers"):
         if option.default is not None and option.name not in GROUPS[1]:
             assert getattr(mail, option.name) == option.default, option.name
-    assert settings.circus == template_settings(tmp_path / "djmaster.toml").circus
+    template = template_settings(tmp_path / "djmaster.toml")
+    assert settings.circus == dataclasses.replace(template.circus, stop_timeout=90.0)
     assert settings.log_file == tmp_path / "log" / "djmaster.log"
+    assert settings.circus.stop_timeout == 90.0
+    assert settings.metrics == MetricsSettings(port=9188, host="127.0.0.1")
     assert set(settings.callbacks) == {option.name for option in options_in("callbacks")}
     assert [d.name for d in settings.databases] == ["primary", "secondary"]
     (nightly,) = settings.recurring
@@ -154,6 +163,8 @@ def test_template_commented_defaults_look_like_the_seed() -> None:
     assert '\nmax_memory = "300MB"  # default: unset\n' in text
     assert '\n# before_fork = "myapp.hooks:before_fork"  # example\n' in text
     assert "\n[circus]\n" in text and "\n[callbacks]\n" in text
+    # Present, [metrics] opens a port: the template leaves it commented out.
+    assert "\n# [metrics]  # uncomment" in text and "\n[metrics]" not in text
 
 
 # --------------------------------------------------------------------- init

@@ -122,6 +122,8 @@ def test_rendered_ini_parses_with_circus_loader(tmp_path: Path, settings: Settin
             group,
             "--database",
             database,
+            "--wid",
+            "$(circus.wid)",
         ]
         assert watcher["working_dir"] == str(settings.working_directory)
         assert watcher["numprocesses"] == 0
@@ -138,9 +140,13 @@ def test_rendered_ini_parses_with_circus_loader(tmp_path: Path, settings: Settin
             "after_reap": [AFTER_REAP_HOOK, False],
             "before_spawn": [BEFORE_SPAWN_HOOK, False],
         }
-        # No log_file: no stream, the worker writes to circusd's stdout/stderr.
-        assert watcher["stdout_stream"] == {}
-        assert watcher["stderr_stream"] == {}
+        # No log_file: the workers' output goes to a file of their own, not circusd's.
+        workers_log = {
+            "class": "WatchedFileStream",
+            "filename": str(settings.path.with_name("djmaster-workers.log")),
+        }
+        assert watcher["stdout_stream"] == workers_log
+        assert watcher["stderr_stream"] == workers_log
 
     (plugin,) = config["plugins"]
     assert plugin["name"] == "plugin:djmaster"
@@ -174,7 +180,7 @@ def test_circus_builds_the_watchers(tmp_path: Path, secret_env: None) -> None:
     config = circus_config(tmp_path, render_ini(settings))
     for watcher_config in config["watchers"]:
         assert watcher_config["stdout_stream"] == {
-            "class": "FileStream",
+            "class": "WatchedFileStream",
             "filename": str(tmp_path / "log" / "djmaster.log"),
         }
         assert watcher_config["stderr_stream"] == watcher_config["stdout_stream"]
@@ -327,12 +333,45 @@ def test_cli_unsafe_path_exit_2(
     assert repr(str(path)) in capsys.readouterr().err
 
 
-def test_cli_warns_when_log_folder_is_missing(
+def test_cli_render_makes_the_folders_circusd_writes_into(
     tmp_path: Path, secret_env: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = write_settings(tmp_path, 'log_file = "nowhere/djmaster.log"\n' + TWO_BY_TWO)
+    """A log_file in a folder that did not exist made circusd drop every worker watcher
+    with a mere warning: no job ever ran (issue 14). render now makes it (and those of
+    pid_file and circus' logoutput) before circus.ini exists."""
+    text = (
+        'log_file = "nowhere/djmaster.log"\npid_file = "run/pids/master.pid"\n'
+        + TWO_BY_TWO
+        + '\n[circus]\nlogoutput = "circus-logs/circusd.log"\n'
+    )
+    path = write_settings(tmp_path, text)
     assert config_cli.main(["render", str(path), "-o", str(tmp_path / "circus.ini")]) == 0
-    assert "nowhere" in capsys.readouterr().err
+    for folder in ("nowhere", "run/pids", "circus-logs"):
+        assert (tmp_path / folder).is_dir(), folder
+    err = capsys.readouterr().err
+    assert f"created folder {tmp_path / 'nowhere'} (for log_file)" in err
+    assert f"created folder {tmp_path / 'circus-logs'} (for circus.logoutput)" in err
+    # circusd can now open every watcher's output file.
+    from circus.watcher import Watcher
+
+    for watcher_config in circus_config(tmp_path, (tmp_path / "circus.ini").read_text())[
+        "watchers"
+    ]:
+        watcher = Watcher.load_from_config(dict(watcher_config))
+        for stream in (watcher.stdout_stream, watcher.stderr_stream):
+            stream.close()
+
+
+def test_cli_render_refuses_when_a_folder_cannot_be_made(
+    tmp_path: Path, secret_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "afile").write_text("not a folder")
+    path = write_settings(tmp_path, 'log_file = "afile/log/djmaster.log"\n' + TWO_BY_TWO)
+    output = tmp_path / "circus.ini"
+    assert config_cli.main(["render", str(path), "-o", str(output)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}: log_file: cannot create folder {tmp_path / 'afile' / 'log'}: " in err
+    assert not output.exists()  # nothing circusd would run without its workers
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -365,3 +404,39 @@ def test_cli_requires_a_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         config_cli.main([])
     assert caught.value.code == 2
+
+
+def test_circus_gives_each_worker_its_wid(tmp_path: Path, secret_env: None) -> None:
+    """circus substitutes each process' wid into the args the ini gives (the worker's
+    title and log lines show it): read back and formatted by circus' own Process."""
+    from circus.process import Process
+
+    settings = load_settings(write_settings(tmp_path))
+    config = circus_config(tmp_path, render_ini(settings))
+    watcher = config["watchers"][0]
+    for wid in (1, 2, 7):
+        process = Process(watcher["name"], wid, watcher["cmd"], args=watcher["args"], spawn=False)
+        argv = process.format_args()
+        assert argv[-2:] == ["--wid", str(wid)]
+
+
+def test_without_log_file_workers_write_apart_from_circusd(
+    tmp_path: Path, secret_env: None
+) -> None:
+    """No log_file: the workers' output goes to <stem>-workers.log, not circusd's own."""
+    settings = load_settings(write_settings(tmp_path))
+    config = circus_config(tmp_path, render_ini(settings))
+    for watcher in config["watchers"]:
+        stream = {"class": "WatchedFileStream", "filename": str(tmp_path / "djmaster-workers.log")}
+        assert watcher["stdout_stream"] == stream
+        assert watcher["stderr_stream"] == stream
+
+
+def test_a_log_file_that_is_a_pipe_gets_no_circus_stream(tmp_path: Path, secret_env: None) -> None:
+    """``log_file = "/proc/1/fd/1"`` in a container: circus' file streams need a seekable
+    file (they open it "a+"), so the workers keep circusd's own output, the same pipe."""
+    fifo = tmp_path / "output"
+    os.mkfifo(fifo)
+    settings = load_settings(write_settings(tmp_path, f'log_file = "{fifo}"\n' + TWO_BY_TWO))
+    for watcher in circus_config(tmp_path, render_ini(settings))["watchers"]:
+        assert watcher["stdout_stream"] == {} and watcher["stderr_stream"] == {}

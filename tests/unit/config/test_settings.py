@@ -20,6 +20,7 @@ from circus_djmaster.config.settings import (
     LOCK_MARGIN,
     CircusSettings,
     Database,
+    MetricsSettings,
     Settings,
     WorkerGroup,
     load_settings,
@@ -143,6 +144,7 @@ def test_full_file_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         stats_endpoint="tcp://127.0.0.1:6557",
         check_delay=2.0,
         logoutput=str(tmp_path / "log" / "circus.log"),
+        stop_timeout=None,
     )
     assert settings.group("mail") is mail
     assert settings.database("secondary").url() == "postgresql://localhost/other"
@@ -187,6 +189,7 @@ def test_defaults(tmp_path: Path) -> None:
         stats_endpoint="tcp://127.0.0.1:5557",
         check_delay=5.0,
         logoutput="-",
+        stop_timeout=None,
     )
     assert settings.lock_timeout == 4 * 3600.0 + LOCK_MARGIN
 
@@ -341,6 +344,22 @@ def test_bad_database_url_error_does_not_echo_it(tmp_path: Path) -> None:
     assert "5432" not in str(error)
 
 
+def test_metrics_table_turns_the_endpoint_on(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, "[[workers]]\n")).metrics is None
+    settings = load_settings(write(tmp_path, "[[workers]]\n[metrics]\nport = 9188\n"))
+    assert settings.metrics == MetricsSettings(port=9188, host="127.0.0.1")
+    text = '[[workers]]\n[metrics]\nport = "9189"\nhost = "::1"\n'
+    assert load_settings(write(tmp_path, text)).metrics == MetricsSettings(9189, "::1")
+
+
+def test_log_format_and_stop_timeout(tmp_path: Path) -> None:
+    text = 'log_format = "JSON"\n[[workers]]\n[circus]\nstop_timeout = "1m30s"\n'
+    settings = load_settings(write(tmp_path, text))
+    assert (settings.log_format, settings.circus.stop_timeout) == ("json", 90.0)
+    defaults = load_settings(write(tmp_path, "[[workers]]\n"))
+    assert (defaults.log_format, defaults.circus.stop_timeout) == ("text", None)
+
+
 # ------------------------------------------------------------------ bad input
 
 W = "[[workers]]\n"
@@ -385,6 +404,14 @@ BAD = [
     (f'databases = "x"\n{W}', "databases", "expected a table ([databases]), got string"),
     (f"callbacks = []\n{W}", "callbacks", "expected a table ([callbacks]), got array"),
     (f"circus = 1\n{W}", "circus", "expected a table ([circus]), got integer"),
+    (f'log_format = "xml"\n{W}', "log_format", '"xml" is not one of text, json'),
+    (f'{C}stop_timeout = "soon"\n', "circus.stop_timeout", '"soon" is not a duration'),
+    (f"{W}[metrics]\n", "metrics.port", "required when [metrics] is present"),
+    (f"{W}[metrics]\nport = 0\n", "metrics.port", "0 is too small (minimum 1)"),
+    (f"{W}[metrics]\nport = 70000\n", "metrics.port", "70000 is too large (maximum 65535)"),
+    (f'{W}[metrics]\nport = 9188\nhost = "a b"\n', "metrics.host", "is not an IP address"),
+    (f"{W}[metrics]\nport = 9188\npath = 1\n", "metrics.path", "unknown key"),
+    (f"metrics = 1\n{W}", "metrics", "expected a table ([metrics]), got integer"),
 ]
 
 
@@ -575,6 +602,8 @@ def test_declarations_match_the_result_types() -> None:
     assert {option.name for option in options_in("workers")} == worker_fields
     circus_fields = {field.name for field in dataclasses.fields(CircusSettings)}
     assert {option.name for option in options_in("circus")} == circus_fields
+    metrics_fields = {field.name for field in dataclasses.fields(MetricsSettings)}
+    assert {option.name for option in options_in("metrics")} == metrics_fields
     assert all(option.doc and option.type for option in OPTIONS)
 
 

@@ -26,6 +26,7 @@ from circus_djmaster.contracts.locked_by import worker_locked_by
 from circus_djmaster.contracts.titles import WorkerState
 from circus_djmaster.contracts.watchers import PLUGIN_WATCHER, watcher_name
 from circus_djmaster.master.loop import Master
+from circus_djmaster.master.metrics import SELF_RETIRED, MetricsRecorder
 from circus_djmaster.master.state import LoopExit
 from tests.support.memory_circus import MemoryCircus, MemoryProcesses
 from tests.support.memory_store import AsyncMemoryConnection, MemoryStore
@@ -38,10 +39,11 @@ JOB = '{"callable": "tests.support.jobs:record", "args": ["k"], "kwargs": {}}'
 class Rig:
     """A master on memory fakes; ``run`` drives its loop until a condition holds."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, watchers: tuple[str, ...] = (WATCHER,)) -> None:
         self.store = MemoryStore()
         self.processes = MemoryProcesses()
-        self.circus = MemoryCircus([WATCHER], own_watcher=PLUGIN_WATCHER, own_pid=os.getpid())
+        self.metrics = RecordingMetrics()
+        self.circus = MemoryCircus(list(watchers), own_watcher=PLUGIN_WATCHER, own_pid=os.getpid())
         self.circus.on_spawn = self._spawned
         self.spawn_state = WorkerState.IDLE
 
@@ -55,6 +57,7 @@ class Rig:
             host=HOST,
             processes=self.processes,
             connect=connect,
+            metrics=self.metrics,
         )
 
     def run(self, *steps: tuple[Callable[[], bool], Callable[[], object]]) -> LoopExit:
@@ -83,6 +86,37 @@ class Rig:
     def observed(self, count: int) -> Callable[[], bool]:
         """Condition: ``count`` workers run and the master has seen them all."""
         return lambda: len(self.pids()) == count and set(self.pids()) <= set(self.master.book.known)
+
+
+class RecordingMetrics(MetricsRecorder):
+    """What the master told its metrics, as (method, arguments) in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[object, ...]]] = []
+
+    def told(self, name: str) -> list[tuple[object, ...]]:
+        return [args for method, args in self.calls if method == name]
+
+    def scaled_up(self, watcher: str, workers: int) -> None:
+        self.calls.append(("scaled_up", (watcher, workers)))
+
+    def retired(self, watcher: str, reason: str) -> None:
+        self.calls.append(("retired", (watcher, reason)))
+
+    def killed(self, watcher: str, reason: str) -> None:
+        self.calls.append(("killed", (watcher, reason)))
+
+    def crashed(self, watcher: str) -> None:
+        self.calls.append(("crashed", (watcher,)))
+
+    def config_error(self, watcher: str) -> None:
+        self.calls.append(("config_error", (watcher,)))
+
+    def released(self, database: str, outcome: str) -> None:
+        self.calls.append(("released", (database, outcome)))
+
+    def database_error(self, database: str) -> None:
+        self.calls.append(("database_error", (database,)))
 
 
 async def until(condition: Callable[[], bool], loop: asyncio.Task[LoopExit]) -> None:
@@ -261,3 +295,87 @@ def test_a_database_that_is_down_holds_its_watchers_as_they_are() -> None:
 
     rig.run((attempts, lambda: rig.master.record_signal(signal.SIGHUP)))
     assert rig.circus.calls == []  # its count is unknown: no worker started for nothing
+    assert ("primary",) in rig.metrics.told("database_error")
+
+
+# --------------------------------------------------------- what it reports
+
+
+def test_a_watcher_missing_from_circusd_is_reported_with_its_possible_causes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """circusd drops a watcher it cannot create (an output file it cannot open): the
+    master says so, not only "render circus.ini again" (issue 14)."""
+    rig = Rig(settings(), watchers=())
+    caplog.set_level(logging.INFO)
+    rig.run(
+        (
+            lambda: bool(events(caplog, "watcher_missing")),
+            lambda: rig.master.record_signal(signal.SIGHUP),
+        ),
+    )
+    (missing,) = events(caplog, "watcher_missing")
+    assert missing.levelname == "ERROR" and missing.watcher == WATCHER
+    message = missing.getMessage()
+    assert "circusd could not create it" in message
+    assert "circusd says why in its own log, its stdout" in message  # logoutput "-"
+    assert "older than /tmp/djmaster-test-loop.toml" in message
+    assert "djmaster-config render" in message
+
+
+def test_metrics_are_told_of_scale_ups_exits_and_releases() -> None:
+    rig = Rig(settings(max_threads=1))
+    rig.spawn_state = WorkerState.BUSY
+    job_id = rig.store.add(JOB, queue="mail")
+    rig.store.add(JOB, queue="mail")
+    pids: list[int] = []
+
+    def workers_end() -> None:
+        first, second = rig.pids()
+        pids.extend((first, second))
+        job = rig.store.jobs[job_id]
+        job.locked_by, job.locked_at = worker_locked_by(first, HOST), rig.store.now
+        for pid in (first, second):
+            rig.circus.vanish(pid)
+        rig.master.on_event(WATCHER, "reap", {"process_pid": first, "exit_code": -9})
+        rig.master.on_event(WATCHER, "reap", {"process_pid": second, "exit_code": 0})
+
+    rig.run(
+        (rig.observed(2), workers_end),
+        (
+            lambda: bool(rig.metrics.told("released")),
+            lambda: rig.master.record_signal(signal.SIGHUP),
+        ),
+    )
+    assert rig.metrics.told("scaled_up") == [(WATCHER, 2)]
+    assert rig.metrics.told("crashed") == [(WATCHER,)]
+    assert rig.metrics.told("retired") == [(WATCHER, SELF_RETIRED)]
+    assert rig.metrics.told("released") == [("primary", "isolated")]
+
+
+def test_metrics_count_a_retirement_the_master_asked_for_once() -> None:
+    rig = Rig(settings(max_memory="100MB", max_threads=1))
+    rig.spawn_state = WorkerState.IDLE
+    rig.store.add(JOB, queue="mail")
+    pids: list[int] = []
+
+    def grow() -> None:
+        (pid,) = rig.pids()
+        pids.append(pid)
+        rig.processes.rss[pid] = 200 * 2**20
+        rig.master._next_monitor = 0.0  # monitor at the next turn
+        rig.master.request_scaling()
+
+    def exits() -> None:
+        rig.circus.vanish(pids[0])
+        rig.master.on_event(WATCHER, "reap", {"process_pid": pids[0], "exit_code": 0})
+
+    rig.run(
+        (rig.observed(1), grow),
+        (lambda: (pids[0], signal.SIGTERM) in rig.processes.signals, exits),
+        (
+            lambda: pids[0] not in rig.master.book.known,
+            lambda: rig.master.record_signal(signal.SIGHUP),
+        ),
+    )
+    assert rig.metrics.told("retired") == [(WATCHER, "max_memory")]

@@ -143,6 +143,22 @@ def test_a_due_job_is_run_and_deleted() -> None:
     assert store.ran[0] == "reserve_jobs_in_queues"
 
 
+def test_a_finished_job_leaves_a_line_at_info_with_its_fields(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A worker that ran jobs said only "retiring: no job to do" (issue 14)."""
+    store = MemoryStore()
+    job_id = store.add(handler("ok", "a"), queue="q")
+    caplog.set_level(logging.INFO)
+    run_thread(store, lambda link: link.jobs_done == 1)
+    (done,) = events(caplog, "job_succeeded")
+    assert done.levelname == "INFO"
+    assert (done.job_id, done.queue, done.callable) == (job_id, "q", "tests.support.memory_jobs:ok")
+    assert (done.attempt, done.outcome, done.attempts) == (1, "SUCCEEDED", 1)
+    assert isinstance(done.duration, float) and done.duration >= 0
+    assert done.getMessage().startswith(f"job {job_id} tests.support.memory_jobs:ok (queue q")
+
+
 def test_completions_ride_on_the_next_reserve() -> None:
     store = MemoryStore()
     for key in "abc":
@@ -167,6 +183,8 @@ def test_a_job_that_raises_is_retried_after_attempts_to_the_fourth_plus_5_second
     assert (job.last_error or "").startswith("ValueError: boom x")
     (failed,) = events(caplog, "job_failed")
     assert (failed.job_id, failed.outcome, failed.attempts) == (job_id, "RETRY", 1)
+    assert (failed.queue, failed.attempt) == ("q", 1)
+    assert failed.callable == "tests.support.memory_jobs:boom" and failed.duration >= 0
 
 
 def test_a_job_at_its_own_last_attempt_fails_for_good(caplog: pytest.LogCaptureFixture) -> None:

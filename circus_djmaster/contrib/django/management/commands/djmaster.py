@@ -25,7 +25,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-SETTINGS_ENV = "DJMASTER_SETTINGS"
+from circus_djmaster.cli.options import SETTINGS_ENV
+
 CLI_COMMANDS = ("status", "jobs", "wait", "enqueue", "migrate")
 CONFIG_COMMANDS = ("render", "check")
 
