@@ -268,7 +268,11 @@ class Master(SignalHandling):
 
     async def _wait(self, at_least: float = 0.0) -> None:
         """Until something happened (or the next monitor tick); signals cut it short."""
-        timeout = max(0.0, at_least, self._next_monitor - time.monotonic())
+        wake_at = self._next_monitor
+        deadline = self.book.next_deadline()  # a vanished worker's release is due
+        if deadline is not None:
+            wake_at = min(wake_at, deadline)
+        timeout = max(0.0, at_least, wake_at - time.monotonic())
         if at_least:
             self._wake.clear()  # old wake-ups must not end a pause after a circus failure
             if self._signals:
@@ -451,10 +455,15 @@ class Master(SignalHandling):
     # --- dead workers ------------------------------------------------------------------
 
     def _release_vanished(self) -> None:
-        for pid, watcher in self.book.take_gone().items():
+        for pid in self.book.gone:
+            if pid not in self.book.exit_codes:
+                exit_code = self.processes.exit_code(pid)  # not reaped by circus yet
+                if exit_code is not None:
+                    self.book.reaped(pid, exit_code)
+        # A pid gone without an exit code waits a moment for circus' reap event
+        # (REAP_EVENT_WAIT): _on_reap releases a crashed one's jobs as soon as it comes.
+        for pid, watcher in self.book.take_gone(time.monotonic()).items():
             exit_code = self.book.exit_codes.get(pid)
-            if exit_code is None:  # not reaped by circus yet: ask the kernel
-                exit_code = self.processes.exit_code(pid)
             self._release_jobs(pid, watcher, self.book.death(pid, self.host, exit_code))
             self.book.buried(pid)
 

@@ -299,12 +299,35 @@ def test_status_watch_redraws_in_place_within_the_terminal_and_ctrl_c_exits_0(op
             assert lines[0].startswith("djmaster status  ")
             assert any(line.startswith("database primary") for line in lines)
         process.send_signal(signal.SIGINT)  # Ctrl-C
-        assert process.wait(timeout=DEADLINE) == 0
+        # Keep reading, as a terminal does: a full pty would block its last write, and
+        # what it prints on the way out (a traceback) is the diagnosis if it hangs.
+        after = b""
+        deadline = time.monotonic() + DEADLINE
+        while process.poll() is None and time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 0.2)
+            if ready:
+                try:
+                    after += os.read(leader, 65536)
+                except OSError:  # EIO: every copy of the pty's other end is closed
+                    break
+        state = _process_state(process.pid)
+        assert process.wait(timeout=DEADLINE) == 0, (after[-2000:], state)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
         os.close(leader)
+
+
+def _process_state(pid: int) -> str:
+    """What a process that should have ended is doing (for a failure message)."""
+    parts = []
+    for name in ("wchan", "stack"):
+        try:
+            parts.append(f"{name}: {Path(f'/proc/{pid}/{name}').read_text().strip()}")
+        except OSError as error:
+            parts.append(f"{name}: {error}")
+    return "; ".join(parts)
 
 
 def test_a_watcher_missing_from_circusd_is_named_with_its_causes_and_fails_status_check(
