@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from circus_djmaster.api.context import JobContext, current_job
+    from circus_djmaster.api.control import cancel
     from circus_djmaster.api.jobs import (
         Job,
         JobCall,
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
         enqueue_many,
         job,
     )
+    from circus_djmaster.api.recurring import recurring
 
 __all__ = [
     "Job",
@@ -34,13 +36,20 @@ __all__ = [
     "JobRecord",
     "aenqueue",
     "aenqueue_many",
+    "cancel",
     "current_job",
     "enqueue",
     "enqueue_many",
     "job",
+    "recurring",
 ]
 # Where each public name lives (loaded on first use).
-_HOMES = {"JobContext": ".api.context", "current_job": ".api.context"}
+_HOMES = {
+    "JobContext": ".api.context",
+    "current_job": ".api.context",
+    "cancel": ".api.control",
+    "recurring": ".api.recurring",
+}
 __version__ = "0.1.0.dev0"
 
 

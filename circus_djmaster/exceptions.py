@@ -19,6 +19,7 @@ __all__ = [
     "EmbeddedPostgresMissing",
     "EnqueueError",
     "HandlerError",
+    "JobCancelled",
     "JobTimeout",
     "PreloadError",
     "Problem",
@@ -40,6 +41,12 @@ class HandlerError(DjmasterError):
 
 class EnqueueError(DjmasterError):
     """A job cannot be enqueued (bad arguments, no database configured)."""
+
+
+class JobCancelled(DjmasterError):
+    """Raised by job code that stops because it was cancelled while running
+    (``current_job().raise_if_cancel_requested()``): the job is recorded as cancelled,
+    never retried."""
 
 
 class JobTimeout(BaseException):

@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import threading
+
+from circus_djmaster.exceptions import JobCancelled
 
 __all__ = [
     "DATABASE_URL_ENV",
@@ -40,6 +43,12 @@ class JobContext:
     ``attempts`` counts the runs that failed before this one (0 on the first run), as
     the ``attempts`` column does; ``database`` is the database's name in the settings
     (``[databases]``); ``group`` the worker group running it.
+
+    ``cancel_requested`` turns true when someone cancels the job while it runs
+    (``djmaster jobs cancel``, :func:`circus_djmaster.cancel`): the worker learns it
+    within about a second and never interrupts the job; the job decides where it can
+    stop, returning or raising (:meth:`raise_if_cancel_requested`). A job that raises
+    after the request is recorded as cancelled, never retried.
     """
 
     id: int
@@ -49,6 +58,21 @@ class JobContext:
     callable: str
     database: str
     group: str
+    #: Set by the worker when a cancel is requested (read it with cancel_requested).
+    cancel_event: threading.Event = dataclasses.field(
+        default_factory=threading.Event, repr=False, compare=False
+    )
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once the job was asked to stop (cancelled while running)."""
+        return self.cancel_event.is_set()
+
+    def raise_if_cancel_requested(self) -> None:
+        """Raise :class:`~circus_djmaster.exceptions.JobCancelled` if the job was asked
+        to stop: a point where the job's code may end safely."""
+        if self.cancel_event.is_set():
+            raise JobCancelled(f"job {self.id} was cancelled")
 
 
 _current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar(

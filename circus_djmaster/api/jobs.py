@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar, overload
 
@@ -62,6 +64,8 @@ class EnqueueOptions(TypedDict, total=False):
     delay: Delay | None
     priority: int | None
     queue: str | None
+    unique_key: str | None
+    keep_finished: Delay | None
     connection: psycopg.Connection[Any] | None
     database_url: str | None
     pool: ConnectionPool[Any] | None
@@ -76,6 +80,8 @@ class AsyncEnqueueOptions(TypedDict, total=False):
     delay: Delay | None
     priority: int | None
     queue: str | None
+    unique_key: str | None
+    keep_finished: Delay | None
     connection: psycopg.AsyncConnection[Any] | None
     database_url: str | None
     pool: AsyncConnectionPool[Any] | None
@@ -102,6 +108,10 @@ class JobOptions:
     max_attempts: int | None = None
     max_run_time: float | None = None
     destroy_failed_jobs: bool | None = None
+    # At most one waiting job per callable and arguments (unique_key_of).
+    unique: bool = False
+    # Seconds to keep the finished job (None: the worker group's keep_finished).
+    keep_finished: float | None = None
     # reschedule_at(db_now, attempts) -> datetime | timedelta | seconds: when to retry.
     reschedule_at: Callable[[dt.datetime, int], dt.datetime | Delay] | None = None
     before: Callable[[JobRecord], object] | None = None
@@ -115,6 +125,8 @@ class JobOptions:
             raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
         if self.max_run_time is not None and self.max_run_time <= 0:
             raise ValueError(f"max_run_time must be positive, got {self.max_run_time}")
+        if self.keep_finished is not None and self.keep_finished < 0:
+            raise ValueError(f"keep_finished must not be negative, got {self.keep_finished}")
 
 
 DEFAULT_OPTIONS = JobOptions()
@@ -131,9 +143,25 @@ class JobCall:
     priority: int = 0
     run_at: dt.datetime | None = None
     delay: Delay | None = None
+    #: At most one waiting job per key (None: no key).
+    unique_key: str | None = None
+    #: Seconds to keep the finished job (None: the worker group's keep_finished).
+    keep_finished: float | None = None
 
     def handler(self) -> str:
         return handler_format.encode(self.path, self.args, self.kwargs)
+
+
+def unique_key_of(path: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
+    """The key of ``@job(unique=True)``: the callable and a digest of its arguments
+    (``"myapp.jobs:refresh:5f1c…"``), so equal calls share it.
+
+    Raises HandlerError for arguments that are not JSON (as the handler would).
+    """
+    handler = handler_format.encode(path, args, kwargs)  # checks the arguments
+    arguments = json.loads(handler)
+    canonical = json.dumps([arguments["args"], arguments["kwargs"]], sort_keys=True)
+    return f"{path}:{hashlib.sha256(canonical.encode()).hexdigest()[:32]}"
 
 
 class Job(Generic[P, R]):
@@ -157,7 +185,13 @@ class Job(Generic[P, R]):
     def call(self, *args: P.args, **kwargs: P.kwargs) -> JobCall:
         """A :class:`JobCall` with this job's defaults, for :func:`enqueue_many`."""
         return JobCall(
-            self.path, args, kwargs, queue=self.options.queue, priority=self.options.priority
+            self.path,
+            args,
+            kwargs,
+            queue=self.options.queue,
+            priority=self.options.priority,
+            unique_key=unique_key_of(self.path, args, kwargs) if self.options.unique else None,
+            keep_finished=self.options.keep_finished,
         )
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> int:
@@ -197,6 +231,8 @@ def job(
     max_attempts: int | None = ...,
     max_run_time: float | None = ...,
     destroy_failed_jobs: bool | None = ...,
+    unique: bool = ...,
+    keep_finished: Delay | None = ...,
     reschedule_at: Callable[[dt.datetime, int], dt.datetime | Delay] | None = ...,
     before: Callable[[JobRecord], object] | None = ...,
     after: Callable[[JobRecord], object] | None = ...,
@@ -215,6 +251,8 @@ def job(
     max_attempts: int | None = ...,
     max_run_time: float | None = ...,
     destroy_failed_jobs: bool | None = ...,
+    unique: bool = ...,
+    keep_finished: Delay | None = ...,
     reschedule_at: Callable[[dt.datetime, int], dt.datetime | Delay] | None = ...,
     before: Callable[[JobRecord], object] | None = ...,
     after: Callable[[JobRecord], object] | None = ...,
@@ -232,6 +270,8 @@ def job(
     max_attempts: int | None = None,
     max_run_time: float | None = None,
     destroy_failed_jobs: bool | None = None,
+    unique: bool = False,
+    keep_finished: Delay | None = None,
     reschedule_at: Callable[[dt.datetime, int], dt.datetime | Delay] | None = None,
     before: Callable[[JobRecord], object] | None = None,
     after: Callable[[JobRecord], object] | None = None,
@@ -243,6 +283,11 @@ def job(
 
     The :class:`Job` keeps the function's signature for type checkers: ``delay``,
     ``adelay``, ``call`` and calling the job check their arguments against it.
+
+    ``unique``: enqueueing it while an equal job (same arguments) waits returns that
+    job's id instead of a new one (:func:`enqueue`'s ``unique_key``). ``keep_finished``
+    (seconds or timedelta): keep the finished job that long in ``delayed_jobs_finished``
+    (None: the worker group's ``keep_finished``).
     """
     options = JobOptions(
         queue=queue,
@@ -250,6 +295,8 @@ def job(
         max_attempts=max_attempts,
         max_run_time=max_run_time,
         destroy_failed_jobs=destroy_failed_jobs,
+        unique=unique,
+        keep_finished=None if keep_finished is None else _seconds(keep_finished),
         reschedule_at=reschedule_at,
         before=before,
         after=after,
@@ -278,6 +325,8 @@ def enqueue(
     delay: Delay | None = None,
     priority: int | None = None,
     queue: str | None = None,
+    unique_key: str | None = None,
+    keep_finished: Delay | None = None,
     connection: psycopg.Connection[Any] | None = None,
     database_url: str | None = None,
     pool: ConnectionPool[Any] | None = None,
@@ -291,6 +340,14 @@ def enqueue(
     ``run_at`` (an aware datetime) or ``delay`` (seconds or timedelta from the database's
     now()) schedule it; by default it is due at once. ``priority`` (lower runs first) and
     ``queue`` override the job's.
+
+    ``unique_key`` (a ``@job(unique=True)`` makes one from the callable and arguments):
+    at most one job with that key waits. If one already waits, nothing is written and
+    **its id is returned**: the caller wanted that work done soon, and it will be (a
+    duplicate is not an error, so a caller's transaction is never aborted by one). A job
+    gives up its key when a worker takes it, so one job per key may wait while others
+    run. ``keep_finished`` (seconds or timedelta): keep the job that long once finished,
+    in ``delayed_jobs_finished`` (None: its worker group's ``keep_finished``).
 
     Where it is written, at most one of:
 
@@ -309,9 +366,12 @@ def enqueue(
     Raises :class:`EnqueueError` for bad arguments or targets (before any database
     access), and psycopg's errors for database failures.
     """
-    insert = _insert_one(_make_call(target, args, kwargs, run_at, delay, priority, queue))
+    call = _make_call(
+        target, args, kwargs, run_at, delay, priority, queue, unique_key, keep_finished
+    )
+    insert = _insert_statement(call)  # bad arguments fail here, before any connection
     with sync_target(connection, database_url, pool, connection_factory, using) as conn:
-        return sync_executor.execute(conn, insert)
+        return _insert_sync(conn, call, insert)
 
 
 def enqueue_many(
@@ -326,13 +386,20 @@ def enqueue_many(
     """Enqueue many jobs in one statement (one round trip, one NOTIFY); return their ids.
 
     The targets are those of :func:`enqueue`; the ids come in the order of ``calls``.
+    Calls with a ``unique_key`` are written one statement each after the others (each
+    may give back the id of a job already waiting, as :func:`enqueue` says).
     """
     calls = _check_calls(calls)
     if not calls:
         return []
-    insert = _insert_many(calls)
+    many = _insert_many([call for call in calls if call.unique_key is None])
+    unique = {index: _insert_statement(c) for index, c in enumerate(calls) if c.unique_key}
     with sync_target(connection, database_url, pool, connection_factory, using) as conn:
-        return sync_executor.execute(conn, insert)
+        ids = iter(sync_executor.execute(conn, many))
+        return [
+            _insert_sync(conn, call, unique[index]) if index in unique else next(ids)
+            for index, call in enumerate(calls)
+        ]
 
 
 async def aenqueue(
@@ -344,6 +411,8 @@ async def aenqueue(
     delay: Delay | None = None,
     priority: int | None = None,
     queue: str | None = None,
+    unique_key: str | None = None,
+    keep_finished: Delay | None = None,
     connection: psycopg.AsyncConnection[Any] | None = None,
     database_url: str | None = None,
     pool: AsyncConnectionPool[Any] | None = None,
@@ -358,11 +427,20 @@ async def aenqueue(
     ``using``: Django's connections are synchronous (the django.tasks backend's
     ``aenqueue`` runs the sync enqueue in Django's thread for that).
     """
-    insert = _insert_one(_make_call(target, args, kwargs, run_at, delay, priority, queue))
+    call = _make_call(
+        target, args, kwargs, run_at, delay, priority, queue, unique_key, keep_finished
+    )
+    insert = _insert_statement(call)  # bad arguments fail here, before any connection
     async with async_target(connection, database_url, pool, connection_factory) as conn:
         from circus_djmaster.store import async_executor  # not on a worker's start-up path
 
-        return await async_executor.execute(conn, insert)
+        for _ in range(UNIQUE_TRIES):
+            done = await async_executor.execute(conn, insert)
+            if not isinstance(done, statements.UniqueInsert):
+                return done
+            if done.id is not None:
+                return done.id
+        raise _unique_failed(call)
 
 
 async def aenqueue_many(
@@ -377,11 +455,33 @@ async def aenqueue_many(
     calls = _check_calls(calls)
     if not calls:
         return []
+    if any(call.unique_key is not None for call in calls):
+        # Each unique call is its own statement (see enqueue_many): on one connection.
+        async with async_target(connection, database_url, pool, connection_factory) as conn:
+            return [
+                await aenqueue(
+                    call.path,
+                    call.args,
+                    call.kwargs,
+                    run_at=call.run_at,
+                    delay=call.delay,
+                    priority=call.priority,
+                    queue=call.queue,
+                    unique_key=call.unique_key,
+                    keep_finished=call.keep_finished,
+                    connection=conn,
+                )
+                for call in calls
+            ]
     insert = _insert_many(calls)
     async with async_target(connection, database_url, pool, connection_factory) as conn:
         from circus_djmaster.store import async_executor  # not on a worker's start-up path
 
         return await async_executor.execute(conn, insert)
+
+
+#: How often a unique insert is tried when the waiting job it met was taken meanwhile.
+UNIQUE_TRIES = 5
 
 
 def _insert_one(call: JobCall) -> Statement[int]:
@@ -391,6 +491,51 @@ def _insert_one(call: JobCall) -> Statement[int]:
         priority=call.priority,
         run_at=call.run_at,
         delay=_seconds(call.delay),
+        keep_finished=call.keep_finished,
+    )
+
+
+def _insert_unique(call: JobCall) -> Statement[statements.UniqueInsert]:
+    assert call.unique_key is not None
+    return statements.insert_unique_job(
+        handler=call.handler(),
+        queue=call.queue,
+        priority=call.priority,
+        run_at=call.run_at,
+        delay=_seconds(call.delay),
+        unique_key=call.unique_key,
+        keep_finished=call.keep_finished,
+    )
+
+
+def _insert_statement(call: JobCall) -> Statement[int | statements.UniqueInsert]:
+    return _insert_one(call) if call.unique_key is None else _insert_unique(call)
+
+
+def _insert_sync(
+    conn: psycopg.Connection[Any],
+    call: JobCall,
+    insert: Statement[int | statements.UniqueInsert],
+) -> int:
+    """Run ``insert`` (of ``call``) on ``conn``: the new job's id or, with a unique
+    key, the id of the job waiting with it (the statement runs again if that one was
+    just taken by a worker)."""
+    for _ in range(UNIQUE_TRIES):
+        done = sync_executor.execute(conn, insert)
+        if not isinstance(done, statements.UniqueInsert):
+            return done
+        if done.id is not None:
+            return done.id
+    raise _unique_failed(call)
+
+
+def _unique_failed(call: JobCall) -> EnqueueError:
+    # Only under a stream of jobs with this key each taken at once, or in a caller's
+    # REPEATABLE READ transaction that cannot see the waiting job it collides with.
+    return EnqueueError(
+        f"unique key {call.unique_key!r}: neither inserted nor found after "
+        f"{UNIQUE_TRIES} tries (the waiting job with this key is not visible to this "
+        "transaction)"
     )
 
 
@@ -412,6 +557,7 @@ def _insert_many(calls: Sequence[JobCall]) -> Statement[list[int]]:
                 priority=call.priority,
                 run_at=call.run_at,
                 delay=_seconds(call.delay),
+                keep_finished=call.keep_finished,
             )
             for call in calls
         ]
@@ -426,6 +572,8 @@ def _make_call(
     delay: Delay | None,
     priority: int | None,
     queue: str | None,
+    unique_key: str | None = None,
+    keep_finished: Delay | None = None,
 ) -> JobCall:
     if isinstance(target, Job):
         path, defaults = target.path, target.options
@@ -438,6 +586,13 @@ def _make_call(
     if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
         raise EnqueueError(f"args must be a list or tuple, got {type(args).__name__}")
     _check_schedule(run_at, delay)
+    if unique_key is None and defaults.unique:
+        unique_key = unique_key_of(path, args, kwargs or {})
+    if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
+        raise EnqueueError(f"unique_key must be a non-empty string, got {unique_key!r}")
+    keep = defaults.keep_finished if keep_finished is None else _seconds(keep_finished)
+    if keep is not None and keep < 0:
+        raise EnqueueError(f"keep_finished must not be negative, got {keep_finished!r}")
     return JobCall(
         path,
         tuple(args),
@@ -446,6 +601,8 @@ def _make_call(
         priority=defaults.priority if priority is None else priority,
         run_at=run_at,
         delay=delay,
+        unique_key=unique_key,
+        keep_finished=keep,
     )
 
 

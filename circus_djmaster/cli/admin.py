@@ -4,6 +4,7 @@ empty (``djmaster status`` is status.py)."""
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
 import time
@@ -13,7 +14,7 @@ import psycopg
 
 from circus_djmaster.cli import status as cli_status
 from circus_djmaster.cli.options import add_settings_option, duration, settings_path
-from circus_djmaster.config.settings import load_settings
+from circus_djmaster.config.settings import Settings, load_settings
 from circus_djmaster.contracts.exit_codes import CliExit
 from circus_djmaster.exceptions import DjmasterError, SettingsError
 from circus_djmaster.store import statements
@@ -47,7 +48,7 @@ def add_commands(sub: Any) -> None:
     wait.add_argument("--scheduled", action="store_true", help="also wait for jobs scheduled later")
     wait.set_defaults(func=cmd_wait)
 
-    jobs = sub.add_parser("jobs", help="list, retry or delete jobs")
+    jobs = sub.add_parser("jobs", help="list, show, retry, delete or cancel jobs")
     database_help = "a database of the settings (default: the first)"
     add_settings_option(jobs)
     jobs.add_argument("--database", default=argparse.SUPPRESS, help=database_help)
@@ -64,10 +65,35 @@ def add_commands(sub: Any) -> None:
         target = parser.add_mutually_exclusive_group(required=True)
         target.add_argument("ids", nargs="*", type=int, default=[], help="job ids")
         target.add_argument("--all-failed", action="store_true", help="every failed job")
+    cancel = action.add_parser(
+        "cancel",
+        help="cancel jobs: remove those not started, ask running ones to stop",
+        description="A job no worker holds is removed (kept as cancelled in the finished "
+        "jobs when keep_finished applies to it); a running job is asked to stop "
+        "(current_job().cancel_requested) and is never run again.",
+    )
+    target = cancel.add_mutually_exclusive_group(required=True)
+    target.add_argument("ids", nargs="*", type=int, default=[], help="job ids")
+    target.add_argument("--queue", help="every live job of this queue")
+    actions.append(cancel)
+    show = action.add_parser("show", help="one job: live, or finished and kept")
+    show.add_argument("id", type=int, help="the job id")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    actions.append(show)
     for parser in actions:  # `jobs list --settings F` as well as `jobs --settings F list`
         add_settings_option(parser)
         parser.add_argument("--database", default=argparse.SUPPRESS, help=database_help)
     jobs.set_defaults(func=cmd_jobs)
+
+    recurring = sub.add_parser("recurring", help="recurring jobs")
+    recurring_action = recurring.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = recurring_action.add_parser(
+        "list", help="each recurring job: schedule, last run enqueued, next runs"
+    )
+    add_settings_option(listing)
+    listing.add_argument("--next", type=int, default=3, help="how many next runs (3)")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    recurring.set_defaults(func=cmd_recurring)
 
 
 # --- wait ----------------------------------------------------------------------------
@@ -133,6 +159,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         with connect(url, application_name="djmaster jobs") as conn:
             if args.action == "list":
                 return _list(conn, args)
+            if args.action == "show":
+                return _show(conn, args.id, as_json=args.json)
+            if args.action == "cancel":
+                return _cancel(conn, settings, args)
             ids = None if args.all_failed else args.ids
             if args.action == "retry":
                 done = execute(conn, statements.retry_failed_jobs(ids))
@@ -169,3 +199,163 @@ def _list(conn: psycopg.Connection[Any], args: argparse.Namespace) -> int:
         if error:
             print(f"    {error[0][:200]}")
     return CliExit.OK
+
+
+def _show(conn: psycopg.Connection[Any], job_id: int, *, as_json: bool) -> int:
+    """``djmaster jobs show ID``: the live row, else the kept finished one."""
+    live = execute(conn, statements.live_job(job_id))
+    finished = execute(conn, statements.finished_job(job_id))
+    if live is None and finished is None:
+        print(
+            f"job {job_id}: not found (never enqueued, or finished and not kept)", file=sys.stderr
+        )
+        return CliExit.FAILED
+    if as_json:
+        report = {"live": live, "finished": finished}
+        print(json.dumps(report, indent=2, default=str))
+        return CliExit.OK
+    if live is not None:
+        print(f"job {job_id}: {_live_state(live)}")
+        for key in ("queue", "priority", "attempts", "run_at", "locked_by", "unique_key",
+                    "cancel_requested_at", "failed_at", "created_at"):  # fmt: skip
+            if live[key] is not None:
+                print(f"  {key}: {live[key]}")
+        print(f"  handler: {live['handler']}")
+        if live["last_error"]:
+            print("  last_error: " + live["last_error"].strip().replace("\n", "\n    "))
+    if finished is not None:
+        print(f"job {job_id}: {finished['outcome']} (kept until {finished['keep_until']})")
+        for key in ("queue", "priority", "attempts", "started_at", "finished_at", "run_time",
+                    "finished_by"):  # fmt: skip
+            if finished[key] is not None:
+                print(f"  {key}: {finished[key]}")
+        print(f"  handler: {finished['handler']}")
+        if finished["result"] is not None or finished["outcome"] == "succeeded":
+            print(f"  result: {json.dumps(finished['result'])}")
+        if finished["result_note"]:
+            print(f"  result not kept: {finished['result_note']}")
+        if finished["last_error"]:
+            print("  last_error: " + finished["last_error"].strip().replace("\n", "\n    "))
+    return CliExit.OK
+
+
+def _live_state(row: dict[str, Any]) -> str:
+    if row["failed_at"] is not None:
+        return "failed"
+    if row["cancel_requested_at"] is not None:
+        return "running, cancel requested"
+    if row["locked_at"] is not None:
+        return "running"
+    return "scheduled" if row["run_at"] > row["now"] else "ready"
+
+
+def _cancel(conn: psycopg.Connection[Any], settings: Settings, args: argparse.Namespace) -> int:
+    """``djmaster jobs cancel``: a removed job is kept as cancelled for the
+    ``keep_finished`` of the group serving its queue (the first such group)."""
+    keep_by_queue: dict[str, float] = {}
+    keep_default = 0.0
+    for group in reversed(settings.workers):  # the first group serving a queue wins
+        if group.queues:
+            keep_by_queue.update(dict.fromkeys(group.queues, group.keep_finished))
+        else:
+            keep_default = group.keep_finished
+    done = execute(
+        conn,
+        statements.cancel_jobs(
+            args.ids, queue=args.queue, keep_default=keep_default, keep_by_queue=keep_by_queue
+        ),
+    )
+    if done.cancelled:
+        print(f"cancelled {len(done.cancelled)} job(s): {', '.join(map(str, done.cancelled))}")
+    if done.requested:
+        print(
+            f"asked {len(done.requested)} running job(s) to stop: "
+            + ", ".join(map(str, done.requested))
+        )
+    if not done.cancelled and not done.requested:
+        print("no live job to cancel")
+    missing = sorted(set(args.ids) - set(done.cancelled) - set(done.requested))
+    if missing:
+        print(f"not live (finished, failed or unknown): {', '.join(map(str, missing))}",
+              file=sys.stderr)  # fmt: skip
+        return CliExit.FAILED
+    return CliExit.OK
+
+
+# --- recurring -----------------------------------------------------------------------
+
+
+def cmd_recurring(args: argparse.Namespace) -> int:
+    """``djmaster recurring list``: every entry (settings and ``recurring_modules``),
+    its schedule, the last due time enqueued and the next ones (database clock)."""
+    from circus_djmaster.api.recurring import declared_in
+    from circus_djmaster.common.recurring import RecurringJob
+
+    try:
+        settings = load_settings(settings_path(args))
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return CliExit.USAGE
+    except DjmasterError as exc:
+        print(f"djmaster: {exc}", file=sys.stderr)
+        return CliExit.USAGE
+    entries: list[RecurringJob] = list(settings.recurring)
+    status = CliExit.OK
+    if settings.recurring_modules:
+        try:
+            names = {entry.name for entry in entries}
+            entries += [e for e in declared_in(settings.recurring_modules) if e.name not in names]
+        except Exception as exc:  # a module of the application failed to import
+            print(f"recurring_modules: {type(exc).__name__}: {exc}", file=sys.stderr)
+            status = CliExit.FAILED
+    first = settings.databases[0].name
+    report: list[dict[str, Any]] = []
+    for database in settings.databases:
+        mine = [e for e in entries if (e.database or first) == database.name]
+        if not mine:
+            continue
+        now = dt.datetime.now(dt.timezone.utc)
+        last: dict[str, dt.datetime | None] = {}
+        error = None
+        try:
+            with connect(database.url(), application_name="djmaster recurring") as conn:
+                state = execute(
+                    conn, statements.recurring_last_runs([e.name for e in mine], now=now)
+                )
+            now, last = state.now, state.last_due
+        except (psycopg.Error, SettingsError) as exc:
+            error = describe_error(exc)
+            status = CliExit.FAILED
+        for entry in mine:
+            upcoming, moment = [], now
+            for _ in range(max(0, args.next)):
+                moment = entry.next_due(moment)
+                upcoming.append(moment)
+            report.append(
+                {
+                    "name": entry.name,
+                    "database": database.name,
+                    "schedule": entry.schedule,
+                    "callable": entry.callable,
+                    "queue": entry.queue,
+                    "catch_up": entry.catch_up,
+                    "last_enqueued": last.get(entry.name),
+                    "next": upcoming,
+                    "error": error,
+                }
+            )
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return status
+    if not report:
+        print("no recurring jobs")
+    for item in report:
+        print(f"{item['name']} @{item['database']}: {item['schedule']} -> {item['callable']} "
+              f"(queue {item['queue']})")  # fmt: skip
+        if item["error"]:
+            print(f"  database unreachable: {item['error']}")
+        else:
+            print(f"  last enqueued: {item['last_enqueued'] or 'never'}")
+        for moment in item["next"]:
+            print(f"  next: {moment.isoformat()}")
+    return status

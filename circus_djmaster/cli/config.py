@@ -250,6 +250,10 @@ def _check(args: argparse.Namespace) -> int:
             f"    {group.name}: {served}; up to {_count(group.max_processes, 'process')}"
             f" x {_count(group.max_threads, 'thread')}"
         )
+    if settings.recurring:
+        print(f"  recurring: {len(settings.recurring)}")
+        for entry in settings.recurring:
+            print(f"    {entry.name}: {entry.schedule} -> {entry.callable} @{entry.database}")
     longest = _longest_stop(settings)
     stop_timeout = settings.circus.stop_timeout
     declared = (
@@ -294,6 +298,12 @@ def _report_problems(error: SettingsError) -> int:
 def _check_warnings(settings: Settings) -> list[str]:
     """Things that do not make the file invalid but will stop it from running here."""
     warnings = []
+    for index, entry in enumerate(settings.recurring):
+        if not any(not g.queues or entry.queue in g.queues for g in settings.workers):
+            warnings.append(
+                f"{settings.path}: recurring[{index}].queue: no worker group serves queue "
+                f'"{entry.queue}": its jobs would wait forever'
+            )
     for database in settings.databases:
         # Expanded only to see whether its variables are set; never shown.
         try:

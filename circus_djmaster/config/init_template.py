@@ -65,6 +65,12 @@ EXAMPLES: Mapping[tuple[str, str], str] = {
     ("workers", "read_ahead"): "100",
     ("workers", "min_priority"): "0",
     ("workers", "max_priority"): "10",
+    ("recurring", "name"): '"nightly_report"',
+    ("recurring", "callable"): '"myapp.jobs:nightly_report"',
+    ("recurring", "cron"): '"0 3 * * *"',
+    ("recurring", "every"): '"5m"',
+    ("recurring", "kwargs"): '{ to = "ops@example.com" }',
+    ("recurring", "database"): '"primary"',
     ("circus", "stop_timeout"): '"90s"',
     ("metrics", "port"): "9188",
 }
@@ -143,6 +149,8 @@ def _lines_for(option: Option, raw: Mapping[str, Any], *, doc: bool) -> list[str
 def _section_block(section: Section) -> list[str]:
     if section.name == "workers":
         return _workers(section)
+    if section.name == "recurring":
+        return _recurring(section)
     lines = ["", *_comment(section.doc)]
     if section.optional:
         # Present, the table turns its feature on: leave it to the user to uncomment.
@@ -181,6 +189,19 @@ def _workers(section: Section) -> list[str]:
             if first and option.name == "queues" and group.get("queues"):
                 option_lines.insert(-1, _QUEUE_NOTE)
             lines += option_lines
+    return lines
+
+
+def _recurring(section: Section) -> list[str]:
+    """An example entry, wholly commented out (an entry needs a name and a callable)."""
+    lines = ["", *_comment(section.doc), f"# {section.header}"]
+    for option in options_in("recurring"):
+        lines.append(f"# {option.doc}")
+        if option.name == "every":  # the alternative to cron: an entry takes one of them
+            example = EXAMPLES[("recurring", "every")]
+            lines.append(f"# (instead of cron) every = {example}  # example")
+            continue
+        lines += _lines_for(option, {}, doc=False)
     return lines
 
 

@@ -18,19 +18,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from circus_djmaster.common.recurring import check_cron, check_timezone
+
 __all__ = [
+    "ARRAY",
     "BOOLEAN",
     "CALLABLE",
+    "CRON",
     "ENDPOINT",
     "HOST",
     "LOGOUTPUT",
     "MODULE",
+    "MODULES",
     "NAME",
     "NAME_PATTERN",
     "PATH",
     "PORT",
     "SIZE",
+    "STRING",
     "STRINGS",
+    "TABLE",
+    "TIMEZONE",
     "URL",
     "Kind",
     "choice",
@@ -407,5 +415,63 @@ NAME = Kind("name", _name)
 STRINGS = Kind("array of strings", _string_list)
 URL = Kind("URL", _url)
 LOGOUTPUT = Kind('"-" or path', _logoutput)
+
+
+def _plain_string(value: Any, _base: Path) -> str:
+    return _string(value)
+
+
+def _cron(value: Any, _base: Path) -> str:
+    text = _string(value).strip()
+    check_cron(text)  # cronsim's reason, e.g. "'61 * * * *' is not a cron expression: Bad minute"
+    return text
+
+
+def _timezone(value: Any, _base: Path) -> str:
+    text = _string(value).strip()
+    check_timezone(text)
+    return text
+
+
+def _array(value: Any, _base: Path) -> tuple[Any, ...]:
+    if not isinstance(value, list):
+        raise _type_error("an array", value)
+    return tuple(_plain(value))
+
+
+def _table(value: Any, _base: Path) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _type_error("a table", value)
+    return dict(_plain(value))
+
+
+def _plain(value: Any) -> Any:
+    """A TOML value as JSON can hold it (what a job's handler stores): TOML dates and
+    times are not JSON."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    if value is None or isinstance(value, (str, bool, int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{value!r} cannot be a job argument (JSON has no {value!r})")
+        return value
+    raise ValueError(
+        f"a TOML {type(value).__name__} cannot be a job argument (JSON): write it as a string"
+    )
+
+
+def _modules(value: Any, base: Path) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise _type_error("an array of module names", value)
+    return tuple(_module(item, base) for item in value)
+
+
+STRING = Kind("string", _plain_string)
+CRON = Kind("cron expression", _cron)
+TIMEZONE = Kind("time zone", _timezone)
+ARRAY = Kind("array", _array)
+TABLE = Kind("table", _table, lambda value: "{...}")
+MODULES = Kind("array of modules", _modules)
 HOST = Kind("host", _host)
 PORT = integer(minimum=1, maximum=65535)

@@ -13,17 +13,23 @@ from pathlib import Path
 from typing import Any
 
 from circus_djmaster.config.kinds import (
+    ARRAY,
     BOOLEAN,
     CALLABLE,
+    CRON,
     ENDPOINT,
     HOST,
     LOGOUTPUT,
     MODULE,
+    MODULES,
     NAME,
     PATH,
     PORT,
     SIZE,
+    STRING,
     STRINGS,
+    TABLE,
+    TIMEZONE,
     URL,
     Kind,
     choice,
@@ -100,6 +106,14 @@ SECTIONS: tuple[Section, ...] = (
     ),
     Section("circus", "[circus]", "Values for the generated `circus.ini`."),
     Section(
+        "recurring",
+        "[[recurring]]",
+        "One table per recurring job: the master enqueues `callable` at each due time "
+        "of `cron` or `every`, exactly once per due time whatever the number of hosts "
+        "and master restarts. `name` and `callable` are required, and exactly one of "
+        "`cron` and `every`. `djmaster recurring list` shows the next runs.",
+    ),
+    Section(
         "metrics",
         "[metrics]",
         "Prometheus metrics (`/metrics`, served by the master) when this table is "
@@ -158,6 +172,9 @@ OPTIONS: tuple[Option, ...] = (
            "launcher waits for the preloader to fork its worker (while the preloader starts "
            "and imports `app`) before it gives up with exit 78; written into `circus.ini`",
            default=60.0),
+    Option("", "recurring_modules", MODULES, "modules the master imports to find the "
+           "recurring jobs declared in code with `@recurring` (keep them light: the "
+           "master imports them, not your whole application)", default=()),
     *(Option("callbacks", name, CALLABLE, doc) for name, doc in _CALLBACKS.items()),
     Option("databases", "<name>", URL, "connection URL of database `<name>` (letters, "
            "digits, `_`); may read the environment with `${VAR}`",
@@ -199,6 +216,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("workers", "max_priority", integer(), "only run jobs with priority ≤ this"),
     Option("workers", "destroy_failed_jobs", BOOLEAN, "delete jobs that fail for good "
            "instead of keeping them with `failed_at`", default=False),
+    Option("workers", "keep_finished", duration(), "keep each finished job (succeeded, "
+           "failed for good, cancelled) this long in `delayed_jobs_finished`, with its "
+           "result or error (`djmaster jobs show`); 0: delete a succeeded job at once, "
+           "delayed_job's way. A job enqueued with `keep_finished` overrides it",
+           default=0.0),
     Option("circus", "endpoint", ENDPOINT, "circusd control socket (loopback or ipc:// only)",
            default="tcp://127.0.0.1:5555"),
     Option("circus", "pubsub_endpoint", ENDPOINT, "circusd event socket (loopback or ipc://)",
@@ -209,6 +231,25 @@ OPTIONS: tuple[Option, ...] = (
            "checks (and respawns) processes", default=5.0),
     Option("circus", "logoutput", LOGOUTPUT, 'circusd log; `"-"` means stdout',
            default="-"),
+    Option("recurring", "name", NAME, "entry name (letters, digits, `_`), unique: "
+           "the database records each due time enqueued under it"),
+    Option("recurring", "callable", CALLABLE, 'the job, `"module.path:function"`'),
+    Option("recurring", "cron", CRON, "a cron expression (5 fields, or 6 with "
+           'seconds first), e.g. `"0 3 * * *"`, evaluated in `timezone`'),
+    Option("recurring", "every", _POSITIVE, "a period instead of `cron`: due at each "
+           'multiple of it since the Unix epoch, e.g. `"30s"`, `"5m"`'),
+    Option("recurring", "args", ARRAY, "positional arguments of the job (JSON values)",
+           default=()),
+    Option("recurring", "kwargs", TABLE, "keyword arguments of the job (JSON values)",
+           default_factory=lambda context: {}, default_doc="`{}`"),
+    Option("recurring", "queue", STRING, "queue of the jobs", default="default"),
+    Option("recurring", "priority", integer(), "priority of the jobs (lower runs first)",
+           default=0),
+    Option("recurring", "timezone", TIMEZONE, "IANA time zone of `cron`", default="UTC"),
+    Option("recurring", "catch_up", BOOLEAN, "after due times passed while no master "
+           "ran, enqueue the last of them once (false: skip them)", default=False),
+    Option("recurring", "database", NAME, "the database (of `[databases]`) the jobs go "
+           "to", default_doc="the first database"),
     Option("circus", "stop_timeout", _POSITIVE, "how long your service manager waits "
            "for circusd to stop before it kills everything (systemd's `TimeoutStopSec`, "
            "Docker's stop grace period): `djmaster-config check` warns when a group's "

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from circus_djmaster.common.recurring import RecurringJob
 from circus_djmaster.config.kinds import (
     NAME,
     describe,
@@ -45,6 +46,7 @@ __all__ = [
     "CircusSettings",
     "Database",
     "MetricsSettings",
+    "RecurringJob",
     "Settings",
     "WorkerGroup",
     "expand_env",
@@ -140,7 +142,8 @@ class WorkerGroup:
     min_priority: int | None
     max_priority: int | None
     destroy_failed_jobs: bool
-    # Last, with a default: groups built in code (tests) need not spell it out.
+    keep_finished: float = 0.0  # seconds; 0: a succeeded job is deleted at once
+    # With a default: groups built in code (tests) need not spell it out.
     spawn: str = "exec"  # "exec" or "fork" (docs/master.md, "Fork mode")
 
 
@@ -176,10 +179,13 @@ class Settings:
     listen: bool
     app: str | None
     preload_timeout: float
+    recurring_modules: tuple[str, ...]
     callbacks: Mapping[str, str]  # only those set; read-only
     databases: tuple[Database, ...]
     workers: tuple[WorkerGroup, ...]
     circus: CircusSettings
+    #: ``[[recurring]]`` entries, each with its ``database`` resolved.
+    recurring: tuple[RecurringJob, ...] = ()
     metrics: MetricsSettings | None = None  # None: no [metrics] table, no endpoint
 
     def group(self, name: str) -> WorkerGroup:
@@ -347,6 +353,60 @@ class _Reader:
         if isinstance(low, int) and isinstance(high, int) and low > high:
             self.problem(f"{prefix}.min_priority", f"{low} is greater than max_priority ({high})")
 
+    def recurring(self, data: Mapping[str, Any], databases: list[Database]) -> list[RecurringJob]:
+        raw = data.get("recurring")
+        if raw is None:
+            return []
+        if not isinstance(raw, list):
+            self.problem(
+                "recurring", f"expected an array of tables ([[recurring]]), got {toml_type(raw)}"
+            )
+            return []
+        names = [database.name for database in databases]
+        entries: list[RecurringJob] = []
+        owners: dict[str, str] = {}
+        for index, item in enumerate(raw):
+            prefix = f"recurring[{index}]"
+            if not isinstance(item, dict):
+                self.problem(prefix, f"expected a table, got {toml_type(item)}")
+                continue
+            values = self.table(item, "recurring", prefix, _Context(self.base, index))
+            for required in ("name", "callable"):
+                if values[required] is None:
+                    self.problem(f"{prefix}.{required}", "required")
+            cron, every = values["cron"], values["every"]
+            if _INVALID in (cron, every):
+                pass  # already reported
+            elif cron is None and every is None:
+                self.problem(prefix, "give cron or every")
+            elif cron is not None and every is not None:
+                self.problem(f"{prefix}.every", "give cron or every, not both")
+            database = values["database"]
+            if database is None and names:
+                values["database"] = names[0]
+            elif database not in (None, _INVALID) and names and database not in names:
+                reason = f"no database named {describe(database)} (choices: {', '.join(names)})"
+                self.problem(f"{prefix}.database", reason)
+                values["database"] = _INVALID
+            name = values["name"]
+            if name in owners:
+                self.problem(
+                    f"{prefix}.name",
+                    f"duplicate name {describe(name)} (already used by {owners[name]})",
+                )
+            elif name not in (None, _INVALID):
+                owners[name] = prefix
+            if _INVALID in values.values() or any(
+                problem.key == prefix or problem.key.startswith(prefix + ".")
+                for problem in self.problems
+            ):
+                continue
+            try:
+                entries.append(RecurringJob(**values))
+            except ValueError as error:  # checked above; a last line of defence
+                self.problem(prefix, str(error))
+        return entries
+
     def metrics(self, data: Mapping[str, Any], context: _Context) -> MetricsSettings | None:
         raw = self.subtable(data, "metrics")
         if raw is None:
@@ -386,6 +446,7 @@ def parse_settings(
     workers = reader.workers(data)
     circus = reader.table(reader.subtable(data, "circus") or {}, "circus", "circus", context)
     reader.check_circus(circus)
+    recurring = reader.recurring(data, databases)
     metrics = reader.metrics(data, context)
     if reader.problems:
         raise SettingsError(path, reader.problems)
@@ -397,6 +458,7 @@ def parse_settings(
         databases=tuple(databases),
         workers=tuple(workers),
         circus=CircusSettings(**circus),
+        recurring=tuple(recurring),
         metrics=metrics,
         **top,
     )

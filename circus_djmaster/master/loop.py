@@ -38,8 +38,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from circus_djmaster.api.recurring import declared_in
 from circus_djmaster.circusd.async_client import SCALING_RETRY, AsyncCircus
 from circus_djmaster.common.logs import event
+from circus_djmaster.common.recurring import RecurringJob
 from circus_djmaster.config.render import watcher_index
 from circus_djmaster.config.settings import Database, Settings
 from circus_djmaster.config.targets import ForkTarget
@@ -149,6 +151,9 @@ class Master(SignalHandling):
         self._rotation = 0
         self._circus_failures = 0
         self.pollers: dict[str, DatabasePoller] = {}
+        #: Every recurring entry (the settings' and those of recurring_modules).
+        self.recurring: list[RecurringJob] = []
+        self._recurring_by_database: dict[str, list[RecurringJob]] = {}
         self.listeners: dict[str, Listener] = {}
         self._tasks: list[asyncio.Task[None]] = []
         # A pending signal (TERM from circus' quit…) must not wait for circus retries.
@@ -299,7 +304,11 @@ class Master(SignalHandling):
 
     async def _wait(self, at_least: float = 0.0) -> None:
         """Until something happened (or the next monitor tick); signals cut it short."""
-        timeout = max(0.0, at_least, self._next_monitor - time.monotonic())
+        wake_at = self._next_monitor
+        deadline = self.book.next_deadline()  # a vanished worker's release is due
+        if deadline is not None:
+            wake_at = min(wake_at, deadline)
+        timeout = max(0.0, at_least, wake_at - time.monotonic())
         if at_least:
             self._wake.clear()  # old wake-ups must not end a pause after a circus failure
             if self._signals:
@@ -331,6 +340,11 @@ class Master(SignalHandling):
     # --- tasks -----------------------------------------------------------------------
 
     def _start_tasks(self) -> None:
+        self._set_recurring(self.settings.recurring)
+        if self.settings.recurring_modules:
+            self._tasks.append(
+                asyncio.create_task(self._load_recurring_modules(), name="recurring-modules")
+            )
         for database in self.settings.databases:
             poller = DatabasePoller(
                 self.settings,
@@ -343,6 +357,7 @@ class Master(SignalHandling):
                 metrics=self.metrics,
             )
             self.pollers[database.name] = poller
+            poller.recurring.entries = self._recurring_by_database.get(database.name, [])
             self._tasks.append(asyncio.create_task(poller.run(), name=f"poll-{database.name}"))
             if self.settings.listen:
                 listener = Listener(
@@ -355,6 +370,50 @@ class Master(SignalHandling):
                 self._tasks.append(
                     asyncio.create_task(listener.run(), name=f"listen-{database.name}")
                 )
+
+    def _set_recurring(self, entries: Iterable[RecurringJob]) -> None:
+        """Give each database's poller its recurring entries (no database named: the
+        first one's)."""
+        first = self.settings.databases[0].name
+        by_database: dict[str, list[RecurringJob]] = {}
+        for entry in entries:
+            by_database.setdefault(entry.database or first, []).append(entry)
+        self.recurring = list(entries)
+        for name, poller in self.pollers.items():
+            poller.recurring.entries = by_database.get(name, [])
+        self._recurring_by_database = by_database
+
+    async def _load_recurring_modules(self) -> None:
+        """Import ``recurring_modules`` in a thread (an import may take its time: never
+        on the loop) and add the entries they declare with ``@recurring``. A module that
+        fails to import is logged; the settings' entries run regardless."""
+        modules = self.settings.recurring_modules
+        try:
+            declared = await asyncio.to_thread(declared_in, modules)
+        except Exception:
+            log.exception("recurring_modules: importing %s failed", ", ".join(modules))
+            return
+        names = {entry.name for entry in self.settings.recurring}
+        databases = {database.name for database in self.settings.databases}
+        added = []
+        for entry in declared:
+            if entry.name in names:
+                log.error(
+                    "recurring %s: declared in the settings and in code; the "
+                    "settings' entry is used",
+                    entry.name,
+                )
+            elif entry.database is not None and entry.database not in databases:
+                log.error(
+                    "recurring %s: no database named %s in %s",
+                    entry.name,
+                    entry.database,
+                    self.settings.path,
+                )
+            else:
+                added.append(entry)
+        self._set_recurring([*self.settings.recurring, *added])
+        log.info("recurring_modules: %d recurring job(s) declared in code", len(added))
 
     async def _connect(self, database: Database, role: str) -> async_executor.AsyncConnection:
         """A new master connection to ``database`` (``role``: poll or listen)."""
@@ -483,10 +542,15 @@ class Master(SignalHandling):
     # --- dead workers ------------------------------------------------------------------
 
     def _release_vanished(self) -> None:
-        for pid, watcher in self.book.take_gone().items():
+        for pid in self.book.gone:
+            if pid not in self.book.exit_codes:
+                exit_code = self.processes.exit_code(pid)  # not reaped by circus yet
+                if exit_code is not None:
+                    self.book.reaped(pid, exit_code)
+        # A pid gone without an exit code waits a moment for circus' reap event
+        # (REAP_EVENT_WAIT): _on_reap releases a crashed one's jobs as soon as it comes.
+        for pid, watcher in self.book.take_gone(time.monotonic()).items():
             exit_code = self.book.exit_codes.get(pid)
-            if exit_code is None:  # not reaped by circus yet: ask the kernel
-                exit_code = self.processes.exit_code(pid)
             self._release_jobs(pid, watcher, self.book.death(pid, self.host, exit_code))
             self.book.buried(pid)
 

@@ -18,12 +18,17 @@ The task triggers a scaling pass (``on_due``) when:
 
 NOTIFY wake-ups go from the listener straight to the master's trigger (see
 :meth:`DatabasePoller.wake`); any number of triggers before the pass costs one pass.
+
+On the same connection, between counts, the task enqueues the database's recurring
+jobs at their due times (recurring.py) and, every :data:`PRUNE_INTERVAL`, prunes kept
+finished jobs past their ``keep_until`` and old recurring runs, in bounded DELETEs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import enum
 import logging
 import socket
@@ -41,6 +46,7 @@ from circus_djmaster.contracts.locked_by import host_prefix, pid_of
 from circus_djmaster.contracts.running_jobs import forget, read_running
 from circus_djmaster.master.callbacks import MasterCallbacks
 from circus_djmaster.master.metrics import MetricsRecorder
+from circus_djmaster.master.recurring import RecurringRunner
 from circus_djmaster.master.releases import Release, charge_for_death
 from circus_djmaster.store import statements
 from circus_djmaster.store.async_executor import execute
@@ -54,6 +60,12 @@ log = logging.getLogger(__name__)
 CLIENT_SLACK = 5.0
 #: Wake a little after run_at: the database clock decides, and it must be past it.
 SCHEDULE_SLACK = 0.02
+#: How often kept finished jobs and old recurring runs are pruned (seconds), and how
+#: many rows one DELETE removes at most (a full batch is followed by another at once).
+PRUNE_INTERVAL = 60.0
+PRUNE_BATCH = 1000
+#: Recurring runs enqueued longer ago than this are forgotten (each entry's latest kept).
+RECURRING_RUNS_KEPT = 86400.0
 
 Connect = Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]
 Counts = dict[str, int]
@@ -109,6 +121,11 @@ class DatabasePoller:
         self._releases: list[Release] = []
         self._failures = 0
         self._deadline = 0.0  # monotonic time of the next timed trigger
+        #: This database's recurring entries (the master sets them: loop.py).
+        self.recurring = RecurringRunner(database)
+        self._recurring_deadline = 0.0  # monotonic time of the next due time
+        self._prune_deadline = 0.0  # monotonic time of the next pruning
+        self._missing_table_reported = False
         self.health = Health.CONNECTING
         self.last_count: float | None = None  # monotonic time of the last good count
 
@@ -157,6 +174,7 @@ class DatabasePoller:
                 await self._release_pending(conn)
                 if self._requests:
                     await self._answer(conn)
+                await self._background(conn)
                 if self._failures:
                     log.info("database %s: reachable again", self.database)
                     self._on_due()  # look at it now that it answers
@@ -183,9 +201,20 @@ class DatabasePoller:
     async def _sleep(self) -> None:
         if self._releases or self._requests:
             return
-        timeout = max(0.0, self._deadline - time.monotonic())
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+        wake_at = self._deadline
+        if self.recurring.entries:
+            wake_at = min(wake_at, self._recurring_deadline)
+        wake_at = min(wake_at, self._prune_deadline)
+        timeout = max(0.0, wake_at - time.monotonic())
+        # asyncio.wait, not wait_for: Python < 3.12's wait_for swallows a cancellation
+        # that arrives once the event is set (it returns the result instead), and the
+        # task would then never stop (seen when a count request and the master's stop
+        # came together).
+        waiter = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({waiter}, timeout=timeout)
+        finally:
+            waiter.cancel()
         self._wake.clear()
 
     async def _failed(self, error: BaseException) -> None:
@@ -274,6 +303,56 @@ class DatabasePoller:
         self._deadline = self.last_count + soonest
         log.debug("database %s: ready %s; next look in %.2fs", self.database, counts, soonest)
         self._settle(counts)
+
+    async def _background(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Recurring jobs when one is due, pruning when its interval passed. A database
+        not migrated to this version yet (no such table) is told once, then left alone
+        until the next interval: counts and releases go on."""
+
+        async def run(statement: statements.Statement[Any]) -> Any:
+            return await self._timed(execute(conn, statement))
+
+        now = time.monotonic()
+        try:
+            if self.recurring.entries and now >= self._recurring_deadline:
+                wait = await self.recurring.enqueue_due(run, dt.datetime.now(dt.timezone.utc))
+                self._recurring_deadline = time.monotonic() + (
+                    PRUNE_INTERVAL if wait is None else wait + SCHEDULE_SLACK
+                )
+            if now >= self._prune_deadline:
+                self._prune_deadline = now + PRUNE_INTERVAL
+                await self._prune(run)
+        except psycopg.errors.UndefinedTable as error:
+            self._recurring_deadline = self._prune_deadline = now + PRUNE_INTERVAL
+            if not self._missing_table_reported:
+                self._missing_table_reported = True
+                log.warning(
+                    "database %s: %s: run `djmaster migrate` (recurring jobs and the "
+                    "pruning of finished jobs wait for it)",
+                    self.database,
+                    describe_error(error),
+                )
+
+    async def _prune(self, run: Callable[[statements.Statement[Any]], Awaitable[Any]]) -> None:
+        pruned = 0
+        for _ in range(10):  # at most 10 batches per interval: never hog the connection
+            deleted = int(await run(statements.prune_finished_jobs(limit=PRUNE_BATCH)))
+            pruned += deleted
+            if deleted < PRUNE_BATCH:
+                break
+        runs = int(
+            await run(
+                statements.prune_recurring_runs(older_than=RECURRING_RUNS_KEPT, limit=PRUNE_BATCH)
+            )
+        )
+        if pruned or runs:
+            log.info(
+                "database %s: pruned %d finished job(s) past keep_until, %d old recurring run(s)",
+                self.database,
+                pruned,
+                runs,
+                extra=event("pruned", database=self.database, jobs=pruned, runs=runs),
+            )
 
     async def _release_pending(self, conn: psycopg.AsyncConnection[Any]) -> None:
         released_any = False

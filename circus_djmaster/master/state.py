@@ -23,6 +23,15 @@ __all__ = ["Block", "Blocks", "LoopExit", "Mode", "WorkerBook", "mtime_ns"]
 #: pid do not release the same worker's jobs twice.
 RELEASED_MEMORY = 120.0
 
+#: How long a vanished worker's release waits for circus' ``reap`` event (seconds).
+#: circus reaps a dead worker at once (circusd/hooks.py) and publishes how it ended on
+#: its pubsub socket, which reaches the plugin apart from the answers to its commands:
+#: the master may see the pid gone from ``list`` before the event, when the kernel no
+#: longer keeps the status (no zombie). Releasing then would record "died" where
+#: "exited with code 3" was known a few milliseconds later (the chaos test caught it).
+#: The event comes in milliseconds; this bounds the wait when it never comes.
+REAP_EVENT_WAIT = 1.0
+
 
 class Mode(enum.Enum):
     """What the master's loop is doing."""
@@ -119,6 +128,7 @@ class WorkerBook:
         self.killed: dict[int, RetireReason] = {}  # SIGKILL sent by the master
         self.exit_codes: dict[int, int | None] = {}  # from circus reap events
         self.released: dict[int, float] = {}  # pid -> when its jobs were released
+        self.vanished_at: dict[int, float] = {}  # gone pids waiting for their exit code
 
     def observed(self, current: Mapping[int, str]) -> None:
         """A new observation (pid -> watcher): pids seen before and absent now vanished.
@@ -130,16 +140,29 @@ class WorkerBook:
         )
         self.known = dict(current)
 
-    def take_gone(self) -> dict[int, str]:
-        """The vanished pids to handle now (forgotten by the book afterwards)."""
-        gone, self.gone = self.gone, {}
-        for pid in gone:
-            self.retiring.pop(pid, None)
-        return gone
+    def take_gone(self, now: float) -> dict[int, str]:
+        """The vanished pids to handle now (forgotten by the book afterwards): those
+        whose end is known (an exit code from circus' reap event or the kernel, or the
+        master killed them) and those that waited :data:`REAP_EVENT_WAIT` for it; the
+        others wait. ``now``: monotonic seconds."""
+        ready = {}
+        for pid, watcher in list(self.gone.items()):
+            since = self.vanished_at.setdefault(pid, now)
+            if pid in self.exit_codes or pid in self.killed or now - since >= REAP_EVENT_WAIT:
+                ready[pid] = watcher
+                del self.gone[pid]
+                del self.vanished_at[pid]
+                self.retiring.pop(pid, None)
+        return ready
+
+    def next_deadline(self) -> float | None:
+        """When (monotonic) the first vanished pid stops waiting for its exit code."""
+        return min(self.vanished_at.values()) + REAP_EVENT_WAIT if self.vanished_at else None
 
     def reaped(self, pid: int, exit_code: int | None) -> None:
-        """circus reaped ``pid``: keep its exit code for the message when it vanishes."""
-        if pid in self.known:
+        """circus reaped ``pid`` (or the kernel keeps its status): keep its exit code
+        for the message when it vanishes, or for its release if it already did."""
+        if pid in self.known or pid in self.gone:
             self.exit_codes[pid] = exit_code
 
     def first_release(self, pid: int, now: float) -> bool:

@@ -24,14 +24,19 @@ from circus_djmaster.store.queries import query
 __all__ = [
     "INT4_MAX",
     "INT4_MIN",
+    "CancelResult",
     "ChargedJob",
+    "FinishOutcome",
+    "FinishedJob",
     "GroupStats",
     "JobFilter",
+    "RecurringState",
     "ReleaseOutcome",
     "ReleasedJob",
     "ReservedJob",
     "Row",
     "Statement",
+    "UniqueInsert",
 ]
 
 #: A result row: column name -> value (the executors read rows as dicts).
@@ -133,6 +138,8 @@ class ReservedJob:
     queue: str | None
     run_at: dt.datetime
     run_alone: bool = False  # its worker died running it beside others: run it alone
+    keep_finished: float | None = None  # seconds, set at enqueue (None: the group's)
+    cancel_requested: bool = False  # `djmaster jobs cancel` asked to stop it
 
 
 def _reserved(rows: list[Row]) -> list[ReservedJob]:
@@ -321,17 +328,64 @@ def probe() -> Statement[None]:
 
 
 def insert_job(
-    *, handler: str, queue: str, priority: int, run_at: dt.datetime | None, delay: float
+    *,
+    handler: str,
+    queue: str,
+    priority: int,
+    run_at: dt.datetime | None,
+    delay: float,
+    keep_finished: float | None = None,
 ) -> Statement[int]:
-    """Enqueue one job; due at ``run_at``, or ``delay`` seconds from the database's now."""
+    """Enqueue one job; due at ``run_at``, or ``delay`` seconds from the database's now.
+    ``keep_finished``: seconds to keep it once finished (None: its worker group's)."""
     params = {
         "handler": handler,
         "queue": queue,
         "priority": priority,
         "run_at": run_at,
         "delay": delay,
+        "keep_finished": keep_finished,
     }
     return Statement("insert_job", params, lambda rows: int(rows[0]["id"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class UniqueInsert:
+    """What :func:`insert_unique_job` did: ``id`` of the new job (``created``) or of the
+    one already waiting with the key; ``id`` None: neither (run it again)."""
+
+    id: int | None
+    created: bool
+
+
+def _unique_insert(rows: list[Row]) -> UniqueInsert:
+    if not rows:
+        return UniqueInsert(None, False)
+    return UniqueInsert(int(rows[0]["id"]), bool(rows[0]["created"]))
+
+
+def insert_unique_job(
+    *,
+    handler: str,
+    queue: str,
+    priority: int,
+    run_at: dt.datetime | None,
+    delay: float,
+    unique_key: str,
+    keep_finished: float | None = None,
+) -> Statement[UniqueInsert]:
+    """Enqueue one job unless a job with ``unique_key`` already waits (the partial
+    unique index ``delayed_jobs_unique_key`` decides; never an error)."""
+    params = {
+        "handler": handler,
+        "queue": queue,
+        "priority": priority,
+        "run_at": run_at,
+        "delay": delay,
+        "keep_finished": keep_finished,
+        "unique_key": unique_key,
+    }
+    return Statement("insert_unique_job", params, _unique_insert)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,6 +397,7 @@ class NewJob:
     priority: int
     run_at: dt.datetime | None
     delay: float
+    keep_finished: float | None = None
 
 
 def insert_jobs(jobs: Sequence[NewJob]) -> Statement[list[int]]:
@@ -353,6 +408,7 @@ def insert_jobs(jobs: Sequence[NewJob]) -> Statement[list[int]]:
         "priorities": [job.priority for job in jobs],
         "run_ats": [job.run_at for job in jobs],
         "delays": [job.delay for job in jobs],
+        "keep_finished": [job.keep_finished for job in jobs],
     }
     return Statement("insert_jobs", params, _ids, skip=not jobs)
 
@@ -402,3 +458,175 @@ def due_now_jobs(ids: Sequence[int]) -> Statement[list[int]]:
 def delete_waiting_jobs(ids: Sequence[int]) -> Statement[list[int]]:
     """Delete the jobs of ``ids`` that are neither failed nor locked; the ids deleted."""
     return Statement("delete_waiting_jobs", {"ids": list(ids)}, _ids)
+
+
+# ------------------------------------------------------------ finished jobs
+
+
+class FinishOutcome(enum.Enum):
+    """How a job finished, as ``delayed_jobs_finished.outcome`` says."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclasses.dataclass(frozen=True)
+class FinishedJob:
+    """One row of :func:`finish_jobs`: a job to delete, and to keep ``keep`` seconds
+    (0: not kept). ``result`` is JSON text; ``run_time`` None: it never ran; ``ended``
+    the worker's ``time.monotonic()`` when it ended."""
+
+    id: int
+    outcome: FinishOutcome
+    attempts: int
+    keep: float
+    ended: float
+    run_time: float | None = None
+    result: str | None = None
+    result_note: str | None = None
+    error: str | None = None
+
+
+def finish_jobs(jobs: Sequence[FinishedJob], *, now: float) -> Statement[None]:
+    """Delete finished jobs and keep those with ``keep`` > 0 in
+    ``delayed_jobs_finished``; ``now`` is ``time.monotonic()`` when the statement is
+    built, so that each job's end is written on the database clock (``now() - ago``)."""
+    params = {
+        "ids": [job.id for job in jobs],
+        "outcomes": [job.outcome.value for job in jobs],
+        "results": [job.result for job in jobs],
+        "notes": [job.result_note for job in jobs],
+        "errors": [job.error for job in jobs],
+        "attempts": [job.attempts for job in jobs],
+        "run_times": [job.run_time for job in jobs],
+        "ago": [max(0.0, now - job.ended) for job in jobs],
+        "keep": [job.keep for job in jobs],
+    }
+    return _write("finish_jobs", params, skip=not jobs)
+
+
+def keep_failed_job(
+    job_id: int, *, keep: float, run_time: float | None, finished_by: str
+) -> Statement[None]:
+    """Copy a job that failed for good (still in delayed_jobs, ``failed_at`` set) into
+    ``delayed_jobs_finished`` for ``keep`` seconds."""
+    params = {"id": job_id, "keep": keep, "run_time": run_time, "finished_by": finished_by}
+    return _write("keep_failed_job", params)
+
+
+@dataclasses.dataclass(frozen=True)
+class CancelResult:
+    """What :func:`cancel_jobs` did: jobs deleted before they started (``cancelled``),
+    and running ones asked to stop (``requested``)."""
+
+    cancelled: list[int]
+    requested: list[int]
+
+
+def _cancel_result(rows: list[Row]) -> CancelResult:
+    return CancelResult(
+        sorted(int(r["id"]) for r in rows if r["outcome"] == "cancelled"),
+        sorted(int(r["id"]) for r in rows if r["outcome"] == "requested"),
+    )
+
+
+def cancel_jobs(
+    ids: Sequence[int] = (),
+    *,
+    queue: str | None = None,
+    keep_default: float = 0.0,
+    keep_by_queue: Mapping[str, float] | None = None,
+) -> Statement[CancelResult]:
+    """Cancel the live jobs of ``ids``, or of ``queue``: waiting ones are deleted (kept
+    as cancelled for their ``keep_finished``, else their queue's in ``keep_by_queue``,
+    else ``keep_default`` seconds), held ones are asked to stop (queries.sql)."""
+    keep = dict(keep_by_queue or {})
+    params = {
+        "ids": list(ids),
+        "queue": queue,
+        "keep_default": keep_default,
+        "keep_queues": list(keep),
+        "keep_seconds": list(keep.values()),
+    }
+    return Statement("cancel_jobs", params, _cancel_result, skip=not ids and queue is None)
+
+
+def cancel_requested(ids: Sequence[int]) -> Statement[set[int]]:
+    """Which of ``ids`` were asked to stop."""
+    return Statement(
+        "cancel_requested",
+        {"ids": list(ids)},
+        lambda rows: {int(r["id"]) for r in rows},
+        skip=not ids,
+    )
+
+
+def _deleted(rows: list[Row]) -> int:
+    return int(rows[0]["deleted"]) if rows else 0
+
+
+def prune_finished_jobs(*, limit: int) -> Statement[int]:
+    """Delete at most ``limit`` kept jobs past their ``keep_until``; how many went."""
+    return Statement("prune_finished_jobs", {"limit": limit}, _deleted)
+
+
+def _one(rows: list[Row]) -> Row | None:
+    return rows[0] if rows else None
+
+
+def finished_job(job_id: int) -> Statement[Row | None]:
+    """The kept finished job ``job_id`` (``delayed_jobs_finished``), or None."""
+    return Statement("finished_job", {"id": job_id}, _one)
+
+
+def live_job(job_id: int) -> Statement[Row | None]:
+    """Job ``job_id`` of ``delayed_jobs`` (with the database's ``now``), or None."""
+    return Statement("live_job", {"id": job_id}, _one)
+
+
+# ------------------------------------------------------------ recurring jobs
+
+
+@dataclasses.dataclass(frozen=True)
+class RecurringState:
+    """The database clock and, per entry name, the latest due time enqueued (None:
+    never)."""
+
+    now: dt.datetime
+    last_due: dict[str, dt.datetime | None]
+
+
+def recurring_last_runs(names: Sequence[str], *, now: dt.datetime) -> Statement[RecurringState]:
+    """The latest run of each entry, and the database's now (``now``: what to say when
+    ``names`` is empty and no round trip is made)."""
+
+    def read(rows: list[Row]) -> RecurringState:
+        if not rows:
+            return RecurringState(now, {})
+        return RecurringState(rows[0]["now"], {str(r["name"]): r["last_due"] for r in rows})
+
+    return Statement("recurring_last_runs", {"names": list(names)}, read, skip=not names)
+
+
+def enqueue_recurring_job(
+    *, name: str, due_at: dt.datetime, handler: str, queue: str, priority: int
+) -> Statement[int | None]:
+    """Enqueue entry ``name`` for ``due_at`` unless it already was (by any master): the
+    new job's id, or None."""
+    params = {
+        "name": name,
+        "due_at": due_at,
+        "handler": handler,
+        "queue": queue,
+        "priority": priority,
+    }
+    return Statement(
+        "enqueue_recurring_job", params, lambda rows: int(rows[0]["id"]) if rows else None
+    )
+
+
+def prune_recurring_runs(*, older_than: float, limit: int) -> Statement[int]:
+    """Forget at most ``limit`` runs enqueued over ``older_than`` seconds ago (each
+    entry's latest is kept); how many went."""
+    return Statement("prune_recurring_runs", {"older_than": older_than, "limit": limit}, _deleted)

@@ -35,7 +35,13 @@ from circus_djmaster.contracts.running_jobs import RunningJobs
 from circus_djmaster.contracts.titles import worker_application_name
 from circus_djmaster.exceptions import HandlerError, JobTimeout
 from circus_djmaster.store import statements
-from circus_djmaster.store.statements import JobFilter, ReservedJob, Statement
+from circus_djmaster.store.statements import (
+    FinishedJob,
+    FinishOutcome,
+    JobFilter,
+    ReservedJob,
+    Statement,
+)
 from circus_djmaster.store.sync_executor import connect
 from circus_djmaster.worker.db_deadlines import CallDeadlines
 from circus_djmaster.worker.feed import JobFeed, Take
@@ -49,7 +55,9 @@ from circus_djmaster.worker.outcomes import (
     failure_after_error,
     failure_statement,
     format_error,
+    keep_seconds,
     resolve_job,
+    result_json,
     timeout_message,
     unresolvable_failure,
 )
@@ -91,6 +99,10 @@ if TYPE_CHECKING:
 
         def thread_exited(self) -> None:
             """The thread ended (it stopped taking jobs)."""
+            ...
+
+        def cancel_requested(self, job_id: int) -> bool:
+            """Whether job ``job_id`` (held by this worker) was asked to stop."""
             ...
 
 
@@ -144,6 +156,9 @@ class JobThread(threading.Thread):
         self.slot = JobSlot(self.code)
         self.wake = threading.Event()
         self.resolved: Resolved | None = None  # the job running now, for the watchdog
+        #: The context of the job running now (its cancel_event is set on a cancel:
+        #: cancels.CancelWatch).
+        self.context: JobContext | None = None
         self.db = ThreadDatabase(
             setup.database_url,
             setup.database_name,
@@ -220,6 +235,13 @@ class JobThread(threading.Thread):
         deletion is due), False if it ended otherwise, None if the worker began to stop
         while the job waited for its turn (it did not run: hand it back)."""
         group = self.setup.group
+        if job.cancel_requested or self.link.cancel_requested(job.id):
+            # Cancelled while a worker held it (reserved ahead, or handed back by a
+            # worker that stopped): it never runs.
+            log.info("job %s was cancelled before it started", job.id)
+            keep = keep_seconds(job, None, group)
+            self._finish_cancelled(job.id, job.attempts, keep, run_time=None, error=None)
+            return False
         try:
             resolved = resolve_job(job, group)
         except HandlerError as exc:
@@ -240,7 +262,7 @@ class JobThread(threading.Thread):
                     attempts=failure.attempts,
                 ),
             )
-            self._record_failure(job.id, failure)
+            self._record_failure(job.id, failure, keep=keep_seconds(job, None, group))
             return False
         if resolved.exhausted:
             self._fail_exhausted(resolved)
@@ -248,7 +270,8 @@ class JobThread(threading.Thread):
         if not self._enter_gate(job):
             return None
         try:
-            return self._run_resolved(resolved, alone=job.run_alone)
+            keep = keep_seconds(job, resolved, group)
+            return self._run_resolved(resolved, alone=job.run_alone, keep=keep)
         finally:
             self.gate.leave(alone=job.run_alone)
 
@@ -264,7 +287,7 @@ class JobThread(threading.Thread):
             self._renew_lock(job.id)
         return True
 
-    def _run_resolved(self, resolved: Resolved, *, alone: bool) -> bool:
+    def _run_resolved(self, resolved: Resolved, *, alone: bool, keep: float) -> bool:
         record = resolved.record
         context = JobContext(
             id=record.id,
@@ -275,14 +298,17 @@ class JobThread(threading.Thread):
             database=self.setup.database_name,
             group=self.setup.group.name,
         )
+        self.context = context
         token = enter_job(context)
         try:
-            return self._run_code(resolved, alone=alone)
+            return self._run_code(resolved, alone=alone, keep=keep)
         finally:
             leave_job(token)
+            self.context = None
 
-    def _run_code(self, resolved: Resolved, *, alone: bool) -> bool:
-        """Run the job's code and record a failure; True if it succeeded."""
+    def _run_code(self, resolved: Resolved, *, alone: bool, keep: float) -> bool:
+        """Run the job's code and record a failure; True if it succeeded and its
+        deletion is due (a job kept once finished is moved here, at once: False)."""
         record = resolved.record
         self.resolved = resolved
         # Before the job's code runs: if it kills the process, the master charges it.
@@ -293,10 +319,13 @@ class JobThread(threading.Thread):
             "job %s (%s) started%s", record.id, record.handler.callable, " alone" if alone else ""
         )
         error: BaseException | None = None
+        result: Any = None
         try:
             try:
                 self._hook(resolved, "before")
-                self.code.call(resolved.function, *record.handler.args, **record.handler.kwargs)
+                result = self.code.call(
+                    resolved.function, *record.handler.args, **record.handler.kwargs
+                )
                 self._hook(resolved, "success")
             finally:
                 self.slot.leave_user_code()
@@ -313,6 +342,7 @@ class JobThread(threading.Thread):
         self.running.clear(self.number)
         self.resolved = None
         self.link.show_busy()
+        deletion_due = False
         if error is None:
             log.info(
                 "job %s %s (queue %s, attempt %d) succeeded in %.3fs",
@@ -323,10 +353,27 @@ class JobThread(threading.Thread):
                 elapsed,
                 extra=job_event("job_succeeded", resolved, elapsed, JobOutcome.SUCCEEDED),
             )
+            if keep > 0:
+                self._keep_succeeded(record.id, record.attempts + 1, keep, elapsed, result)
+            else:
+                deletion_due = True
+        elif self.context is not None and self.context.cancel_requested:
+            # Asked to stop, and it did (raising): cancelled, never retried.
+            log.info(
+                "job %s %s (queue %s) stopped after a cancel request (%.3fs)",
+                record.id,
+                record.handler.callable,
+                record.queue,
+                elapsed,
+                extra=job_event("job_cancelled", resolved, elapsed, JobOutcome.CANCELLED),
+            )
+            self._finish_cancelled(
+                record.id, record.attempts + 1, keep, run_time=elapsed, error=format_error(error)
+            )
         else:
-            self._job_failed(resolved, error, elapsed)
+            self._job_failed(resolved, error, elapsed, keep)
         self.link.after_job()
-        return error is None
+        return deletion_due
 
     def _hook(self, resolved: Resolved, name: str, *extra: Any) -> None:
         """Run a job hook (sync or async); hooks are job code, their errors the job's."""
@@ -340,7 +387,9 @@ class JobThread(threading.Thread):
         except BaseException:  # hooks are job code: never the worker's end
             log.exception("after hook of job %s raised", resolved.record.id)
 
-    def _job_failed(self, resolved: Resolved, error: BaseException, elapsed: float) -> None:
+    def _job_failed(
+        self, resolved: Resolved, error: BaseException, elapsed: float, keep: float
+    ) -> None:
         if isinstance(error, JobTimeout):
             last_error = timeout_message(resolved.max_run_time, stopped=True)
         else:
@@ -376,7 +425,7 @@ class JobThread(threading.Thread):
             last_error.splitlines()[0] if last_error else "",
             extra=job_event("job_failed", resolved, elapsed, failure.outcome, failure.attempts),
         )
-        self._record_failure(resolved.record.id, failure)
+        self._record_failure(resolved.record.id, failure, keep=keep, run_time=elapsed)
 
     def _fail_exhausted(self, resolved: Resolved) -> None:
         """A job with no attempt left (its worker died on its last one while the master
@@ -403,12 +452,69 @@ class JobThread(threading.Thread):
             raise RuntimeError("the database clock could not be read")
         return now
 
-    def _record_failure(self, job_id: int, failure: Failure) -> None:
-        if not self._write("record", failure_statement(job_id, failure)) and self.db.write_refused:
+    def _record_failure(
+        self, job_id: int, failure: Failure, *, keep: float = 0.0, run_time: float | None = None
+    ) -> None:
+        """Write a failed run's outcome; with ``keep`` > 0 seconds a job that failed for
+        good is kept in delayed_jobs_finished too (a destroyed one only there)."""
+        if failure.outcome is JobOutcome.DESTROYED and keep > 0:
+            finished = FinishedJob(
+                job_id,
+                FinishOutcome.FAILED,
+                attempts=failure.attempts,
+                keep=keep,
+                ended=time.monotonic(),
+                run_time=run_time,
+                error=failure.last_error,
+            )
+            self._write("record", statements.finish_jobs([finished], now=time.monotonic()))
+            return
+        written = self._write("record", failure_statement(job_id, failure))
+        if not written and self.db.write_refused:
             # The database refused this last_error (format_error makes that unlikely):
             # record the outcome without it rather than leave the job locked.
             plain = dataclasses.replace(failure, last_error="(the job's error could not be stored)")
-            self._write("record", failure_statement(job_id, plain))
+            written = self._write("record", failure_statement(job_id, plain))
+        if written and failure.outcome is JobOutcome.FAILED and keep > 0:
+            self._write(
+                "keep",
+                statements.keep_failed_job(
+                    job_id, keep=keep, run_time=run_time, finished_by=self.setup.locked_by
+                ),
+            )
+
+    def _keep_succeeded(
+        self, job_id: int, attempts: int, keep: float, run_time: float, result: Any
+    ) -> None:
+        """A succeeded job kept once finished: moved to delayed_jobs_finished with its
+        result, at once (one statement; plain completions ride on the next reserve)."""
+        text, note = result_json(result)
+        finished = FinishedJob(
+            job_id,
+            FinishOutcome.SUCCEEDED,
+            attempts=attempts,
+            keep=keep,
+            ended=time.monotonic(),
+            run_time=run_time,
+            result=text,
+            result_note=note,
+        )
+        self._write("keep", statements.finish_jobs([finished], now=time.monotonic()))
+
+    def _finish_cancelled(
+        self, job_id: int, attempts: int, keep: float, *, run_time: float | None, error: str | None
+    ) -> None:
+        """A cancelled job: deleted, and kept as cancelled for ``keep`` seconds."""
+        finished = FinishedJob(
+            job_id,
+            FinishOutcome.CANCELLED,
+            attempts=attempts,
+            keep=keep,
+            ended=time.monotonic(),
+            run_time=run_time,
+            error=error,
+        )
+        self._write("cancel", statements.finish_jobs([finished], now=time.monotonic()))
 
     def _hand_back(self, job_ids: list[int]) -> None:
         self._write("hand back", statements.unlock_job_ids(job_ids, locked_by=self.setup.locked_by))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import json
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +35,8 @@ from circus_djmaster.store.statements import ReservedJob, Statement
 
 # last_error is for people: keep it readable and bounded.
 MAX_ERROR_LENGTH = 64 * 1024
+# A kept job's result (JSON text) is stored up to this size; a larger one is not kept.
+MAX_RESULT_LENGTH = 64 * 1024
 
 
 class JobOutcome(enum.Enum):
@@ -43,6 +46,7 @@ class JobOutcome(enum.Enum):
     RETRY = "retry"
     FAILED = "failed"  # failed_at set
     DESTROYED = "destroyed"  # failed and deleted (destroy_failed_jobs)
+    CANCELLED = "cancelled"  # asked to stop (djmaster jobs cancel) and it did: never retried
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,3 +191,29 @@ def timeout_message(max_run_time: float, *, stopped: bool) -> str:
         f"JobTimeout: job ran past its max_run_time of {max_run_time:g}s and could not be "
         "stopped; its worker retired to end it"
     )
+
+
+def keep_seconds(job: ReservedJob, resolved: Resolved | None, group: WorkerGroup) -> float:
+    """How long to keep ``job`` once finished (0: delete it, delayed_job's way): the
+    row's ``keep_finished`` (set at enqueue), else its ``@job``'s, else the group's."""
+    if job.keep_finished is not None:
+        return max(0.0, job.keep_finished)
+    if resolved is not None and resolved.options.keep_finished is not None:
+        return resolved.options.keep_finished
+    return group.keep_finished
+
+
+def result_json(result: Any) -> tuple[str | None, str | None]:
+    """A job's return value as stored in ``delayed_jobs_finished.result``: ``(JSON
+    text, None)``, or ``(None, why it is not kept)`` for a value that is not JSON, is
+    larger than MAX_RESULT_LENGTH, or holds a NUL (jsonb cannot)."""
+    try:
+        text = json.dumps(result, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        return None, f"the result is not JSON ({type(result).__name__}): {exc}"
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_RESULT_LENGTH:
+        return None, f"the result is {size} bytes of JSON, over the {MAX_RESULT_LENGTH}-byte cap"
+    if "\\u0000" in text or "\x00" in text or storable(text) != text:
+        return None, "the result holds a NUL or a lone surrogate, which PostgreSQL cannot store"
+    return text, None

@@ -49,6 +49,7 @@ from circus_djmaster.store.errors import describe_error
 from circus_djmaster.store.statements import JobFilter, ReservedJob, Statement
 from circus_djmaster.store.sync_executor import connect, execute
 from circus_djmaster.worker import early_signals, launcher_link
+from circus_djmaster.worker.cancels import CancelWatch
 from circus_djmaster.worker.db_deadlines import CallDeadlines
 from circus_djmaster.worker.feed import JobFeed
 from circus_djmaster.worker.interruption import Watchdog
@@ -180,6 +181,16 @@ class Worker:
             locked_by=self.locked_by, control=self._control, retire=self.retire
         )
         self._conn: psycopg.Connection[Any] | None = None
+        # Cancel requests of held jobs, looked up on a thread of its own (cancels.py).
+        self.cancels = CancelWatch(
+            lambda: self._threads,
+            lambda: (job_id for job_id, _since in self.feed.held_since()),
+            url=self.database_url,
+            database=database.name,
+            application_name=titles.worker_application_name(self.pid, "cancels"),
+            timeout=settings.database_timeout,
+            deadlines=self.deadlines,
+        )
         # A worker that waits for work (idle_timeout > 0) listens, so it wakes at once.
         self._wakeup = (
             NotifyWakeup(
@@ -321,6 +332,10 @@ class Worker:
     def thread_exited(self) -> None:
         self._poke()
 
+    def cancel_requested(self, job_id: int) -> bool:
+        """Whether held job ``job_id`` was found cancelled (cancels.CancelWatch)."""
+        return self.cancels.requested(job_id)
+
     def thread_crashed(self) -> None:
         self._crashed = True
         self.retire("a job thread crashed")
@@ -387,6 +402,7 @@ class Worker:
         ]
         for thread in self._threads:
             thread.start()
+        self.cancels.start()
         while True:
             self._handle_signals()
             if self._stop is StopMode.IMMEDIATE:
@@ -520,6 +536,7 @@ class Worker:
         return None
 
     def close(self) -> None:
+        self.cancels.stop()
         self.running.close()
         if self._conn is not None:
             self._conn.close()

@@ -317,6 +317,10 @@ def test_status_watch_redraws_in_place_within_the_terminal_and_ctrl_c_exits_0(op
         stdout=follower,
         stderr=follower,
         start_new_session=True,
+        # As a terminal's shell starts it. A shell without job control starts background
+        # commands (`pytest ... &`) with SIGINT ignored, and Python then leaves it
+        # ignored: Ctrl-C would do nothing (the suite run in the background hung here).
+        preexec_fn=_default_sigint,
     )
     os.close(follower)
     output = b""
@@ -335,12 +339,40 @@ def test_status_watch_redraws_in_place_within_the_terminal_and_ctrl_c_exits_0(op
             assert lines[0].startswith("djmaster status  ")
             assert any(line.startswith("database primary") for line in lines)
         process.send_signal(signal.SIGINT)  # Ctrl-C
-        assert process.wait(timeout=DEADLINE) == 0
+        # Keep reading, as a terminal does: a full pty would block its last write, and
+        # what it prints on the way out (a traceback) is the diagnosis if it hangs.
+        after = b""
+        deadline = time.monotonic() + DEADLINE
+        while process.poll() is None and time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 0.2)
+            if ready:
+                try:
+                    after += os.read(leader, 65536)
+                except OSError:  # EIO: it closed its end of the pty (it is ending)
+                    time.sleep(0.05)
+        if process.poll() is None:
+            pytest.fail(f"no exit after Ctrl-C: {_process_state(process.pid)}; {after[-2000:]!r}")
+        assert process.returncode == 0, after[-2000:]
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
         os.close(leader)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _process_state(pid: int) -> str:
+    """What a process that should have ended is doing (for a failure message)."""
+    parts = []
+    for name in ("wchan", "stack"):
+        try:
+            parts.append(f"{name}: {Path(f'/proc/{pid}/{name}').read_text().strip()}")
+        except OSError as error:
+            parts.append(f"{name}: {error}")
+    return "; ".join(parts)
 
 
 def test_a_watcher_missing_from_circusd_is_named_with_its_causes_and_fails_status_check(

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from circus_djmaster.store.sync_executor import connect, migrate
-from tests.contrib.conftest import DjangoProject
+from tests.contrib.conftest import REPO_ROOT, DjangoProject
 
 Project = Callable[..., DjangoProject]
 
@@ -36,6 +36,10 @@ def schema_of(url: str) -> dict[str, Any]:
             "indexes": rows(
                 "SELECT indexname, indexdef FROM pg_indexes "
                 "WHERE tablename = 'delayed_jobs' ORDER BY indexname"
+            ),
+            "tables": rows(
+                "SELECT table_name, column_name, data_type FROM information_schema.columns "
+                "WHERE table_name LIKE 'delayed_jobs_%' ORDER BY table_name, ordinal_position"
             ),
             "triggers": rows(
                 "SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger "
@@ -60,7 +64,11 @@ def test_manage_migrate_makes_the_schema_of_djmaster_migrate_whichever_runs_firs
     reference = make_project("reference")
     djmaster_migrate(reference.database_url)
     expected = schema_of(reference.database_url)
-    assert len(expected["indexes"]) == 3 and len(expected["triggers"]) == 2  # the real thing
+    assert len(expected["indexes"]) == 4 and len(expected["triggers"]) == 2  # the real thing
+    assert {row[0] for row in expected["tables"]} == {
+        "delayed_jobs_finished",
+        "delayed_jobs_recurring_runs",
+    }
 
     django_first = make_project("django-first")
     out = django_first.manage("migrate").stdout
@@ -79,6 +87,28 @@ def test_manage_migrate_makes_the_schema_of_djmaster_migrate_whichever_runs_firs
         assert conn.execute("SELECT queue FROM delayed_jobs").fetchall() == [("kept",)]
 
 
+def test_manage_migrate_upgrades_a_database_of_the_previous_version_in_place(
+    make_project: Project,
+) -> None:
+    """A database migrated by the app before issue 15 (0001 applied, schema 0.2) gets
+    the new columns and tables from 0002, which runs the same schema.sql, and keeps its
+    jobs."""
+    reference = make_project("reference")
+    djmaster_migrate(reference.database_url)
+    expected = schema_of(reference.database_url)
+    old = make_project("old")
+    schema_0_2 = REPO_ROOT / "tests" / "integration" / "store" / "schemas" / "schema-0.2.sql"
+    with old.connect() as conn:
+        conn.execute(schema_0_2.read_text(encoding="utf-8"))  # type: ignore[arg-type]
+        conn.execute("INSERT INTO delayed_jobs (handler, queue) VALUES ('{}', 'kept')")
+    old.manage("migrate", "djmaster", "0001", "--fake")  # what the old app had applied
+    out = old.manage("migrate").stdout
+    assert "Applying djmaster.0002_schema_0_3... OK" in out
+    assert schema_of(old.database_url) == expected
+    with old.connect() as conn:
+        assert conn.execute("SELECT queue FROM delayed_jobs").fetchall() == [("kept",)]
+
+
 def test_the_migration_matches_the_models_and_unapplying_it_keeps_the_table(
     make_project: Project,
 ) -> None:
@@ -89,6 +119,7 @@ def test_the_migration_matches_the_models_and_unapplying_it_keeps_the_table(
     with project.connect() as conn:
         conn.execute("INSERT INTO delayed_jobs (handler) VALUES ('{}')")
     out = project.manage("migrate", "djmaster", "zero").stdout
+    assert "Unapplying djmaster.0002_schema_0_3... OK" in out
     assert "Unapplying djmaster.0001_initial... OK" in out
     with project.connect() as conn:  # a deliberate no-op: the table and its job stay
         assert conn.execute("SELECT count(*) FROM delayed_jobs").fetchone() == (1,)

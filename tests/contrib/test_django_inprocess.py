@@ -117,9 +117,82 @@ def test_the_backend_flags_tell_the_truth(url: str) -> None:
     assert tasks_backend.supports_defer is True  # run_after -> run_at (tested below)
     assert tasks_backend.supports_priority is True  # mapped (tested below)
     assert tasks_backend.supports_async_task is True  # run by the worker (test_django_circus)
+    # Without KEEP_FINISHED a succeeded job is deleted at once: no result to report.
     assert tasks_backend.supports_get_result is False
     with pytest.raises(NotImplementedError):
         tasks_backend.get_result("1")
+    from circus_djmaster.contrib.django.tasks import DjmasterBackend
+
+    kept = DjmasterBackend("kept", {"QUEUES": [], "OPTIONS": {"KEEP_FINISHED": "1h"}})
+    assert (kept.supports_get_result, kept.keep_finished) == (True, 3600.0)
+
+
+def test_a_bad_keep_finished_is_refused_naming_the_option() -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    from circus_djmaster.contrib.django.tasks import DjmasterBackend
+
+    with pytest.raises(ImproperlyConfigured, match=r"\['KEEP_FINISHED'\]: \"soon\" is not a"):
+        DjmasterBackend("bad", {"QUEUES": [], "OPTIONS": {"KEEP_FINISHED": "soon"}})
+
+
+def test_get_result_reports_a_task_from_enqueue_to_its_kept_result(
+    url: str, observer: Conn
+) -> None:
+    """KEEP_FINISHED: the job is written with keep_finished; get_result reads it while it
+    waits, while a worker holds it, and once finished from the kept row. The worker's
+    part is played by the statements a worker runs (the circusd test runs real ones)."""
+    import time
+
+    from circus_djmaster.contrib.django.tasks import DjmasterBackend, run_task
+    from circus_djmaster.store import statements
+    from circus_djmaster.store.statements import FinishedJob, FinishOutcome, JobFilter
+    from circus_djmaster.store.sync_executor import execute
+    from circus_djmaster.worker.outcomes import result_json
+    from tests.contrib.inprocess import tasks
+
+    kept = DjmasterBackend("default", {"QUEUES": [], "OPTIONS": {"KEEP_FINISHED": "1h"}})
+    enqueued = kept.enqueue(tasks.total, [2], {"b": 3})
+    assert kept.get_result(enqueued.id).status == "READY"
+    (job,) = execute(
+        observer,
+        statements.reserve_jobs(JobFilter(), locked_by="host:t pid:1", limit=1, lock_timeout=60),
+    )
+    assert job.keep_finished == 3600.0
+    running = kept.get_result(enqueued.id)
+    assert (running.status, running.worker_ids) == ("RUNNING", ["host:t pid:1"])
+    handler = json.loads(job.handler)
+    value = run_task.func(*handler["args"])  # what the worker's job thread calls
+    assert value == {"total": 5}
+    text, note = result_json(value)
+    execute(
+        observer,
+        statements.finish_jobs(
+            [FinishedJob(job.id, FinishOutcome.SUCCEEDED, 1, 3600.0, time.monotonic(), 0.1, text)],
+            now=time.monotonic(),
+        ),
+    )
+    done = kept.get_result(enqueued.id)
+    assert (done.status, done.return_value, done.args, done.kwargs) == (
+        "SUCCESSFUL",
+        {"total": 5},
+        [2],
+        {"b": 3},
+    )
+    assert done.finished_at is not None and done.task.name == tasks.total.name
+    failed_id = kept.enqueue(tasks.total, [1], {"b": 1}).id
+    observer.execute(
+        "UPDATE delayed_jobs SET failed_at = now(), last_error = 'ValueError: no' WHERE id = %s",
+        (int(failed_id),),
+    )
+    failed = kept.get_result(failed_id)
+    assert failed.status == "FAILED" and failed.errors[0].traceback == "ValueError: no"
+    missing = "999999"
+    from circus_djmaster.contrib.django.tasks import TaskResultDoesNotExist
+
+    with pytest.raises(TaskResultDoesNotExist):
+        kept.get_result(missing)
+    assert note is None
 
 
 def test_enqueue_writes_a_job_that_runs_the_task(url: str, observer: Conn) -> None:

@@ -177,6 +177,37 @@ BAD_VALUES: dict[str, list[Bad]] = {
         ('""', "must not be empty"),
         ('"log/a\\u0000b.log"', None),
     ],
+    "array of modules": [
+        ('"myapp.schedules"', 'expected an array of module names, got string "myapp.schedules"'),
+        ('["my-app"]', '"my-app" is not a module name'),
+        ("[1]", "expected a string, got integer 1"),
+    ],
+    "cron expression": [
+        ('"61 * * * *"', '"61 * * * *" is not a cron expression: Bad minute'),
+        ('"* * *"', '"* * *" is not a cron expression: Wrong number of fields'),
+        ('"0 3 * * mon-"', "is not a cron expression"),
+        ("5", "expected a string, got integer 5"),
+        ('""', "must not be empty"),
+    ],
+    "array": [
+        ('"1, 2"', 'expected an array, got string "1, 2"'),
+        ("[1979-05-27]", "a TOML date cannot be a job argument (JSON)"),
+        ("[nan]", "cannot be a job argument"),
+    ],
+    "table": [
+        ("[1]", "expected a table, got array"),
+        ("{ when = 07:32:00 }", "a TOML time cannot be a job argument (JSON)"),
+    ],
+    "string": [
+        ("5", "expected a string, got integer 5"),
+        ('""', "must not be empty"),
+        ('"a\\u0000b"', "contains a control character"),
+    ],
+    "time zone": [
+        ('"Mars/Olympus"', '"Mars/Olympus" is not a time zone (examples: UTC, Europe/Paris)'),
+        ('"../etc/passwd"', "is not a time zone"),
+        ("1", "expected a string, got integer 1"),
+    ],
 }
 
 
@@ -187,6 +218,8 @@ def dotted_key(option: Option) -> str:
         return f"workers[0].{option.name}"
     if option.section == "databases":
         return "databases.primary"
+    if option.section == "recurring":
+        return f"recurring[0].{option.name}"
     return f"{option.section}.{option.name}"
 
 
@@ -199,6 +232,14 @@ def settings_text(option: Option, literal: str) -> str:
         return "[[workers]]\n" + line
     if option.section == "databases":
         return f"[databases]\nprimary = {literal}\n[[workers]]\n"
+    if option.section == "recurring":
+        # A valid entry (with every instead of cron when every is the bad one).
+        entry = {"name": '"r"', "callable": '"m:f"'}
+        entry |= {"every": '"1m"'} if option.name == "cron" else {"cron": '"* * * * *"'}
+        if option.name == "every":
+            entry.pop("cron")
+        entry[option.name] = literal
+        return "[[workers]]\n[[recurring]]\n" + "".join(f"{k} = {v}\n" for k, v in entry.items())
     if option.section == "metrics" and option.name != "port":
         line = "port = 9188\n" + line  # [metrics] needs its port
     return f"[[workers]]\n[{option.section}]\n" + line

@@ -35,6 +35,9 @@ class MemoryJob:
     failed_at: dt.datetime | None = None
     last_error: str | None = None
     run_alone: bool = False
+    keep_finished: float | None = None
+    cancel_requested_at: dt.datetime | None = None
+    created_at: dt.datetime | None = None
 
 
 class MemoryStore:
@@ -42,6 +45,10 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.jobs: dict[int, MemoryJob] = {}
+        #: delayed_jobs_finished: job id -> the row kept (outcome, result, ...).
+        self.finished: dict[int, Row] = {}
+        #: delayed_jobs_recurring_runs: (name, due_at) -> job id.
+        self.recurring_runs: dict[tuple[str, dt.datetime], int] = {}
         self.now = dt.datetime(2030, 1, 1, tzinfo=UTC)
         self.ran: list[str] = []  # names of the statements run, in order
         self._next_id = 1
@@ -100,6 +107,8 @@ class MemoryStore:
                 "queue": job.queue,
                 "run_at": job.run_at,
                 "run_alone": job.run_alone,
+                "keep_finished": job.keep_finished,
+                "cancel_requested": job.cancel_requested_at is not None,
             }
             for job in ready
         ]
@@ -212,6 +221,69 @@ class MemoryStore:
 
     def _listen(self, p: dict[str, Any]) -> list[Row]:
         return []
+
+    def _finish_jobs(self, p: dict[str, Any]) -> list[Row]:
+        rows = zip(
+            p["ids"], p["outcomes"], p["results"], p["notes"], p["errors"], p["attempts"],
+            p["keep"], strict=True,
+        )  # fmt: skip
+        for job_id, outcome, result, note, error, attempts, keep in rows:
+            job = self.jobs.pop(job_id, None)
+            if job is not None and keep > 0:
+                self.finished[job_id] = {
+                    "outcome": outcome,
+                    "result": result,
+                    "result_note": note,
+                    "last_error": error,
+                    "attempts": attempts,
+                    "keep_until": self.now + dt.timedelta(seconds=keep),
+                }
+        return []
+
+    def _keep_failed_job(self, p: dict[str, Any]) -> list[Row]:
+        job = self.jobs.get(p["id"])
+        if job is not None:
+            self.finished[job.id] = {
+                "outcome": "failed",
+                "result": None,
+                "result_note": None,
+                "last_error": job.last_error,
+                "attempts": job.attempts,
+                "keep_until": self.now + dt.timedelta(seconds=p["keep"]),
+            }
+        return []
+
+    def _cancel_requested(self, p: dict[str, Any]) -> list[Row]:
+        return [
+            {"id": job_id}
+            for job_id in p["ids"]
+            if job_id in self.jobs and self.jobs[job_id].cancel_requested_at is not None
+        ]
+
+    def _prune_finished_jobs(self, p: dict[str, Any]) -> list[Row]:
+        old = sorted(i for i, row in self.finished.items() if row["keep_until"] < self.now)
+        for job_id in old[: p["limit"]]:
+            del self.finished[job_id]
+        return [{"deleted": min(len(old), p["limit"])}]
+
+    def _recurring_last_runs(self, p: dict[str, Any]) -> list[Row]:
+        rows = []
+        for name in p["names"]:
+            dues = [due for (run, due) in self.recurring_runs if run == name]
+            rows.append({"now": self.now, "name": name, "last_due": max(dues, default=None)})
+        return rows
+
+    def _enqueue_recurring_job(self, p: dict[str, Any]) -> list[Row]:
+        key = (p["name"], p["due_at"])
+        if key in self.recurring_runs:
+            return []
+        job_id = self.add(p["handler"], queue=p["queue"], priority=p["priority"])
+        self.jobs[job_id].run_at = p["due_at"]
+        self.recurring_runs[key] = job_id
+        return [{"id": job_id}]
+
+    def _prune_recurring_runs(self, p: dict[str, Any]) -> list[Row]:
+        return [{"deleted": 0}]
 
     def _probe(self, p: dict[str, Any]) -> list[Row]:
         return []

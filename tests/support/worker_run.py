@@ -58,9 +58,11 @@ def write_settings(
     workers: list[Mapping[str, Any]] | None = None,
     databases: Mapping[str, str] | None = None,
     tables: Mapping[str, Mapping[str, Any]] | None = None,
+    recurring: list[Mapping[str, Any]] | None = None,
     **top: Any,
 ) -> Path:
-    """Write a djmaster.toml; databases default to primary = ${DJMASTER_DATABASE_URL}."""
+    """Write a djmaster.toml; databases default to primary = ${DJMASTER_DATABASE_URL};
+    ``recurring``: ``[[recurring]]`` entries."""
     lines = [f"{key} = {toml_value(value)}" for key, value in top.items()]
     lines.append("[databases]")
     for name, url in (databases or {"primary": "${DJMASTER_DATABASE_URL}"}).items():
@@ -73,6 +75,9 @@ def write_settings(
         if "spawn" not in worker and DEFAULT_SPAWN != "exec":
             lines.append(f"spawn = {toml_value(DEFAULT_SPAWN)}")
         lines += [f"{key} = {toml_value(value)}" for key, value in worker.items()]
+    for entry in recurring or []:
+        lines.append("[[recurring]]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in entry.items()]
     path = folder / "djmaster.toml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

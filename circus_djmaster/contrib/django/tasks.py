@@ -25,8 +25,13 @@ it exists, the backport otherwise.
 * Async tasks (coroutine functions) run to completion in the worker's job thread.
 * A task that raises is retried like any job, up to its worker group's
   ``max_attempts``, then kept failed (see the admin or ``djmaster jobs list``).
-* Results are not stored yet: ``supports_get_result`` is False and ``get_result``
-  raises NotImplementedError.
+* Results: with ``OPTIONS["KEEP_FINISHED"]`` (a duration: ``"7d"``, or seconds) each
+  task's job is kept that long once finished (``delayed_jobs_finished``), and
+  ``get_result(id)`` / ``task.get_result(id)`` report it: READY or RUNNING while it
+  waits or runs, SUCCESSFUL with its return value (JSON, size-capped), FAILED with its
+  error (a cancelled task is FAILED too, its error saying so). Without it
+  ``supports_get_result`` is False and ``get_result`` raises NotImplementedError: a
+  succeeded job is deleted at once, delayed_job's way, and nothing could be reported.
 """
 
 from __future__ import annotations
@@ -44,14 +49,18 @@ from django.db import connections
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
+from circus_djmaster.api.django_alias import connection_for
 from circus_djmaster.api.jobs import JobRecord, enqueue, job
+from circus_djmaster.config.kinds import parse_duration
 from circus_djmaster.contracts.locked_by import worker_locked_by
+from circus_djmaster.store import statements
+from circus_djmaster.store.sync_executor import execute
 
 try:  # Django >= 6
     from django.tasks import TaskContext, TaskResult, TaskResultStatus
     from django.tasks.backends.base import BaseTaskBackend
     from django.tasks.base import Task, TaskError
-    from django.tasks.exceptions import InvalidTask
+    from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
     from django.tasks.signals import task_enqueued, task_finished, task_started
     from django.utils.json import normalize_json
 
@@ -61,6 +70,9 @@ except ImportError:  # Django 4.2-5.2 with the django-tasks backport
     from django_tasks.backends.base import BaseTaskBackend  # type: ignore[no-redef]
     from django_tasks.base import Task, TaskError  # type: ignore[no-redef]
     from django_tasks.exceptions import InvalidTaskError as InvalidTask  # type: ignore[no-redef]
+    from django_tasks.exceptions import (  # type: ignore[no-redef]
+        TaskResultDoesNotExist,
+    )
     from django_tasks.signals import (  # type: ignore[no-redef]
         task_enqueued,
         task_finished,
@@ -72,7 +84,7 @@ except ImportError:  # Django 4.2-5.2 with the django-tasks backport
 
 __all__ = ["FRAMEWORK", "DjmasterBackend", "djmaster_priority", "run_task"]
 
-KNOWN_OPTIONS = frozenset({"DATABASE"})
+KNOWN_OPTIONS = frozenset({"DATABASE", "KEEP_FINISHED"})
 
 
 def djmaster_priority(django_priority: int) -> int:
@@ -84,8 +96,10 @@ class DjmasterBackend(BaseTaskBackend):
     """Tasks become ``delayed_jobs`` rows run by circus-djmaster workers.
 
     ``OPTIONS``: ``DATABASE``, the Django database alias jobs are written on (default
-    ``"default"``; it must be PostgreSQL on psycopg 3 and hold ``delayed_jobs``).
-    Raises ImproperlyConfigured for unknown options.
+    ``"default"``; it must be PostgreSQL on psycopg 3 and hold ``delayed_jobs``);
+    ``KEEP_FINISHED``, how long finished tasks are kept for :meth:`get_result` (a
+    duration such as ``"7d"`` or seconds; unset: not kept, no results).
+    Raises ImproperlyConfigured for unknown options and a bad ``KEEP_FINISHED``.
     """
 
     supports_defer = True
@@ -102,6 +116,15 @@ class DjmasterBackend(BaseTaskBackend):
                 f"(known: {', '.join(sorted(KNOWN_OPTIONS))})"
             )
         self.database: str = self.options.get("DATABASE", "default")
+        keep = self.options.get("KEEP_FINISHED")
+        try:
+            self.keep_finished: float | None = None if keep is None else parse_duration(keep)
+        except ValueError as error:
+            raise ImproperlyConfigured(
+                f"TASKS[{alias!r}]['OPTIONS']['KEEP_FINISHED']: {error}"
+            ) from None
+        # Results exist only where finished jobs are kept.
+        self.supports_get_result = bool(self.keep_finished)
 
     def validate_task(self, task: Any) -> None:
         """Django's rules, and an aware ``run_after`` (compared with the database clock)."""
@@ -126,6 +149,7 @@ class DjmasterBackend(BaseTaskBackend):
             queue=task.queue_name,
             priority=djmaster_priority(task.priority),
             run_at=task.run_after,
+            keep_finished=self.keep_finished,
             using=self.database,
         )
         result = _result(
@@ -139,6 +163,26 @@ class DjmasterBackend(BaseTaskBackend):
         )
         task_enqueued.send(type(self), task_result=result)
         return result
+
+    def get_result(self, result_id: str) -> Any:
+        """The TaskResult of job ``result_id``: from ``delayed_jobs`` while it waits,
+        runs or failed, else from the finished jobs kept (``KEEP_FINISHED``).
+
+        Raises NotImplementedError without ``KEEP_FINISHED``, TaskResultDoesNotExist
+        for an id that is not a task of this backend, or no longer kept.
+        """
+        if not self.supports_get_result:
+            raise NotImplementedError(
+                f"TASKS[{self.alias!r}]: set OPTIONS['KEEP_FINISHED'] to keep results"
+            )
+        try:
+            job_id = int(result_id)
+        except (TypeError, ValueError):
+            raise TaskResultDoesNotExist(result_id) from None
+        conn = connection_for(self.database)  # Django's own: inside its transaction
+        row = execute(conn, statements.live_job(job_id))
+        kept = None if row is not None else execute(conn, statements.finished_job(job_id))
+        return _stored_result(self, result_id, row or kept, live=row is not None)
 
     def check(self, **kwargs: Any) -> Iterable[checks.CheckMessage]:
         """Errors when ``OPTIONS["DATABASE"]`` is not a PostgreSQL alias of DATABASES."""
@@ -184,6 +228,63 @@ def _result(
     )
 
 
+def _stored_result(backend: Any, result_id: str, row: Any, *, live: bool) -> Any:
+    """A TaskResult from a row of delayed_jobs (``live``) or delayed_jobs_finished."""
+    import json
+
+    if row is None:
+        raise TaskResultDoesNotExist(result_id)
+    try:
+        handler = json.loads(row["handler"])
+        module_path, args, kwargs, alias = handler["args"]
+        if handler["callable"] != RUN_TASK or alias != backend.alias:
+            raise ValueError("not a task of this backend")
+        task = _load_task(module_path)
+    except (ValueError, TypeError, KeyError, InvalidTask):
+        raise TaskResultDoesNotExist(result_id) from None
+    error = row["last_error"]
+    if live:
+        if row["failed_at"] is not None:
+            status, finished_at = TaskResultStatus.FAILED, row["failed_at"]
+        else:
+            running = row["locked_at"] is not None
+            status = TaskResultStatus.RUNNING if running else TaskResultStatus.READY
+            finished_at, error = None, None
+        started_at = row["locked_at"]
+    else:
+        outcome = row["outcome"]
+        status = TaskResultStatus.SUCCESSFUL if outcome == "succeeded" else TaskResultStatus.FAILED
+        if outcome == "cancelled":
+            error = "cancelled" + (f": {error}" if error else "")
+        started_at, finished_at = row["started_at"], row["finished_at"]
+    result = TaskResult(
+        task=task,
+        id=result_id,
+        status=status,
+        enqueued_at=row["created_at"],
+        started_at=started_at,
+        last_attempted_at=started_at,
+        finished_at=finished_at,
+        args=args,
+        kwargs=kwargs,
+        backend=backend.alias,
+        errors=[],
+        worker_ids=[row["finished_by"] if not live else row["locked_by"]] if started_at else [],
+    )
+    if status == TaskResultStatus.FAILED:
+        first_line = (error or "").strip().splitlines()
+        result.errors.append(
+            TaskError(
+                exception_class_path=first_line[0].split(":", 1)[0] if first_line else "",
+                traceback=error or "",
+            )
+        )
+    if status == TaskResultStatus.SUCCESSFUL:
+        text = row["result_json"]
+        object.__setattr__(result, "_return_value", None if text is None else json.loads(text))
+    return result
+
+
 # --- in the worker ------------------------------------------------------------------
 
 _running = threading.local()  # the JobRecord of the job this thread runs
@@ -208,8 +309,9 @@ def _load_task(module_path: str) -> Any:
 
 
 @job(before=_remember, after=_forget)
-def run_task(module_path: str, args: list[Any], kwargs: dict[str, Any], backend: str) -> None:
-    """The job of every task: run ``module_path`` (a ``@task``) with its arguments.
+def run_task(module_path: str, args: list[Any], kwargs: dict[str, Any], backend: str) -> Any:
+    """The job of every task: run ``module_path`` (a ``@task``) with its arguments, and
+    return its return value (kept as the job's result, normalised to JSON).
 
     Sends Django's ``task_started`` and ``task_finished`` signals; an exception of the
     task is the job's (retried up to the worker group's ``max_attempts``).
@@ -234,9 +336,10 @@ def run_task(module_path: str, args: list[Any], kwargs: dict[str, Any], backend:
     task_started.send(sender=sender, task_result=result)
     try:
         if task.takes_context:
-            task.call(TaskContext(task_result=result), *args, **kwargs)
+            value = task.call(TaskContext(task_result=result), *args, **kwargs)
         else:
-            task.call(*args, **kwargs)
+            value = task.call(*args, **kwargs)
+        value = normalize_json(value)
     except BaseException as exc:
         object.__setattr__(result, "finished_at", timezone.now())
         object.__setattr__(result, "status", TaskResultStatus.FAILED)
@@ -250,4 +353,9 @@ def run_task(module_path: str, args: list[Any], kwargs: dict[str, Any], backend:
         raise
     object.__setattr__(result, "finished_at", timezone.now())
     object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
+    object.__setattr__(result, "_return_value", value)
     task_finished.send(sender=sender, task_result=result)
+    return value
+
+
+RUN_TASK = f"{__name__}:run_task"

@@ -14,9 +14,11 @@
 -- (lowest number) first, then oldest run_at. SKIP LOCKED: racing workers never wait.
 -- In the same round trip, delete the jobs this worker completed since its last call
 -- (%(done)s): completions are batched, one statement per pass instead of one per job.
+-- A job taken gives up its unique_key (another job with that key may wait meanwhile);
+-- for a job without one the value does not change and the update stays HOT.
 WITH done AS (DELETE FROM delayed_jobs WHERE id = ANY(%(done)s::bigint[]))
 UPDATE delayed_jobs AS j
-   SET locked_at = now(), locked_by = %(locked_by)s
+   SET locked_at = now(), locked_by = %(locked_by)s, unique_key = NULL
   FROM (SELECT id FROM delayed_jobs
          WHERE failed_at IS NULL
            AND queue = ANY(%(queues)s::varchar[])
@@ -27,7 +29,8 @@ UPDATE delayed_jobs AS j
          LIMIT %(limit)s
            FOR UPDATE SKIP LOCKED) AS picked
  WHERE j.id = picked.id
-RETURNING j.id, j.priority, j.attempts, j.handler, j.queue, j.run_at, j.run_alone;
+RETURNING j.id, j.priority, j.attempts, j.handler, j.queue, j.run_at, j.run_alone,
+          j.keep_finished, j.cancel_requested_at IS NOT NULL AS cancel_requested;
 
 -- name: complete_jobs
 -- Jobs succeeded: delete them (when they could not wait for the next reserve).
@@ -196,18 +199,38 @@ SELECT extract(epoch FROM min(due) - now())::float8 AS seconds
 
 -- name: insert_job
 -- Enqueue one job. run_at defaults to now() + %(delay)s seconds on the database clock.
-INSERT INTO delayed_jobs (handler, queue, priority, run_at)
+INSERT INTO delayed_jobs (handler, queue, priority, run_at, keep_finished)
 VALUES (%(handler)s, %(queue)s, %(priority)s,
-        coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay)s)))
+        coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay)s)),
+        %(keep_finished)s::float8)
 RETURNING id;
+
+-- name: insert_unique_job
+-- Enqueue one job with a unique key, unless a job with that key already waits: then
+-- nothing is written and that job's id comes back (created false). The unique index
+-- decides, never an error: a caller's transaction is never aborted by a duplicate. No
+-- row at all: the waiting job was taken (its key cleared) or was committed after this
+-- statement's snapshot while it waited for it; the caller runs the statement again.
+WITH inserted AS (
+    INSERT INTO delayed_jobs (handler, queue, priority, run_at, keep_finished, unique_key)
+    VALUES (%(handler)s, %(queue)s, %(priority)s,
+            coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay)s)),
+            %(keep_finished)s::float8, %(unique_key)s)
+    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+    RETURNING id)
+SELECT id, true AS created FROM inserted
+UNION ALL
+SELECT id, false AS created FROM delayed_jobs
+ WHERE unique_key = %(unique_key)s AND NOT EXISTS (SELECT 1 FROM inserted);
 
 -- name: insert_jobs
 -- Enqueue many jobs in one statement (one round trip, one NOTIFY), from parallel arrays.
-INSERT INTO delayed_jobs (handler, queue, priority, run_at)
-SELECT handler, queue, priority, coalesce(run_at, now() + make_interval(secs => delay))
+INSERT INTO delayed_jobs (handler, queue, priority, run_at, keep_finished)
+SELECT handler, queue, priority, coalesce(run_at, now() + make_interval(secs => delay)),
+       keep_finished
   FROM unnest(%(handlers)s::text[], %(queues)s::varchar[], %(priorities)s::int[],
-              %(run_ats)s::timestamptz[], %(delays)s::float8[])
-       AS j(handler, queue, priority, run_at, delay)
+              %(run_ats)s::timestamptz[], %(delays)s::float8[], %(keep_finished)s::float8[])
+       AS j(handler, queue, priority, run_at, delay, keep_finished)
 RETURNING id;
 
 -- name: database_now
@@ -294,3 +317,163 @@ DELETE FROM delayed_jobs
  WHERE failed_at IS NULL AND locked_at IS NULL
    AND id = ANY(%(ids)s::bigint[])
 RETURNING id;
+
+-- name: finish_jobs
+-- Jobs finished (succeeded, failed for good with destroy_failed_jobs, cancelled): delete
+-- them, and keep those with %(keep)s > 0 seconds in delayed_jobs_finished with their
+-- outcome, result (JSON text), error, attempts (runs made) and timings. %(ago)s: seconds
+-- since each ended, %(run_times)s: how long its last run took (NULL: it never ran), both
+-- measured by the worker, so that the times written are the database clock's.
+WITH f AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(outcomes)s::varchar[], %(results)s::text[],
+                         %(notes)s::text[], %(errors)s::text[], %(attempts)s::int[],
+                         %(run_times)s::float8[], %(ago)s::float8[], %(keep)s::float8[])
+           AS f(id, outcome, result, note, error, attempts, run_time, ago, keep)),
+gone AS (
+    DELETE FROM delayed_jobs AS j USING f WHERE j.id = f.id
+    RETURNING j.id, j.queue, j.priority, j.handler, j.run_at, j.created_at, j.locked_by)
+INSERT INTO delayed_jobs_finished AS h
+       (job_id, outcome, queue, priority, handler, attempts, result, result_note, last_error,
+        run_at, created_at, started_at, finished_at, run_time, finished_by, keep_until)
+SELECT g.id, f.outcome, g.queue, g.priority, g.handler, f.attempts, f.result::jsonb, f.note,
+       f.error, g.run_at, g.created_at,
+       now() - make_interval(secs => f.ago + f.run_time),
+       now() - make_interval(secs => f.ago),
+       f.run_time, g.locked_by,
+       now() - make_interval(secs => f.ago) + make_interval(secs => f.keep)
+  FROM gone AS g JOIN f ON f.id = g.id
+ WHERE f.keep > 0
+ON CONFLICT (job_id) DO UPDATE
+   SET outcome = EXCLUDED.outcome, queue = EXCLUDED.queue, priority = EXCLUDED.priority,
+       handler = EXCLUDED.handler, attempts = EXCLUDED.attempts, result = EXCLUDED.result,
+       result_note = EXCLUDED.result_note, last_error = EXCLUDED.last_error,
+       run_at = EXCLUDED.run_at, created_at = EXCLUDED.created_at,
+       started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
+       run_time = EXCLUDED.run_time, finished_by = EXCLUDED.finished_by,
+       keep_until = EXCLUDED.keep_until;
+
+-- name: keep_failed_job
+-- A job that failed for good stays in delayed_jobs (failed_at set, delayed_job's rule:
+-- `djmaster jobs retry` can run it again); with keep_finished a copy of it, as fail_job
+-- left it, goes to delayed_jobs_finished too.
+INSERT INTO delayed_jobs_finished
+       (job_id, outcome, queue, priority, handler, attempts, last_error, run_at, created_at,
+        started_at, finished_at, run_time, finished_by, keep_until)
+SELECT id, 'failed', queue, priority, handler, attempts, last_error, run_at, created_at,
+       now() - make_interval(secs => %(run_time)s::float8), now(), %(run_time)s::float8,
+       %(finished_by)s, now() + make_interval(secs => %(keep)s::float8)
+  FROM delayed_jobs WHERE id = %(id)s
+ON CONFLICT (job_id) DO UPDATE
+   SET outcome = EXCLUDED.outcome, attempts = EXCLUDED.attempts, result = NULL,
+       result_note = NULL, last_error = EXCLUDED.last_error,
+       started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
+       run_time = EXCLUDED.run_time, finished_by = EXCLUDED.finished_by,
+       keep_until = EXCLUDED.keep_until;
+
+-- name: cancel_jobs
+-- Cancel live jobs: those of %(ids)s, or every one of queue %(queue)s. A job no worker
+-- holds is deleted (kept as 'cancelled' in delayed_jobs_finished when its keep_finished,
+-- else its queue's in %(keep_queues)s/%(keep_seconds)s, else %(keep_default)s is > 0
+-- seconds); a job a worker holds gets cancel_requested_at: the worker tells the job,
+-- which may stop (it is never interrupted), and never runs it again. FOR UPDATE: a
+-- worker reserving at the same moment skips these rows until this commits.
+WITH target AS (
+    SELECT j.id, j.locked_at IS NULL AS waiting,
+           coalesce(j.keep_finished, k.seconds, %(keep_default)s::float8) AS keep
+      FROM delayed_jobs AS j
+      LEFT JOIN unnest(%(keep_queues)s::varchar[], %(keep_seconds)s::float8[])
+                AS k(queue, seconds) ON k.queue = j.queue
+     WHERE j.failed_at IS NULL
+       AND (j.id = ANY(%(ids)s::bigint[]) OR j.queue = %(queue)s::varchar)
+       FOR UPDATE OF j),
+removed AS (
+    DELETE FROM delayed_jobs AS j USING target AS t
+     WHERE j.id = t.id AND t.waiting
+    RETURNING j.id, j.queue, j.priority, j.handler, j.attempts, j.last_error, j.run_at,
+              j.created_at, t.keep),
+kept AS (
+    INSERT INTO delayed_jobs_finished
+           (job_id, outcome, queue, priority, handler, attempts, last_error, run_at,
+            created_at, finished_at, keep_until)
+    SELECT id, 'cancelled', queue, priority, handler, attempts, last_error, run_at,
+           created_at, now(), now() + make_interval(secs => keep)
+      FROM removed WHERE keep > 0
+    ON CONFLICT (job_id) DO NOTHING),
+requested AS (
+    UPDATE delayed_jobs AS j SET cancel_requested_at = coalesce(j.cancel_requested_at, now())
+      FROM target AS t
+     WHERE j.id = t.id AND NOT t.waiting
+    RETURNING j.id)
+SELECT id, 'cancelled' AS outcome FROM removed
+UNION ALL
+SELECT id, 'requested' AS outcome FROM requested;
+
+-- name: cancel_requested
+-- Which of the jobs a worker holds were asked to stop (pkey look-ups: cheap).
+SELECT id FROM delayed_jobs
+ WHERE id = ANY(%(ids)s::bigint[]) AND cancel_requested_at IS NOT NULL;
+
+-- name: prune_finished_jobs
+-- The master's background pruning: at most %(limit)s kept jobs past keep_until (an
+-- index range scan; a bounded DELETE, never a long lock). Returns how many went.
+WITH gone AS (
+    DELETE FROM delayed_jobs_finished
+     WHERE job_id IN (SELECT job_id FROM delayed_jobs_finished
+                       WHERE keep_until < now() ORDER BY keep_until LIMIT %(limit)s)
+    RETURNING 1)
+SELECT count(*) AS deleted FROM gone;
+
+-- name: finished_job
+-- One kept finished job (`djmaster jobs show`, the django.tasks backend's get_result).
+-- result_json: the result as JSON text, whatever loaders the connection has (Django's
+-- returns jsonb as text).
+SELECT job_id AS id, outcome, queue, priority, handler, attempts, result,
+       result::text AS result_json, result_note,
+       last_error, run_at, created_at, started_at, finished_at, run_time, finished_by,
+       keep_until
+  FROM delayed_jobs_finished WHERE job_id = %(id)s;
+
+-- name: live_job
+-- One job of delayed_jobs, whatever its state.
+SELECT id, queue, priority, attempts, handler, last_error, run_at, locked_at, locked_by,
+       failed_at, created_at, updated_at, unique_key, keep_finished, cancel_requested_at,
+       now() AS now
+  FROM delayed_jobs WHERE id = %(id)s;
+
+-- name: recurring_last_runs
+-- The database clock, and the latest due time enqueued of each recurring entry of
+-- %(names)s (NULL: never): the primary key's index gives each max.
+SELECT now() AS now, n.name,
+       (SELECT max(r.due_at) FROM delayed_jobs_recurring_runs AS r WHERE r.name = n.name)
+           AS last_due
+  FROM unnest(%(names)s::varchar[]) AS n(name);
+
+-- name: enqueue_recurring_job
+-- Enqueue recurring entry %(name)s for its due time %(due_at)s, exactly once whatever the
+-- number of masters trying: the run's primary key (name, due_at) admits one insert, and
+-- the job is inserted by the same statement only if it did (its id taken beforehand, so
+-- that the run names it). Returns the job's id, or no row when another master was first.
+WITH claimed AS (
+    INSERT INTO delayed_jobs_recurring_runs (name, due_at, job_id)
+    VALUES (%(name)s, %(due_at)s, nextval(pg_get_serial_sequence('delayed_jobs', 'id')))
+    ON CONFLICT DO NOTHING
+    RETURNING job_id)
+INSERT INTO delayed_jobs (id, handler, queue, priority, run_at)
+SELECT job_id, %(handler)s, %(queue)s, %(priority)s, %(due_at)s FROM claimed
+RETURNING id;
+
+-- name: prune_recurring_runs
+-- Forget runs enqueued more than %(older_than)s seconds ago, at most %(limit)s, keeping
+-- each entry's latest (a master needs it to tell what it missed). Only due times within
+-- a minute of now are ever enqueued without it, so a pruned one never comes back.
+WITH old AS (
+    SELECT r.name, r.due_at FROM delayed_jobs_recurring_runs AS r
+     WHERE r.enqueued_at < now() - make_interval(secs => %(older_than)s::float8)
+       AND r.due_at < (SELECT max(l.due_at) FROM delayed_jobs_recurring_runs AS l
+                        WHERE l.name = r.name)
+     LIMIT %(limit)s),
+gone AS (
+    DELETE FROM delayed_jobs_recurring_runs AS r USING old
+     WHERE r.name = old.name AND r.due_at = old.due_at
+    RETURNING 1)
+SELECT count(*) AS deleted FROM gone;

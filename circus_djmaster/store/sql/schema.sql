@@ -27,12 +27,28 @@ CREATE TABLE IF NOT EXISTS delayed_jobs (
 -- run_alone: the job was running beside other jobs when its worker died, so nobody
 -- knows which one killed it; a worker runs it with nothing else running beside it
 -- from then on (docs/RELIABILITY.md).
+-- unique_key (0.3): a job enqueued with a key holds it while it waits; a worker that
+-- takes the job clears it (reserve_jobs_*), so at most one job per key waits (the partial
+-- unique index below) while any number may run. NULL for every other job.
+-- keep_finished (0.3): seconds a finished job is kept in delayed_jobs_finished, set at
+-- enqueue (NULL: the worker group's keep_finished decides).
+-- cancel_requested_at (0.3): `djmaster jobs cancel` asked the worker running this job
+-- to stop; job code sees it as current_job().cancel_requested.
+-- The new columns hold NULL for every row that does not use them: not one is indexed
+-- but unique_key (partially), so reserving a job stays a HOT update.
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_attribute
                     WHERE attrelid = 'delayed_jobs'::regclass AND attname = 'run_alone'
                       AND NOT attisdropped) THEN
         ALTER TABLE delayed_jobs ADD COLUMN run_alone boolean NOT NULL DEFAULT false;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                    WHERE attrelid = 'delayed_jobs'::regclass AND attname = 'unique_key'
+                      AND NOT attisdropped) THEN
+        ALTER TABLE delayed_jobs ADD COLUMN unique_key varchar,
+                                 ADD COLUMN keep_finished float8,
+                                 ADD COLUMN cancel_requested_at timestamptz;
     END IF;
 END
 $$;
@@ -47,6 +63,12 @@ CREATE INDEX IF NOT EXISTS delayed_jobs_priority
 -- range scans on it, whatever the priorities.
 CREATE INDEX IF NOT EXISTS delayed_jobs_live_by_run_at
     ON delayed_jobs (queue, run_at) WHERE failed_at IS NULL;
+
+-- At most one waiting job per unique_key (enqueue(..., unique_key=...)). Only rows with
+-- a key are in it: every other insert, and every reserve of a job without a key, leaves
+-- it alone.
+CREATE UNIQUE INDEX IF NOT EXISTS delayed_jobs_unique_key
+    ON delayed_jobs (unique_key) WHERE unique_key IS NOT NULL;
 
 -- No index on locked_by or locked_at, on purpose: reserving a job then changes no
 -- indexed column, so PostgreSQL updates the row in place (a HOT update: no new index
@@ -102,3 +124,41 @@ CREATE TRIGGER delayed_jobs_notify_update
                OR OLD.run_at IS DISTINCT FROM NEW.run_at
                OR OLD.queue IS DISTINCT FROM NEW.queue))
     EXECUTE FUNCTION delayed_jobs_notify_update();
+
+-- Finished jobs kept on request (keep_finished): one row per job, written by its worker
+-- when it succeeded, failed for good or was cancelled, and deleted by the master once
+-- keep_until passes (prune_finished_jobs). delayed_jobs keeps delayed_job's meaning: a
+-- succeeded job leaves it, a failed one stays there with failed_at (so that it can be
+-- retried) and is copied here.
+CREATE TABLE IF NOT EXISTS delayed_jobs_finished (
+    job_id       bigint      PRIMARY KEY,  -- delayed_jobs.id
+    outcome      varchar     NOT NULL,     -- succeeded, failed, cancelled
+    queue        varchar,
+    priority     integer     NOT NULL,
+    handler      text        NOT NULL,
+    attempts     integer     NOT NULL,     -- runs made, the last one included
+    result       jsonb,                    -- what the job returned (succeeded), size-capped
+    result_note  text,                     -- why the result was not kept, if it was not
+    last_error   text,
+    run_at       timestamptz NOT NULL,
+    created_at   timestamptz NOT NULL,
+    started_at   timestamptz,              -- of the last run
+    finished_at  timestamptz NOT NULL,
+    run_time     float8,                   -- seconds, of the last run
+    finished_by  varchar,                  -- locked_by of the worker that ran it
+    keep_until   timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS delayed_jobs_finished_keep_until
+    ON delayed_jobs_finished (keep_until);
+
+-- Recurring jobs: one row per (entry, due time) enqueued. The master inserts it in the
+-- statement that inserts the job (enqueue_recurring_job), ON CONFLICT DO NOTHING: however
+-- many masters (hosts, restarts) try, the primary key lets exactly one enqueue each due
+-- time. Old rows are pruned by the master (each entry's latest is kept).
+CREATE TABLE IF NOT EXISTS delayed_jobs_recurring_runs (
+    name         varchar     NOT NULL,
+    due_at       timestamptz NOT NULL,
+    job_id       bigint      NOT NULL,
+    enqueued_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (name, due_at)
+);

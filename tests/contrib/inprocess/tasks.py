@@ -21,3 +21,8 @@ def soonest() -> None:
 @task(priority=-100)
 def latest() -> None:
     pass
+
+
+@task
+def total(a: int, b: int) -> dict[str, int]:
+    return {"total": a + b}

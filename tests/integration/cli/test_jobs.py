@@ -91,6 +91,68 @@ def test_delete_refuses_a_job_that_has_not_failed(
     assert conn.execute("SELECT count(*) FROM delayed_jobs").fetchone() == (1,)
 
 
+# --- issue 15: recurring list, show, cancel ---------------------------------------------
+
+
+def test_recurring_list_shows_settings_and_code_entries_with_their_next_runs(
+    tmp_path: Path, database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    settings = write_settings(
+        tmp_path,
+        recurring=[
+            {"name": "nightly", "callable": "m:f", "cron": "0 3 * * *", "timezone": "Asia/Tokyo"}
+        ],
+        recurring_modules=["tests.support.recurring_jobs"],
+    )
+    conn.execute(
+        "INSERT INTO delayed_jobs_recurring_runs (name, due_at, job_id) "
+        "VALUES ('nightly', '2030-01-01T18:00:00Z', 1)"
+    )
+    result = djmaster(database_url, "recurring", "list", "--settings", str(settings))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == 'nightly @primary: cron "0 3 * * *" (Asia/Tokyo) -> m:f (queue default)'
+    assert lines[1] == "  last enqueued: 2030-01-01 18:00:00+00:00"
+    assert all(line.endswith("T18:00:00+00:00") for line in lines[2:5])  # 03:00 in Tokyo
+    assert "hourly_in_code @primary: every 3600s" in result.stdout
+    report = json.loads(
+        djmaster(database_url, "recurring", "list", "--settings", str(settings), "--json").stdout
+    )
+    assert [entry["name"] for entry in report] == ["nightly", "hourly_in_code"]
+    assert report[1]["last_enqueued"] is None and len(report[1]["next"]) == 3
+
+
+def test_show_of_an_unknown_job_fails_and_of_a_live_one_shows_its_state(
+    tmp_path: Path, database_url: str
+) -> None:
+    settings = write_settings(tmp_path)
+    job_id = enqueue("tests.support.jobs:record", ["x"], delay=600, database_url=database_url)
+    shown = djmaster(database_url, "jobs", "--settings", str(settings), "show", str(job_id))
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(f"job {job_id}: scheduled\n")
+    missing = djmaster(database_url, "jobs", "--settings", str(settings), "show", "999999")
+    assert missing.returncode == 1
+    assert "job 999999: not found" in missing.stderr
+
+
+def test_cancel_of_a_queue_keeps_jobs_for_the_keep_finished_of_the_group_serving_it(
+    tmp_path: Path, database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    settings = write_settings(
+        tmp_path, workers=[{"queues": ["kept"], "keep_finished": "1d"}, {"queues": ["gone"]}]
+    )
+    kept = enqueue("tests.support.jobs:record", ["k"], queue="kept", database_url=database_url)
+    gone = enqueue("tests.support.jobs:record", ["g"], queue="gone", database_url=database_url)
+    for queue, job_id in (("kept", kept), ("gone", gone)):
+        result = djmaster(
+            database_url, "jobs", "--settings", str(settings), "cancel", "--queue", queue
+        )
+        assert result.stdout == f"cancelled 1 job(s): {job_id}\n", result.stderr
+    rows = conn.execute("SELECT job_id, outcome FROM delayed_jobs_finished").fetchall()
+    assert rows == [(kept, "cancelled")]
+    assert conn.execute("SELECT count(*) FROM delayed_jobs").fetchone() == (0,)
+
+
 def test_settings_may_follow_the_action_or_come_from_the_environment(
     tmp_path: Path, database_url: str, conn: psycopg.Connection[Any]
 ) -> None:

@@ -25,7 +25,10 @@ INDEXES = {
     "delayed_jobs_pkey",
     "delayed_jobs_priority",
     "delayed_jobs_live_by_run_at",
+    "delayed_jobs_unique_key",
 }
+# Tables added after 0.2 (issue 15): finished jobs kept, recurring runs enqueued.
+NEW_TABLES = {"delayed_jobs_finished", "delayed_jobs_recurring_runs"}
 TRIGGERS = {"delayed_jobs_notify_insert", "delayed_jobs_notify_update"}
 COLUMNS = {
     "id": ("bigint", "NO"),
@@ -41,6 +44,9 @@ COLUMNS = {
     "created_at": ("timestamp with time zone", "NO"),
     "updated_at": ("timestamp with time zone", "NO"),
     "run_alone": ("boolean", "NO"),
+    "unique_key": ("character varying", "YES"),
+    "keep_finished": ("double precision", "YES"),
+    "cancel_requested_at": ("timestamp with time zone", "YES"),
 }
 # The schema of each released version, as it shipped: a database of that version must
 # upgrade in place.
@@ -59,6 +65,13 @@ def indexes(conn: Conn) -> dict[str, str]:
             "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'delayed_jobs'"
         ).fetchall()
     )
+
+
+def tables(conn: Conn) -> set[str]:
+    rows = conn.execute(
+        "SELECT tablename FROM pg_tables WHERE tablename LIKE 'delayed_jobs%'"
+    ).fetchall()
+    return {row[0] for row in rows}
 
 
 def triggers(conn: Conn) -> list[str]:
@@ -93,6 +106,8 @@ def test_migrate_creates_the_table_its_indexes_and_triggers(make_database: MakeD
         ).fetchone()
         assert options == ["fillfactor=80"]
         assert set(triggers(conn)) == TRIGGERS
+        assert tables(conn) == {"delayed_jobs", *NEW_TABLES}
+        assert "WHERE (unique_key IS NOT NULL)" in found["delayed_jobs_unique_key"]
 
 
 def test_migrating_twice_keeps_the_jobs_and_does_not_duplicate_anything(
@@ -131,11 +146,17 @@ def test_migrate_upgrades_a_database_of_every_earlier_version_in_place(
             }
             assert columns == set(COLUMNS), old.name
             kept = conn.execute(
-                "SELECT queue, attempts, locked_by, run_alone FROM delayed_jobs"
+                "SELECT queue, attempts, locked_by, run_alone, unique_key, keep_finished,"
+                " cancel_requested_at FROM delayed_jobs"
             ).fetchall()
-            assert kept == [("kept", 3, "host:h pid:1", False)], old.name
+            assert kept == [("kept", 3, "host:h pid:1", False, None, None, None)], old.name
             assert set(indexes(conn)) == INDEXES
             assert triggers(conn) == sorted(TRIGGERS)
+            assert tables(conn) == {"delayed_jobs", *NEW_TABLES}, old.name
+            # An old version's INSERT (its columns only) still works on the new table.
+            conn.execute("INSERT INTO delayed_jobs (handler, queue) VALUES ('h2', 'old')")
+            migrate(conn)  # and migrating again is a no-op
+            assert conn.execute("SELECT count(*) FROM delayed_jobs").fetchone() == (2,)
 
 
 def test_migrating_the_tests_template_database_again_is_a_no_op(database_url: str) -> None:

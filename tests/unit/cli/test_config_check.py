@@ -239,3 +239,36 @@ def test_check_as_a_script(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"{path}: workers[0].max_threads: " in result.stderr
     assert "4 problems found" in result.stderr
+
+
+def test_a_bad_recurring_entry_is_reported_with_file_key_and_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(
+        tmp_path,
+        GOOD
+        + '\n[[recurring]]\nname = "nightly"\ncallable = "app.jobs:report"\n'
+        + 'cron = "0 25 * * *"\ntimezone = "Europe/Nowhere"\n',
+    )
+    code, out, err = check(path, capsys)
+    assert code == 2 and out == ""
+    assert f'{path}: recurring[0].cron: "0 25 * * *" is not a cron expression: Bad hour' in err
+    assert f'{path}: recurring[0].timezone: "Europe/Nowhere" is not a time zone' in err
+
+
+def test_recurring_entries_are_summed_up_and_an_unserved_queue_is_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(
+        tmp_path,
+        GOOD
+        + '\n[[recurring]]\nname = "nightly"\ncallable = "app.jobs:report"\n'
+        + 'cron = "0 3 * * *"\nqueue = "reports"\n'
+        + '\n[[recurring]]\nname = "lost"\ncallable = "app.jobs:tick"\nevery = "1m"\n'
+        + 'queue = "nobody"\n',
+    )
+    code, out, err = check(path, capsys)
+    assert code == 0
+    assert '    nightly: cron "0 3 * * *" (UTC) -> app.jobs:report @primary' in out
+    assert "    lost: every 60s -> app.jobs:tick @primary" in out
+    assert 'recurring[1].queue: no worker group serves queue "nobody"' in err

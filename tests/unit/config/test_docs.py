@@ -53,7 +53,8 @@ def test_the_example_in_the_docs_is_a_valid_file(tmp_path: Path) -> None:
 def test_the_readmes_fork_mode_example_is_valid_settings(tmp_path: Path) -> None:
     """README's ```toml block (Fork mode) is a worker group as written."""
     readme = (DOCS.parents[1] / "README.md").read_text(encoding="utf-8")
-    (block,) = re.findall(r"^```toml\n(.*?)^```$", readme, flags=re.MULTILINE | re.DOTALL)
+    section = readme[readme.index("### Fork mode\n") :]
+    block = re.findall(r"^```toml\n(.*?)^```$", section, flags=re.MULTILINE | re.DOTALL)[0]
     path = tmp_path / "djmaster.toml"
     path.write_text('[databases]\nprimary = "postgresql:///app"\n\n' + block, encoding="utf-8")
     settings = load_settings(path)

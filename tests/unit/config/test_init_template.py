@@ -33,13 +33,14 @@ from circus_djmaster.contracts.watchers import watcher_name
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 # "# key = value" (a default or an example), possibly followed by "  # note".
-_COMMENTED_SETTING = re.compile(r"^# ([A-Za-z_]+ = .*)$", re.MULTILINE)
+_COMMENTED_SETTING = re.compile(r"^# ([A-Za-z_]+ = .*|\[\[recurring\]\])$", re.MULTILINE)
 # "# [metrics]  # uncomment ...": a table whose presence turns a feature on.
 _COMMENTED_TABLE = re.compile(r"^# (\[[a-z]+\])  # .*$", re.MULTILINE)
 
 
 def uncommented(text: str) -> str:
-    """The annotated file with every commented-out setting (and table) switched on."""
+    """The annotated file with every commented-out setting (and table, and the example
+    recurring entry, which is commented out whole) switched on."""
     return _COMMENTED_TABLE.sub(r"\1", _COMMENTED_SETTING.sub(r"\1", text))
 
 
@@ -113,6 +114,10 @@ def test_template_names_every_option_with_its_doc() -> None:
                 assert set(group) == names  # every group lists every option
         elif section.name == "databases":
             assert set(data["databases"]) == {*DEFAULT_DATABASES, "secondary"}
+        elif section.name == "recurring":
+            # An entry takes cron or every: every is shown as the alternative.
+            assert set(data["recurring"][0]) == names - {"every"}
+            assert '\n# (instead of cron) every = "5m"  # example\n' in text
         else:
             assert set(data[section.name]) == names, section.name
     assert "no example" not in text  # every option without a default has an example
@@ -134,6 +139,12 @@ def test_commented_lines_show_the_defaults(tmp_path: Path) -> None:
     assert settings.metrics == MetricsSettings(port=9188, host="127.0.0.1")
     assert set(settings.callbacks) == {option.name for option in options_in("callbacks")}
     assert [d.name for d in settings.databases] == ["primary", "secondary"]
+    (nightly,) = settings.recurring
+    assert (nightly.name, nightly.cron, nightly.database) == (
+        "nightly_report",
+        "0 3 * * *",
+        "primary",
+    )
 
 
 def test_template_explains_databases_and_keeps_secrets_out() -> None:

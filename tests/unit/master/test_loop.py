@@ -216,6 +216,38 @@ def test_a_vanished_pid_releases_its_jobs(caplog: pytest.LogCaptureFixture) -> N
     assert released.owner == worker_locked_by(dead[0], HOST)
 
 
+def test_a_reap_event_after_the_pid_left_list_still_names_the_exit_code() -> None:
+    """circus reaps at once and publishes `reap` on its pubsub socket; the answer to the
+    master's `list` may come first (no zombie left to read). The chaos test recorded
+    "died while running this job" for a worker that exited with code 3."""
+    rig = Rig(settings())
+    rig.spawn_state = WorkerState.BUSY
+    job_id = rig.store.add(JOB, queue="mail")
+    dead: list[int] = []
+
+    def exit_3() -> None:
+        (pid,) = rig.pids()
+        job = rig.store.jobs[job_id]
+        job.locked_by, job.locked_at = worker_locked_by(pid, HOST), rig.store.now
+        rig.circus.vanish(pid)  # reaped: gone from `list`, the reap event still on its way
+        dead.append(pid)
+        rig.master.request_scaling()
+
+    rig.run(
+        (rig.observed(1), exit_3),
+        (
+            lambda: bool(dead) and dead[0] not in rig.master.book.known,
+            lambda: rig.master.on_event(WATCHER, "reap", {"process_pid": dead[0], "exit_code": 3}),
+        ),
+        (
+            lambda: rig.store.jobs[job_id].locked_by is None,
+            lambda: rig.master.record_signal(signal.SIGHUP),
+        ),
+    )
+    last_error = rig.store.jobs[job_id].last_error or ""
+    assert f"worker pid {dead[0]} on {HOST} exited with code 3" in last_error, last_error
+
+
 def test_term_to_the_master_stops_the_workers_gracefully_then_its_watcher(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -5,17 +5,42 @@ from __future__ import annotations
 from pathlib import Path
 
 from circus_djmaster.master.scaling import RetireReason, WatcherStatus
-from circus_djmaster.master.state import RELEASED_MEMORY, Blocks, WorkerBook, mtime_ns
+from circus_djmaster.master.state import (
+    REAP_EVENT_WAIT,
+    RELEASED_MEMORY,
+    Blocks,
+    WorkerBook,
+    mtime_ns,
+)
 
 
 def test_pids_seen_before_and_absent_now_vanished() -> None:
     book = WorkerBook()
     book.observed({1: "w-a", 2: "w-a", 3: "w-b"})
     book.observed({2: "w-a", 4: "w-b"})
-    assert book.take_gone() == {1: "w-a", 3: "w-b"}
-    assert book.take_gone() == {}
+    assert book.take_gone(now=10.0) == {}  # how they ended is not known yet
+    assert book.next_deadline() == 10.0 + REAP_EVENT_WAIT
+    assert book.take_gone(now=10.0 + REAP_EVENT_WAIT) == {1: "w-a", 3: "w-b"}
+    assert book.take_gone(now=20.0) == {}
+    assert book.next_deadline() is None
     book.observed({})
-    assert book.take_gone() == {2: "w-a", 4: "w-b"}
+    book.take_gone(now=30.0)
+    assert book.take_gone(now=30.0 + REAP_EVENT_WAIT) == {2: "w-a", 4: "w-b"}
+
+
+def test_a_vanished_pid_whose_end_is_known_is_handled_at_once() -> None:
+    """circus' reap event (or the kernel's zombie status) may come before or after the
+    pid leaves `list`: either way the release says how it ended (the chaos test saw
+    "died" for a worker that exited with code 3)."""
+    book = WorkerBook()
+    book.observed({1: "w", 2: "w", 3: "w"})
+    book.reaped(1, 3)  # the event came first
+    book.killed[2] = RetireReason.HARD_MAX_MEMORY  # the master's own SIGKILL
+    book.observed({})
+    assert book.take_gone(now=0.0) == {1: "w", 2: "w"}
+    book.reaped(3, -9)  # the event came after the pid left `list`
+    assert book.take_gone(now=0.1) == {3: "w"}
+    assert book.death(3, "web1", book.exit_codes[3]) == "worker pid 3 on web1 was killed by SIGKILL"
 
 
 def test_a_vanished_worker_is_no_longer_retiring() -> None:
@@ -23,7 +48,8 @@ def test_a_vanished_worker_is_no_longer_retiring() -> None:
     book.observed({7: "w"})
     book.retiring[7] = RetireReason.MAX_MEMORY
     book.observed({})
-    book.take_gone()
+    book.take_gone(now=REAP_EVENT_WAIT)
+    book.take_gone(now=2 * REAP_EVENT_WAIT)
     assert 7 not in book.retiring
 
 

@@ -3,6 +3,7 @@ names a query that exists."""
 
 from __future__ import annotations
 
+import datetime as dt
 import inspect
 
 import pytest
@@ -148,6 +149,36 @@ def test_every_statement_names_a_query_that_exists() -> None:
         "delete_failed_jobs": statements.delete_failed_jobs([1]),
         "due_now_jobs": statements.due_now_jobs([1]),
         "delete_waiting_jobs": statements.delete_waiting_jobs([1]),
+        "insert_unique_job": statements.insert_unique_job(
+            handler="{}", queue="q", priority=0, run_at=None, delay=0.0, unique_key="k"
+        ),
+        "finish_jobs": statements.finish_jobs(
+            [
+                statements.FinishedJob(
+                    1, statements.FinishOutcome.SUCCEEDED, attempts=1, keep=60.0, ended=0.0
+                )
+            ],
+            now=1.0,
+        ),
+        "keep_failed_job": statements.keep_failed_job(
+            1, keep=60.0, run_time=0.5, finished_by="host:h pid:1"
+        ),
+        "cancel_jobs": statements.cancel_jobs([1], keep_by_queue={"q": 60.0}),
+        "cancel_requested": statements.cancel_requested([1]),
+        "prune_finished_jobs": statements.prune_finished_jobs(limit=10),
+        "finished_job": statements.finished_job(1),
+        "live_job": statements.live_job(1),
+        "recurring_last_runs": statements.recurring_last_runs(
+            ["r"], now=dt.datetime.now(dt.timezone.utc)
+        ),
+        "enqueue_recurring_job": statements.enqueue_recurring_job(
+            name="r",
+            due_at=dt.datetime.now(dt.timezone.utc),
+            handler="{}",
+            queue="q",
+            priority=0,
+        ),
+        "prune_recurring_runs": statements.prune_recurring_runs(older_than=60.0, limit=10),
     }
     # Every builder of the module is sampled here, so none escapes the check.
     assert sorted(samples) == sorted(name for name, _ in _statement_builders())
@@ -164,6 +195,12 @@ def test_statements_with_nothing_to_do_make_no_round_trip() -> None:
     assert statements.touch_jobs([], locked_by="x").skip
     assert statements.unlock_job_ids([], locked_by="x").skip
     assert statements.insert_jobs([]).skip
+    assert statements.finish_jobs([], now=0.0).skip
+    assert statements.cancel_jobs([]).skip
+    assert statements.cancel_requested([]).skip
+    now = dt.datetime.now(dt.timezone.utc)
+    empty_runs = statements.recurring_last_runs([], now=now)
+    assert empty_runs.skip and empty_runs.read([]) == statements.RecurringState(now, {})
     empty = statements.release_dead_workers_jobs([], charged_error="c", isolated_error="i")
     assert empty.skip and empty.read([]) == []
 

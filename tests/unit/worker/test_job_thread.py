@@ -45,6 +45,7 @@ class Link:
         self.jobs_done = 0
         self.crashed = False
         self.exited = threading.Event()
+        self.cancelled: set[int] = set()  # what the worker's cancel check found
 
     def accepting_jobs(self) -> bool:
         return not self.until()
@@ -66,6 +67,9 @@ class Link:
 
     def thread_exited(self) -> None:
         self.exited.set()
+
+    def cancel_requested(self, job_id: int) -> bool:
+        return job_id in self.cancelled
 
 
 @pytest.fixture(autouse=True)
@@ -230,3 +234,94 @@ def test_a_database_error_is_not_an_empty_pass_and_the_thread_backs_off() -> Non
     assert link.empty_passes == 0  # a failing database says nothing about the queue
     assert time.monotonic() - started >= 0.5 + 1.0  # backed off 0.5 s, then 1 s
     assert thread.db_ok
+
+
+# --- issue 15: finished jobs kept, cancels ---------------------------------------------
+
+
+def test_a_succeeded_job_is_kept_with_its_result_when_its_group_keeps_finished_jobs() -> None:
+    store = MemoryStore()
+    kept = store.add(handler("answer", "a"), queue="q")
+    unkeepable = store.add(handler("unkeepable", "b"), queue="q")
+    run_thread(store, lambda link: link.empty_passes >= 1, keep_finished="1h")
+    assert store.jobs == {}
+    assert json.loads(store.finished[kept]["result"]) == {"key": "a", "answer": 42}
+    assert store.finished[kept]["outcome"] == "succeeded"
+    assert store.finished[kept]["attempts"] == 1
+    row = store.finished[unkeepable]
+    assert row["result"] is None and "not JSON (set)" in row["result_note"]
+    assert "complete_jobs" not in store.ran  # kept jobs move, batched: no plain deletes
+
+
+def test_keep_finished_of_the_row_and_of_the_job_override_the_groups() -> None:
+    store = MemoryStore()
+    by_row = store.add(handler("answer", "r"), queue="q", keep_finished=60.0)
+    by_job = store.add(handler("kept_by_its_job", "j"), queue="q")
+    not_kept = store.add(handler("answer", "n"), queue="q", keep_finished=0.0)
+    run_thread(store, lambda link: link.empty_passes >= 1, keep_finished="1h")
+    assert set(store.finished) == {by_row, by_job} and not_kept not in store.jobs
+    assert (store.finished[by_row]["keep_until"] - store.now).total_seconds() == 60
+    assert (store.finished[by_job]["keep_until"] - store.now).total_seconds() == 600
+    assert json.loads(store.finished[by_job]["result"]) == "J"
+
+
+def test_without_keep_finished_a_succeeded_job_is_deleted_as_delayed_job_does() -> None:
+    store = MemoryStore()
+    store.add(handler("answer", "a"), queue="q")
+    run_thread(store, lambda link: link.empty_passes >= 1)
+    assert store.jobs == {} and store.finished == {}
+
+
+def test_a_job_failing_for_good_stays_failed_and_is_kept_too() -> None:
+    store = MemoryStore()
+    job_id = store.add(handler("fragile", "f"), queue="q")
+    run_thread(store, lambda link: link.jobs_done == 1, keep_finished="1h")
+    assert store.jobs[job_id].failed_at is not None  # delayed_job's rule: kept for a retry
+    assert store.finished[job_id]["outcome"] == "failed"
+    assert "fragile f" in store.finished[job_id]["last_error"]
+
+
+def test_a_job_cancelled_while_held_never_runs() -> None:
+    store = MemoryStore()
+    flagged = store.add(handler("answer", "flagged"), queue="q")
+    store.jobs[flagged].cancel_requested_at = store.now
+    seen = store.add(handler("answer", "seen"), queue="q")
+    ran = store.add(handler("answer", "ran"), queue="q")
+
+    def until(link: Link) -> bool:
+        link.cancelled.add(seen)  # what the worker's check found
+        return link.empty_passes >= 1
+
+    run_thread(store, until, keep_finished="1h", read_ahead=10)
+    assert memory_jobs.RUNS == ["ran"]
+    assert store.jobs == {}
+    outcomes = {job_id: row["outcome"] for job_id, row in store.finished.items()}
+    assert outcomes == {flagged: "cancelled", seen: "cancelled", ran: "succeeded"}
+
+
+def test_a_running_job_that_stops_on_a_cancel_request_is_cancelled_not_retried() -> None:
+    store = MemoryStore()
+    job_id = store.add(handler("wait_for_cancel", "w"), queue="q")
+    done = threading.Event()
+
+    def worker_check() -> None:
+        """What the worker's main thread does when the database says "cancelled"
+        (process.Worker.check_cancels): set the running job's cancel event."""
+        while not done.is_set():
+            for thread in threading.enumerate():
+                context = getattr(thread, "context", None)
+                if isinstance(thread, JobThread) and context is not None:
+                    context.cancel_event.set()
+            time.sleep(0.01)
+
+    checker = threading.Thread(target=worker_check, daemon=True)
+    checker.start()
+    try:
+        run_thread(store, lambda link: link.jobs_done == 1, keep_finished="1h")
+    finally:
+        done.set()
+        checker.join(5)
+    assert memory_jobs.RUNS == ["w"]  # it stopped: "never cancelled" not recorded
+    assert job_id not in store.jobs  # not retried: gone
+    row = store.finished[job_id]
+    assert row["outcome"] == "cancelled" and "JobCancelled" in row["last_error"]
