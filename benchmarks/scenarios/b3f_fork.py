@@ -29,7 +29,7 @@ MEMORY_APP = "benchmarks.big_app"
 MEMORY_WORKERS = 4
 #: big_app's objects and how long each job holds its worker (s): full run, quick run.
 MEMORY_OBJECTS = ("550000", "55000")
-MEMORY_HOLD = (8.0, 3.0)
+MEMORY_HOLD = (8.0, 2.0)
 MB = 2**20
 
 HOW = """\
@@ -70,7 +70,7 @@ PICKUP_STEPS = [
 
 
 def run(ctx: Context) -> Section:
-    samples = ctx.size(20, 3)
+    samples = ctx.size(20, 2)
     section = Section(
         "B3F",
         "Fork mode: pickup and memory, side by side with exec",
@@ -260,7 +260,7 @@ def _sample(
 
 
 def _memory(ctx: Context, memory: dict[tuple[str, str], Row]) -> None:
-    # The quick run (a smoke test) holds 20 MB for 3 s instead of 200 MB for 8 s.
+    # The quick run (a smoke test) holds 20 MB for 2 s instead of 200 MB for 8 s.
     objects, hold = ctx.size(*MEMORY_OBJECTS), ctx.size(*MEMORY_HOLD)
     circus, url, record = _start(
         ctx,

@@ -22,7 +22,8 @@ from tests.acceptance.plugin_helpers import (
     wait_until,
 )
 
-pytestmark = pytest.mark.usefixtures("spawn")  # both spawn modes
+# Exec mode only: sharing max_processes between databases is the master's scaling, the
+# same whatever the spawn mode (the suite's time: tests/support/spawn.py).
 
 PRIMARY = "djmaster-worker0-primary"
 SECONDARY = "djmaster-worker0-secondary"

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
 from tests.acceptance.plugin_helpers import (
     WATCHER,
@@ -36,7 +35,8 @@ from tests.support.circus_run import CircusRun
 from tests.support.pg_servers import EmbeddedServer
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.usefixtures("spawn")  # both spawn modes
+# Exec mode only: the master's LISTEN connection does not depend on how workers start
+# (the suite's time: tests/support/spawn.py; the process model's tests run in both).
 
 LISTEN_APP = "djmaster-master-listen"
 NOTIFY_PICKUP = 2.0  # seconds from insert to the job's start, through NOTIFY

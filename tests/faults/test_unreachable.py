@@ -43,7 +43,8 @@ from tests.support.circus_run import free_port, read
 from tests.support.pg_servers import EmbeddedServer
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.usefixtures("spawn")  # both spawn modes
+# Exec mode only: the master's handling of unreachable databases does not depend on how
+# workers start (the suite's time: tests/support/spawn.py).
 
 DEADLINE = 30.0
 GOOD_PASSWORD = "late-pw-7c1e9a"

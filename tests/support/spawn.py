@@ -5,6 +5,14 @@ tests/conftest.py provides it; a test module opts in with
 ``pytestmark = pytest.mark.usefixtures("spawn")`` (tests/process does for the whole
 tier), a test asks for it by name to know the mode, and a module about one mode only
 overrides it with ``spawn = spawn_only("fork")``.
+
+Only what exercises the process model runs twice, to keep the suite's time: the whole
+process tier; in acceptance the plugin's scaling, recovery and signals, operating it
+(wids, logs, status, metrics) and fork mode's own; in hostile the hostile jobs, job code
+and security modules and the preloader's bad settings; in faults the chaos run and two
+hosts. The master's database-side faults (faults/test_listener.py,
+faults/test_unreachable.py) and the sharing between databases
+(acceptance/test_plugin_databases.py) do not depend on how workers start: exec only.
 """
 
 from __future__ import annotations
