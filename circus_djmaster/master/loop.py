@@ -134,6 +134,7 @@ class Master(SignalHandling):
         )
         self.preloader: PreloaderSnapshot | None = None  # the last observation of it
         self._failure_checked = False  # the note of a preloader that failed before us
+        self._circus_events = 0  # reap/stop/start events so far (see _turn)
         self._settings_mtime = mtime_ns(settings.path)
         self.policies = {group.name: GroupPolicy.from_settings(group) for group in settings.workers}
         self.callbacks = MasterCallbacks.load(settings.callbacks)
@@ -186,6 +187,7 @@ class Master(SignalHandling):
             self._on_reap(watcher, message)
         if event in ("reap", "stop", "start"):
             self._scale_due = True  # a slot was freed, or an operator acted
+            self._circus_events += 1
         self._wake.set()
 
     def _on_reap(self, watcher: str, message: dict[str, Any]) -> None:
@@ -272,6 +274,10 @@ class Master(SignalHandling):
     async def _turn(self) -> LoopExit | None:
         self._last_turn = time.monotonic()
         sent = self.circus.sent
+        # A reap (a slot freed) that arrives while this turn observes may not be in its
+        # observation; the turn's scaling then decides on the slot still taken, and the
+        # event's request must not be spent on it: the next turn looks again.
+        events = self._circus_events
         self._check_blocks()  # before observing: the snapshots carry the blocks
         snapshots = await self.observe()
         self._check_blocks(snapshots)  # parked watchers need a fresh status
@@ -300,6 +306,8 @@ class Master(SignalHandling):
                 took,
                 extra=event("scaling_turn", commands=commands, ms=round(took, 1)),
             )
+        if self._circus_events != events:
+            self._scale_due = True  # woken already: the next turn scales on a fresh look
         return None
 
     async def _wait(self, at_least: float = 0.0) -> None:

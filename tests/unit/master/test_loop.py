@@ -411,3 +411,47 @@ def test_metrics_count_a_retirement_the_master_asked_for_once() -> None:
         ),
     )
     assert rig.metrics.told("retired") == [(WATCHER, "max_memory")]
+
+
+def test_a_reap_while_a_turn_observes_brings_another_look() -> None:
+    """A worker retires while a turn, woken by a NOTIFY, observes circus: that turn saw
+    its slot still taken (the target not yet lowered) and starts nobody. The reap
+    event's request must not be spent on it: the next turn looks again and starts a
+    worker for the ready job (a job stayed ready until polling_interval otherwise)."""
+    rig = Rig(settings(max_processes=1, max_threads=1))
+    rig.spawn_state = WorkerState.BUSY
+    rig.store.add(JOB, queue="mail")
+    watcher = rig.circus.watchers[WATCHER.lower()]
+    listed = rig.circus.pids
+    armed: list[int] = []
+
+    async def pids(name: str) -> list[int]:
+        found = await listed(name)
+        if armed and name.lower() == WATCHER.lower() and armed[0] in found:
+            pid = armed.pop()
+            # It retires now: circus reaps it, the hook lowers the target, the event comes.
+            rig.circus.vanish(pid)
+            watcher.numprocesses -= 1
+            rig.processes.states.pop(pid, None)
+            rig.master.on_event(WATCHER, "reap", {"process_pid": pid, "exit_code": 0})
+        return found
+
+    rig.circus.pids = pids  # type: ignore[method-assign]
+    first: list[int] = []
+
+    def next_job() -> None:
+        first.extend(rig.pids())
+        rig.store.jobs.clear()  # the first job is done
+        rig.store.add(JOB, queue="mail")
+        armed.append(first[0])
+        rig.master.pollers["primary"].wake(frozenset({"mail"}))
+
+    ended = rig.run(
+        (rig.observed(1), next_job),
+        (
+            lambda: bool(rig.pids()) and rig.pids() != first,
+            lambda: rig.master.record_signal(signal.SIGHUP),
+        ),
+    )
+    assert ended is LoopExit.RESTART
+    assert not armed, "the worker retired during an observation"
