@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +27,21 @@ from tests.support.spawn import spawn
 __all__ = ["spawn"]  # a fixture: the process-model tiers run in both spawn modes
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _ignored_here(signum: int, frame: object) -> None:
+    """What the suite does with a HUP or INT it was started to ignore: nothing."""
+
+
+# The processes the tests start must get HUP and INT at their defaults, as from a
+# terminal, circusd or CI: `nohup pytest` ignores HUP, and a shell without job control
+# starts `pytest &` with INT ignored; an ignored signal stays ignored in every child
+# (fork and exec), so a worker would survive the HUP a test sends it, and `djmaster
+# status --watch` a Ctrl-C. A handler, unlike SIG_IGN, is reset to the default by exec;
+# the suite itself still ignores them.
+for _signum in (signal.SIGHUP, signal.SIGINT):
+    if signal.getsignal(_signum) == signal.SIG_IGN:
+        signal.signal(_signum, _ignored_here)
 TEMPLATE_LOCK = 0x646A7465  # any constant; serialises template creation across sessions
 _counter = itertools.count()
 

@@ -316,11 +316,7 @@ def test_status_watch_redraws_in_place_within_the_terminal_and_ctrl_c_exits_0(op
         stdin=follower,
         stdout=follower,
         stderr=follower,
-        start_new_session=True,
-        # As a terminal's shell starts it. A shell without job control starts background
-        # commands (`pytest ... &`) with SIGINT ignored, and Python then leaves it
-        # ignored: Ctrl-C would do nothing (the suite run in the background hung here).
-        preexec_fn=_default_sigint,
+        start_new_session=True,  # SIGINT at its default even under `pytest &`: conftest.py
     )
     os.close(follower)
     output = b""
@@ -358,10 +354,6 @@ def test_status_watch_redraws_in_place_within_the_terminal_and_ctrl_c_exits_0(op
             process.kill()
             process.wait()
         os.close(leader)
-
-
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _process_state(pid: int) -> str:
