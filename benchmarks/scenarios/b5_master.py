@@ -52,7 +52,7 @@ empty), start-up from zero included (the workers log 2 debug lines per job here)
 
 
 def run(ctx: Context) -> Section:
-    idle = ctx.size(60, 10)
+    idle = ctx.size(60, 4)
     passes = ctx.size(20, 5)
     count = ctx.size(20_000, 2_000)
     section = Section(

@@ -69,7 +69,7 @@ def pgbench_path() -> Path:
 
 
 def run(ctx: Context) -> Section:
-    duration = ctx.size(10, 3)
+    duration = ctx.size(10, 2)
     rows = ctx.size(400_000, 100_000)
     binary = pgbench_path()
     version = subprocess.run(

@@ -37,7 +37,7 @@ options (generic plans; ms per call, mean of {calls}), with the scans of their p
 
 
 def run(ctx: Context) -> Section:
-    idle = ctx.size(60, 5)
+    idle = ctx.size(60, 3)
     passes = ctx.size(20, 5)
     rows = ctx.size(10_000_000, 50_000)
     calls = ctx.size(200, 50)
