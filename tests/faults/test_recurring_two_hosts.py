@@ -21,10 +21,16 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.faults.test_two_hosts import host_url
 from tests.support.chaos import master_started
-from tests.support.circus_run import CircusRun, circus_env, circus_table, free_port, read
-from tests.support.netns import Host, isolated_hosts, same_host, start_circus_on, unavailable
+from tests.support.circus_run import CircusRun, circus_env, read
+from tests.support.netns import (
+    Host,
+    host_circus_table,
+    host_url,
+    serve_hosts,
+    start_circus_on,
+    two_or_more_hosts,
+)
 from tests.support.pg_servers import EmbeddedServer
 from tests.support.waiting import wait_until
 from tests.support.worker_run import write_settings
@@ -37,31 +43,18 @@ PASSWORD = "recurring-secret"
 
 @pytest.fixture
 def hosts() -> Iterator[list[Host]]:
-    reason = unavailable()
-    if reason is not None:
-        print(f"two hosts on one machine (no namespaces: {reason})")
-        yield same_host(2)
-        return
-    with isolated_hosts(["djrec-a", "djrec-b"]) as made:
+    with two_or_more_hosts(["djrec-a", "djrec-b"]) as made:
         yield made
 
 
 @pytest.fixture
 def server(own_server: EmbeddedServer, hosts: list[Host]) -> EmbeddedServer:
-    if hosts[0].namespace is not None:
-        own_server.require_password(PASSWORD)
-        own_server.listen_on_tcp(free_port())
-    return own_server
+    return serve_hosts(own_server, hosts, PASSWORD)
 
 
 def host_settings(folder: Path, host: Host) -> Path:
     folder.mkdir()
-    circus = circus_table(folder)
-    if host.namespace is not None:
-        circus |= {
-            name: f"ipc://{folder / name}.sock"
-            for name in ("endpoint", "pubsub_endpoint", "stats_endpoint")
-        }
+    circus = host_circus_table(folder, host)
     return write_settings(
         folder,
         workers=[{"name": "ticks", "queues": ["ticks"], "sleep_delay": 0.2, "idle_timeout": 5.0}],

@@ -27,11 +27,16 @@ from tests.support.chaos import master_started
 from tests.support.circus_run import (
     CircusRun,
     circus_env,
-    circus_table,
-    free_port,
     read,
 )
-from tests.support.netns import Host, isolated_hosts, same_host, start_circus_on, unavailable
+from tests.support.netns import (
+    Host,
+    host_circus_table,
+    host_url,
+    serve_hosts,
+    start_circus_on,
+    two_or_more_hosts,
+)
 from tests.support.pg_servers import EmbeddedServer
 from tests.support.waiting import wait_until
 from tests.support.worker_run import listed_pid, write_settings
@@ -46,34 +51,18 @@ DEADLINE = 60.0
 
 @pytest.fixture
 def hosts() -> Iterator[list[Host]]:
-    reason = unavailable()
-    if reason is not None:
-        print(f"two hosts on one machine (no namespaces: {reason})")
-        yield same_host(2)
-        return
-    with isolated_hosts(["djhost-a", "djhost-b"]) as made:
+    with two_or_more_hosts(["djhost-a", "djhost-b"]) as made:
         yield made
 
 
 @pytest.fixture
 def server(own_server: EmbeddedServer, hosts: list[Host]) -> EmbeddedServer:
-    if hosts[0].namespace is not None:
-        # The hosts reach it over TCP, with a password, like a database server.
-        own_server.require_password(PASSWORD)
-        own_server.listen_on_tcp(free_port())
-    return own_server
+    return serve_hosts(own_server, hosts, PASSWORD)
 
 
 def host_settings(folder: Path, host: Host) -> Path:
     folder.mkdir()
-    circus = circus_table(folder)
-    if host.namespace is not None:
-        # Its loopback is its own, out of this process' reach: Unix sockets in the
-        # shared file system instead (circus endpoints are loopback or ipc only).
-        circus |= {
-            name: f"ipc://{folder / name}.sock"
-            for name in ("endpoint", "pubsub_endpoint", "stats_endpoint")
-        }
+    circus = host_circus_table(folder, host)
     groups = [
         {
             "name": "short",
@@ -95,12 +84,6 @@ def host_settings(folder: Path, host: Host) -> Path:
         pid_file=str(folder / "master.pid"),
         log_level="info",
     )
-
-
-def host_url(server: EmbeddedServer, host: Host, dbname: str) -> str:
-    if host.namespace is None:
-        return server.url(dbname)
-    return server.url(dbname, host=host.database_address, port=server.port)
 
 
 def enqueue(conn: psycopg.Connection[Any], queue: str, calls: list[tuple[str, list[Any]]]) -> None:

@@ -25,8 +25,10 @@ import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from .circus_run import CircusRun, start_circus
+from .circus_run import CircusRun, circus_table, free_port, start_circus
+from .pg_servers import EmbeddedServer
 
 SUBNET_PREFIX = "10.231"
 
@@ -138,3 +140,45 @@ def start_circus_on(host: Host, settings_path: Path, env: Mapping[str, str]) -> 
     """circusd on ``settings_path``, in ``host``'s namespaces."""
     where = f" on {host.name}" if host.namespace is not None else ""
     return start_circus(settings_path, env, wrap=host.command, where=where)
+
+
+@contextlib.contextmanager
+def two_or_more_hosts(names: Sequence[str]) -> Iterator[list[Host]]:
+    """Isolated hosts named ``names`` when network namespaces are available, else as
+    many "hosts" on this machine (said on stdout)."""
+    reason = unavailable()
+    if reason is not None:
+        print(f"{len(names)} hosts on one machine (no namespaces: {reason})")
+        yield same_host(len(names))
+        return
+    with isolated_hosts(names) as made:
+        yield made
+
+
+def serve_hosts(server: EmbeddedServer, hosts: Sequence[Host], password: str) -> EmbeddedServer:
+    """``server`` made reachable from isolated ``hosts`` over TCP with ``password``, like
+    a database server (as it is on one machine)."""
+    if hosts and hosts[0].namespace is not None:
+        server.require_password(password)
+        server.listen_on_tcp(free_port())
+    return server
+
+
+def host_url(server: EmbeddedServer, host: Host, dbname: str) -> str:
+    """The URL of database ``dbname`` as ``host`` reaches it."""
+    if host.namespace is None:
+        return server.url(dbname)
+    return server.url(dbname, host=host.database_address, port=server.port)
+
+
+def host_circus_table(folder: Path, host: Host) -> dict[str, Any]:
+    """A ``[circus]`` table for circusd on ``host``. An isolated host's loopback is its
+    own, out of this process' reach: Unix sockets in the shared file system instead
+    (circus endpoints are loopback or ipc only)."""
+    circus = circus_table(folder)
+    if host.namespace is not None:
+        circus |= {
+            name: f"ipc://{folder / name}.sock"
+            for name in ("endpoint", "pubsub_endpoint", "stats_endpoint")
+        }
+    return circus
